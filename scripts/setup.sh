@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what Compression Lab needs. `--dev` adds the test tools and Debian's Chromium for the
+# browser test. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# torch first: with no torch installed, a plain requirement pulls a multi-GB CUDA build. On a CPU
+# machine take the CPU wheel; GPU users install their CUDA build of torch before running this.
+if ! python -c "import torch" 2>/dev/null; then
+  pip install -q "torch==${LAB_TORCH_VERSION:-2.13.0}"
+fi
+
+if [ "${1:-}" = "--dev" ]; then
+  pip install -q -r requirements-dev.txt
+  if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+      echo "setup: Chromium not found; the browser test will be skipped (install Debian's chromium)." >&2
+    fi
+  fi
+else
+  pip install -q -r requirements.txt
+fi
