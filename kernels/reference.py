@@ -67,3 +67,29 @@ def qmatmul_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     w = dequantize(qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features, dtype=x.dtype)
     y = x @ w.T
     return y if bias is None else y + bias.to(y.dtype)
+
+
+def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric dynamic per-token int8: x [M, K] -> (xq int8 [M, K], x_scale fp32 [M, 1]), x ~ xq * x_scale."""
+    x = x.float()
+    x_scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
+    xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8)
+    return xq, x_scale
+
+
+def int8_dynamic_matmul_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """W8A8: y [..., N] = (q8(x) @ weight.T) * x_scale * weight_scale + bias, integer products summed in fp32."""
+    lead = x.shape[:-1]
+    xq, x_scale = quantize_per_token_int8(x.reshape(-1, x.shape[-1]))  # (M, K), (M, 1)
+    acc = xq.float() @ weight.float().T  # (M, N)
+    y = (acc * x_scale * weight_scale.float()).to(x.dtype).reshape(*lead, -1)
+    return y if bias is None else y + bias.to(y.dtype)
+
+
+def fp8_matmul_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """FP8 weight-only: y = x @ (weight * weight_scale[:, None]).T + bias, weight dequantized to x's dtype."""
+    w = (weight.float() * weight_scale.float().reshape(-1, 1)).to(x.dtype)  # (N, K)
+    y = x @ w.T
+    return y if bias is None else y + bias.to(y.dtype)

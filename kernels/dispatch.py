@@ -1,0 +1,71 @@
+"""One dispatch function per matmul family: it picks the kernel and reports which path ran.
+
+    qmatmul(x, qweight, scales, zeros, *, bits, group_size, in_features, ...) -> (y, path)
+
+Paths: "reference" (pure torch, any device).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.reference import fp8_matmul_ref, int8_dynamic_matmul_ref, qmatmul_ref, quantize_per_token_int8
+
+REFERENCE = "reference"
+
+
+def qmatmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
+            group_size: int, in_features: int, perm: torch.Tensor | None = None,
+            bias: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """y [..., N] = x[..., perm] @ W.T + bias for a packed weight (docs/architecture.md); returns (y, path)."""
+    y = qmatmul_ref(x, qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features,
+                    perm=perm, bias=bias)
+    return y, REFERENCE
+
+
+def int8_dynamic_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *,
+                        bias: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """W8A8 with per-token dynamic activation quantization; returns (y, path).
+
+    torch._int_mm (int8 x int8 -> int32) runs on CPU for any M; on CUDA it needs M > 16 and K, N
+    multiples of 8, so small decode batches there take the reference.
+    """
+    k = x.shape[-1]
+    m = x.numel() // max(k, 1)
+    n = weight.shape[0]
+    on_cuda = x.is_cuda
+    if x.device.type == "cpu" or (on_cuda and m > 16 and k % 8 == 0 and n % 8 == 0):
+        lead = x.shape[:-1]
+        xq, x_scale = quantize_per_token_int8(x.reshape(m, k))  # (M, K), (M, 1)
+        acc = torch._int_mm(xq, weight.T)  # (M, N) int32
+        y = (acc.float() * x_scale * weight_scale.float()).to(x.dtype).reshape(*lead, n)
+        y = y if bias is None else y + bias.to(y.dtype)
+        return y, "cuda-int-mm" if on_cuda else "cpu-int-mm"
+    return int8_dynamic_matmul_ref(x, weight, weight_scale, bias), REFERENCE
+
+
+def _has_fp8_mm(device: torch.device) -> bool:
+    return (device.type == "cuda" and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """FP8 weight [N, K] matmul; returns (y, path).
+
+    On CUDA with FP8 tensor cores (sm89+) activations are quantized per token to e4m3 and
+    torch._scaled_mm runs with row-wise scales ("cuda-scaled-mm"); elsewhere the weight is dequantized
+    and multiplied in x's dtype ("reference", weight-only, so its numerics differ by the activation rounding).
+    """
+    k = x.shape[-1]
+    n = weight.shape[0]
+    if _has_fp8_mm(x.device) and k % 16 == 0 and n % 16 == 0:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, k).float()  # (M, K)
+        x_scale = x2.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 448.0  # (M, 1)
+        xq = (x2 / x_scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(xq, weight.T, scale_a=x_scale, scale_b=weight_scale.float().reshape(1, n),
+                             out_dtype=torch.bfloat16)  # (M, N)
+        y = y.to(x.dtype).reshape(*lead, n)
+        return (y if bias is None else y + bias.to(y.dtype)), "cuda-scaled-mm"
+    return fp8_matmul_ref(x, weight, weight_scale, bias), REFERENCE

@@ -1,0 +1,155 @@
+"""Packed linear modules whose forward is one call into kernels.dispatch.
+
+    QuantLinear        weight-only integer (2/3/4/8-bit, group-wise, optional act-order), canonical packed format
+    Int8DynamicLinear  W8A8: int8 weight [N, K] + per-channel scales, activations quantized per token at run time
+    FP8Linear          float8_e4m3fn weight [N, K] + per-channel scales
+
+Each has `from_quantized(...)` (build from tensors) and `empty(...)` (allocate from metadata, then
+`load_state_dict`), so a saved model is rebuilt from its state dict plus a few integers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels import dispatch
+from kernels.pack import pack, packed_cols
+from kernels.reference import check_qweight
+
+
+class QuantLinear(nn.Module):
+    """Weight-only quantized linear: W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G].
+
+    State dict (always canonical, whatever the runtime layout):
+        qweight uint8 [N, packed_cols(K, bits)], scales fp16 [N, K // G], zeros fp16 [N, K // G],
+        perm int32 [K] (only with act-order), bias [N] (only with bias).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, *, bias: bool = False,
+                 has_perm: bool = False, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = bits, group_size
+        n_groups = in_features // group_size if group_size > 0 else 0
+        self.register_buffer("qweight", torch.zeros(out_features, packed_cols(in_features, bits),
+                                                    dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.float16, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.float16, device=device))
+        self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device) if has_perm else None)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self.kernel_path: str | None = None
+        check_qweight(self.qweight, self.scales, self.zeros, bits=bits, group_size=group_size,
+                      in_features=in_features, perm=self.perm)
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bits: int, group_size: int, bias: bool = False,
+              has_perm: bool = False, dtype: torch.dtype = torch.float16, device=None) -> QuantLinear:
+        """Allocate a module from its metadata; fill it with `load_state_dict`."""
+        return cls(in_features, out_features, bits, group_size, bias=bias, has_perm=has_perm, dtype=dtype,
+                   device=device)
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
+                       group_size: int, bias: torch.Tensor | None = None,
+                       perm: torch.Tensor | None = None) -> QuantLinear:
+        """Build from unpacked integers q [N, K] in [0, 2**bits - 1] and scales/zeros [N, K // G].
+
+        With act-order, q/scales/zeros describe the columns in permuted order and perm [K] maps them.
+        """
+        n, k = q.shape
+        mod = cls(k, n, bits, group_size, bias=bias is not None, has_perm=perm is not None,
+                  dtype=bias.dtype if bias is not None else torch.float16, device=q.device)
+        mod.qweight.copy_(pack(q, bits))
+        mod.scales.copy_(scales.to(torch.float16))
+        mod.zeros.copy_(zeros.to(torch.float16))
+        if perm is not None:
+            mod.perm.copy_(perm.to(torch.int32))
+        if bias is not None:
+            mod.bias.data.copy_(bias)
+        return mod
+
+    def metadata(self) -> dict:
+        """The integers `empty` needs to rebuild this module before `load_state_dict`."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+                "group_size": self.group_size, "bias": self.bias is not None, "has_perm": self.perm is not None}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
+        y, self.kernel_path = dispatch.qmatmul(x, self.qweight, self.scales, self.zeros, bits=self.bits,
+                                               group_size=self.group_size, in_features=self.in_features,
+                                               perm=self.perm, bias=self.bias)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}")
+
+
+class _ScaledWeightLinear(nn.Module):
+    """Shared body of the per-channel scaled linears: weight [N, K] in WEIGHT_DTYPE, weight_scale fp32 [N]."""
+
+    WEIGHT_DTYPE: torch.dtype
+    CAST_HINT: str
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
+                 dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=self.WEIGHT_DTYPE, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self.kernel_path: str | None = None
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool = False, dtype: torch.dtype = torch.float16,
+              device=None):
+        """Allocate a module from its metadata; fill it with `load_state_dict`."""
+        return cls(in_features, out_features, bias=bias, dtype=dtype, device=device)
+
+    @classmethod
+    def from_quantized(cls, weight: torch.Tensor, weight_scale: torch.Tensor, *, bias: torch.Tensor | None = None):
+        """weight [N, K] in WEIGHT_DTYPE and weight_scale [N] (or [N, 1]): W = weight * weight_scale[:, None]."""
+        if weight.dtype != cls.WEIGHT_DTYPE:
+            raise TypeError(f"weight must be {cls.WEIGHT_DTYPE}, got {weight.dtype}: {cls.CAST_HINT}")
+        n, k = weight.shape
+        mod = cls(k, n, bias=bias is not None, dtype=bias.dtype if bias is not None else torch.float16,
+                  device=weight.device)
+        mod.weight.copy_(weight)
+        mod.weight_scale.copy_(weight_scale.reshape(n).float())
+        if bias is not None:
+            mod.bias.data.copy_(bias)
+        return mod
+
+    def metadata(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8DynamicLinear(_ScaledWeightLinear):
+    """W8A8 linear: y = (q8(x) @ W8.T) * x_scale[m] * w_scale[n] + bias.
+
+    weight int8 [N, K] (symmetric, in [-127, 127]); weight_scale fp32 [N]; activations are quantized
+    per token (absmax / 127) inside forward.
+    """
+
+    WEIGHT_DTYPE = torch.int8
+    CAST_HINT = "quantize with torch.round(W / scale[:, None]).clamp(-127, 127).to(torch.int8)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
+        y, self.kernel_path = dispatch.int8_dynamic_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        return y
+
+
+class FP8Linear(_ScaledWeightLinear):
+    """FP8 weight linear: W = weight.float() * weight_scale[:, None], weight float8_e4m3fn [N, K], scale fp32 [N]."""
+
+    WEIGHT_DTYPE = torch.float8_e4m3fn
+    CAST_HINT = "cast (W / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
+        y, self.kernel_path = dispatch.fp8_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        return y
