@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import dispatch
+from kernels import cpu_native, dispatch
+from kernels.cpu_native import NativeWeight
 from kernels.pack import pack, packed_cols
 from kernels.reference import check_qweight
 
@@ -24,6 +25,11 @@ class QuantLinear(nn.Module):
     State dict (always canonical, whatever the runtime layout):
         qweight uint8 [N, packed_cols(K, bits)], scales fp16 [N, K // G], zeros fp16 [N, K // G],
         perm int32 [K] (only with act-order), bias [N] (only with bias).
+
+    Runtime layout: on its first CPU forward the module replaces `qweight` by the layout of a native
+    CPU kernel when one supports it (same bytes for int4pack, in place for int8pack), keeping fp16
+    scales/zeros for the state dict; the native scales are a non-persistent buffer `native_scale`.
+    Moving the module (`.to`, `.cuda`, `.half`) or saving/loading converts back to canonical.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, *, bias: bool = False,
@@ -40,6 +46,8 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
         self.kernel_path: str | None = None
+        self.native: NativeWeight | None = None
+        self._native_checked = False
         check_qweight(self.qweight, self.scales, self.zeros, bits=bits, group_size=group_size,
                       in_features=in_features, perm=self.perm)
 
@@ -76,10 +84,62 @@ class QuantLinear(nn.Module):
                 "group_size": self.group_size, "bias": self.bias is not None, "has_perm": self.perm is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
+        if not self._native_checked:
+            self._adopt_native(x.device)
         y, self.kernel_path = dispatch.qmatmul(x, self.qweight, self.scales, self.zeros, bits=self.bits,
                                                group_size=self.group_size, in_features=self.in_features,
-                                               perm=self.perm, bias=self.bias)
+                                               perm=self.perm, bias=self.bias, native=self.native)
         return y
+
+    # --- runtime layout ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _adopt_native(self, device: torch.device) -> None:
+        """Switch qweight to the native layout dispatch picks for `device` (once; a no-op elsewhere)."""
+        self._native_checked = True
+        kind = dispatch.native_kind(device, bits=self.bits, group_size=self.group_size,
+                                    in_features=self.in_features, out_features=self.out_features)
+        if kind is None or self.qweight.device != device:
+            return
+        if kind == cpu_native.INT4PACK:
+            out = cpu_native.to_int4pack(self.qweight, self.scales, self.zeros, group_size=self.group_size,
+                                         in_features=self.in_features)
+            if out is None:  # layout inverse did not hold: stay canonical (reference path)
+                return
+            self.qweight, self.native = out
+        else:
+            self.qweight, self.native = cpu_native.to_int8pack(self.qweight, self.scales, self.zeros)
+        self.register_buffer("native_scale", self.native.scale, persistent=False)
+
+    @torch.no_grad()
+    def _to_canonical(self) -> None:
+        if self.native is None:
+            return
+        if self.native.kind == cpu_native.INT4PACK:
+            self.qweight = cpu_native.from_int4pack(self.qweight, self.in_features)
+        else:
+            self.qweight = cpu_native.from_int8pack(self.qweight)
+        del self.native_scale
+        self.native, self._native_checked = None, False
+
+    def _canonical_qweight(self) -> torch.Tensor:
+        if self.native is None:
+            return self.qweight
+        if self.native.kind == cpu_native.INT4PACK:
+            return cpu_native.from_int4pack(self.qweight, self.in_features)
+        return self.qweight.view(torch.uint8) ^ 0x80
+
+    def _apply(self, fn, recurse=True):
+        self._to_canonical()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "qweight"] = self._canonical_qweight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._to_canonical()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "

@@ -8,6 +8,10 @@ from kernels.pack import pack, pack_3bit_u8, packed_cols, unpack
 from kernels.reference import dequantize, qmatmul_ref
 
 
+def sqnr_db(y, ref):
+    return float(10 * torch.log10(ref.float().pow(2).mean() / (y.float() - ref.float()).pow(2).mean()))
+
+
 def _random_q(n, k, bits, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.uint8)
@@ -75,9 +79,9 @@ def test_quantlinear_state_dict_round_trip(bits, g, act_order, bias):
     mod = QuantLinear.from_quantized(q, scales, zeros, bits=bits, group_size=g, bias=b, perm=perm)
     x = torch.randn(2, k)
     y = mod(x)
-    assert mod.kernel_path is not None
+    assert mod.kernel_path in ("reference", "cpu-int4pack")
     ref = qmatmul_ref(x, pack(q, bits), scales, zeros, bits=bits, group_size=g, in_features=k, perm=perm, bias=b)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert sqnr_db(y, ref) > 40  # cpu-int4pack computes with bf16 activations
 
     sd = mod.state_dict()
     assert set(sd) == {"qweight", "scales", "zeros"} | ({"perm"} if act_order else set()) | ({"bias"} if bias else set())
@@ -98,8 +102,7 @@ def test_int8_dynamic_linear_matches_float():
     y = mod(x)
     assert mod.kernel_path == "cpu-int-mm"
     ref = x @ (wq.float() * w_scale[:, None]).T + mod.bias
-    sqnr = 10 * torch.log10(ref.pow(2).mean() / (y - ref).pow(2).mean())
-    assert sqnr > 30, f"SQNR {sqnr:.1f} dB"
+    assert sqnr_db(y, ref) > 30
     rebuilt = Int8DynamicLinear.empty(**mod.metadata(), dtype=torch.float32)
     rebuilt.load_state_dict(mod.state_dict())
     assert torch.equal(rebuilt(x), y)
