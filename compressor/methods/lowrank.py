@@ -1,0 +1,128 @@
+"""Low-rank factorisation of linear layers: truncated SVD, and activation-aware SVD.
+
+Plain SVD keeps the top singular directions of W (Eckart-Young: the best rank-r approximation in
+Frobenius norm). The activation-aware variants keep the directions that matter for the layer's
+*output* on real inputs instead:
+
+- SVD-LLM whitening (Wang et al., "SVD-LLM: Truncation-aware Singular Value Decomposition for Large
+  Language Model Compression", ICLR 2025, https://arxiv.org/abs/2403.07378): with H = X^T X = L L^T
+  (Cholesky), truncating the SVD of W L minimises ||(W - W') X^T||_F, the output error on the
+  calibration inputs; W' = U_r S_r V_r^T L^-1.
+- ASVD scaling (Yuan et al., "ASVD: Activation-aware Singular Value Decomposition for Compressing
+  Large Language Models", https://arxiv.org/abs/2312.05821): scale input channel j by
+  s_j = mean|X_j|^alpha, truncate the SVD of W diag(s), fold diag(s)^-1 back into the right factor.
+
+A factored layer is two linears, `down` [r, K] then `up` [N, r]; it saves parameters only when
+r * (N + K) < N * K.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Relative ridge added to H before the Cholesky factorisation (as GPTQ's percdamp), so that inputs
+# that never fired on the calibration tokens do not make L singular.
+WHITEN_DAMP = 0.01
+# ASVD's published exponent for the activation scaling.
+ASVD_ALPHA = 0.5
+
+
+def rank_for_energy(S: torch.Tensor, energy: float) -> int:
+    """Smallest r with sum(S[:r]^2) >= energy * sum(S^2), for singular values S (descending)."""
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy {energy} must be in (0, 1]: e.g. 0.9 keeps 90% of the squared spectrum")
+    cum = torch.cumsum(S.double() ** 2, 0)
+    r = int(torch.searchsorted(cum, energy * cum[-1] * (1 - 1e-12)).item()) + 1
+    return min(r, S.numel())
+
+
+def _split(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Balanced split sqrt(S) on both sides keeps the two factors on the same scale (better for later
+    # quantization and for distillation's gradients).
+    root = S[:r].sqrt()
+    up = U[:, :r] * root.reshape(1, -1)  # (N, r)
+    down = root.reshape(-1, 1) * Vh[:r]  # (r, K)
+    return up, down
+
+
+@torch.no_grad()
+def truncated_svd(W: torch.Tensor, rank: int | None = None, energy: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W [N, K] ~= up [N, r] @ down [r, K]; returns (up, down, S all singular values) in fp32."""
+    U, S, Vh = torch.linalg.svd(W.detach().float(), full_matrices=False)
+    r = _pick_rank(S, rank, energy)
+    up, down = _split(U, S, Vh, r)
+    return up, down, S
+
+
+def _pick_rank(S: torch.Tensor, rank: int | None, energy: float | None) -> int:
+    if (rank is None) == (energy is None):
+        raise ValueError(f"give exactly one of rank ({rank}) or energy ({energy})")
+    if rank is not None:
+        if not 1 <= rank <= S.numel():
+            raise ValueError(f"rank {rank} must be in [1, {S.numel()}] = [1, min(out_features, in_features)]")
+        return rank
+    return rank_for_energy(S, energy)
+
+
+@torch.no_grad()
+def whitened_svd(W: torch.Tensor, H: torch.Tensor, rank: int | None = None, energy: float | None = None,
+                 *, damp: float = WHITEN_DAMP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD-LLM: W [N, K] ~= up @ down minimising the output error on inputs with H = X^T X [K, K].
+
+    Returns (up [N, r], down [r, K], S the singular values of the whitened W L).
+    """
+    K = W.shape[1]
+    if H.shape != (K, K):
+        raise ValueError(f"Hessian shape {tuple(H.shape)} does not match in_features {K}")
+    H = H.double() + damp * torch.diag(H).double().mean().clamp_min(1e-12) * torch.eye(K, dtype=torch.float64,
+                                                                                       device=H.device)
+    L = torch.linalg.cholesky(H)  # H = L L^T
+    U, S, Vh = torch.linalg.svd(W.double() @ L, full_matrices=False)
+    r = _pick_rank(S, rank, energy)
+    up, down = _split(U, S, Vh, r)
+    # down @ L^-1 without forming the inverse: solve X L = down, i.e. L^T X^T = down^T.
+    down = torch.linalg.solve_triangular(L.T, down.T, upper=True).T
+    return up.float(), down.float(), S.float()
+
+
+@torch.no_grad()
+def asvd(W: torch.Tensor, x_abs_mean: torch.Tensor, rank: int | None = None, energy: float | None = None,
+         *, alpha: float = ASVD_ALPHA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ASVD: SVD of W diag(s), s_j = mean|X_j|^alpha, with diag(s)^-1 folded into `down`."""
+    s = x_abs_mean.double().clamp_min(1e-6) ** alpha  # (K,)
+    U, S, Vh = torch.linalg.svd(W.double() * s.reshape(1, -1), full_matrices=False)
+    r = _pick_rank(S, rank, energy)
+    up, down = _split(U, S, Vh, r)
+    return up.float(), (down / s.reshape(1, -1)).float(), S.float()
+
+
+class LowRankLinear(nn.Module):
+    """y = up(down(x)): a rank-r factored linear, down [r, K] (no bias) then up [N, r] (+ bias [N]).
+
+    Both factors are ordinary nn.Linear modules, so later stages (quantization, distillation) see
+    and treat them like any other linear.
+    """
+
+    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        r, K = down.shape
+        N = up.shape[0]
+        self.in_features, self.out_features, self.rank = K, N, r
+        self.down = nn.Linear(K, r, bias=False, dtype=down.dtype, device=down.device)
+        self.up = nn.Linear(r, N, bias=bias is not None, dtype=up.dtype, device=up.device)
+        self.down.weight.data.copy_(down)
+        self.up.weight.data.copy_(up)
+        if bias is not None:
+            self.up.bias.data.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., r] -> [..., N]
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def saves_parameters(N: int, K: int, r: int) -> bool:
+    return r * (N + K) < N * K

@@ -1,0 +1,32 @@
+"""Wanda: pruning by weights and activations, no weight update.
+
+Sun, Liu, Bair & Kolter, "A Simple and Effective Pruning Approach for Large Language Models"
+(ICLR 2024), https://arxiv.org/abs/2306.11695 ; reference code: locuslab/wanda `lib/prune.py`.
+
+The score of weight W_ij is |W_ij| * ||X_j||_2, the norm of its input feature over the calibration
+tokens; weights are compared within each output row (per-output comparison group), or within each
+group of M for N:M.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from compressor.sparsity import nm_mask, unstructured_mask
+
+
+def wanda_metric(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
+    """W_metric [N, K] = |W| * ||X_j||_2 with x_norm [K] the input-feature norms."""
+    if x_norm.shape != (W.shape[1],):
+        raise ValueError(f"x_norm shape {tuple(x_norm.shape)} does not match in_features {W.shape[1]}")
+    return W.detach().float().abs() * x_norm.float().reshape(1, -1)
+
+
+@torch.no_grad()
+def wanda_mask(W: torch.Tensor, x_norm: torch.Tensor, sparsity: float = 0.5, *, prune_n: int = 0,
+               prune_m: int = 0) -> torch.Tensor:
+    """Mask (True = prune) of W [N, K]: per-row lowest `sparsity` of W_metric, or N:M when prune_n > 0."""
+    W_metric = wanda_metric(W, x_norm)
+    if prune_n:
+        return nm_mask(W_metric, prune_n, prune_m)
+    return unstructured_mask(W_metric, sparsity, per_row=True)
