@@ -32,7 +32,7 @@ import time
 import types
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
@@ -282,6 +282,7 @@ class JobManager:
         self._workers: list[_Worker] = []
         self._wake_r, self._wake_w = self._mp.Pipe(duplex=False)
         self._wake_pending = False  # at most one byte in the wake pipe, so writers never block
+        self._idle_deaths, self._restart_at = 0, 0.0  # back-off for workers that die while idle
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -420,6 +421,17 @@ class JobManager:
             start = max(since - live.dropped, 0)
             return [dict(e) for e in live.events[start:]]
 
+    def follow(self, run_id: str, poll_s: float = 1.0) -> Iterator[dict]:
+        """Yields the run's events as they come, until it is over (for a Gradio generator)."""
+        since = 0
+        while True:
+            events = self.events(run_id, since=since, timeout=poll_s)
+            if events:
+                since = events[-1]["index"] + 1
+            yield from events
+            if not events and self.status(run_id) in FINAL_STATUSES | {None}:
+                return
+
     def latest_progress(self, run_id: str) -> dict | None:
         with self._cond:
             live = self._live.get(run_id)
@@ -535,6 +547,8 @@ class JobManager:
         return True
 
     def _fill_pool(self) -> None:
+        if time.monotonic() < self._restart_at:
+            return
         while len(self._workers) < self.concurrency and not self._stopping:
             self._workers.append(self._start_worker())
 
@@ -605,10 +619,10 @@ class JobManager:
         elif kind == "log":
             self._log(live, msg[3], msg[2])
         elif kind == "done":
-            w.run_id = None
+            w.run_id, self._idle_deaths = None, 0
             self._finish(live, SUCCEEDED, report=json.loads(msg[2]))
         elif kind == "error":
-            w.run_id = None
+            w.run_id, self._idle_deaths = None, 0
             self._log(live, msg[3].rstrip())
             self._finish(live, FAILED, error=msg[2])
 
@@ -618,9 +632,17 @@ class JobManager:
         w.conn.close()
         w.process.close()
         if w.run_id is None:
-            log.warning("an idle worker process exited with code %s; starting a new one", code)
+            # A worker that cannot even start (a broken import) would otherwise be restarted in a
+            # tight loop: back off, up to half a minute, until a job gets through again.
+            self._idle_deaths += 1
+            delay = min(30.0, 0.5 * 2 ** (self._idle_deaths - 1))
+            self._restart_at = time.monotonic() + delay
+            log.warning("an idle worker process exited with code %s; starting another in %.1f s", code, delay)
             return
-        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        if code is not None and code < 0:
+            how = f"killed by signal {-code}"
+        else:
+            how = f"exit code {code}; the app's log shows its output"
         hint = " - most likely it ran out of memory; try a smaller model or fewer samples" if code == -9 else ""
         self._finish(self._live[w.run_id], FAILED, error=f"the worker process died ({how}) while running this job{hint}")
 

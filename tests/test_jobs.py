@@ -41,7 +41,7 @@ def wait_for_log(m: JobManager, run_id: str, prefix: str, timeout: float = 20.0)
     seen, deadline = 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = m.events(run_id, since=seen, timeout=0.5)
-        seen += len(events)
+        seen = events[-1]["index"] + 1 if events else seen
         for e in events:
             if e["kind"] == "log" and e["message"].startswith(prefix):
                 return e["message"]
@@ -296,6 +296,34 @@ def test_artifacts_are_capped_and_pruned(manager):
     assert not Path(kept[2]).exists()
 
 
+def test_follow_streams_events_until_the_end(manager):
+    m = manager("steps")
+    run_id = m.submit({"n": 3, "step_s": 0.05}, owner="a")
+    kinds = [(e["kind"], e.get("status") or e.get("layer") or e.get("message")) for e in m.follow(run_id, 0.2)]
+    assert kinds == [("status", "queued"), ("status", "running"), ("progress", 1), ("progress", 2),
+                     ("progress", 3), ("log", "done 3 steps"), ("status", "succeeded")]
+
+
+def test_app_main_module_is_not_rerun_in_the_worker(tmp_path):
+    # `python app.py` builds the page and the manager at import time; spawn would re-run that module
+    # in every worker (importing Gradio, building a second manager) unless the manager prevents it.
+    app = tmp_path / "fake_app.py"
+    app.write_text(textwrap.dedent(f"""
+        import os
+        from compressor.jobs import JobManager
+        with open({str(tmp_path / "imports.txt")!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        m = JobManager({str(tmp_path / "data")!r}, target="tests.jobtargets:echo")
+        run = m.wait(m.submit({{"x": 1}}, owner="a"), timeout=30)
+        print(run["status"], run["report"]["pid"] != os.getpid())
+        m.shutdown()
+    """))
+    out = subprocess.run([sys.executable, str(app)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.split() == ["succeeded", "True"], out.stderr[-2000:]
+    assert len((tmp_path / "imports.txt").read_text().split()) == 1, "the worker re-ran the app's main module"
+
+
 def test_progress_dict_validates_fields():
     assert progress_dict(Progress(stage="s", fraction=0.5))["fraction"] == 0.5
     assert progress_dict({"stage": "s", "fraction": 0.5, "layer": 2, "n_layers": 4})["layer"] == 2
@@ -315,12 +343,22 @@ def test_local_context_for_the_cli(tmp_path):
     assert seen[0]["stage"] == "s" and seen[1] == "hello"
 
 
+@pytest.mark.slow
 def test_default_target_runs_the_real_experiment(tmp_path):
+    # The real default target "compressor.experiment:run_job" on the bundled demo model, in a worker.
     experiment = pytest.importorskip("compressor.experiment")
-    example = getattr(experiment, "EXAMPLE_PAYLOAD", None)
-    if example is None:
-        pytest.skip("compressor.experiment has no EXAMPLE_PAYLOAD to run")
+    payload = getattr(experiment, "EXAMPLE_PAYLOAD", None)
+    if payload is None:
+        presets = pytest.importorskip("compressor.presets")
+        rtn = [name for name in presets.list_presets() if "rtn" in name]
+        if not rtn:
+            pytest.skip("no RTN preset to run quickly")
+        payload = {"model": "demo", "recipe": rtn[0]}
     with JobManager(tmp_path) as m:
-        run = m.wait(m.submit(example, owner="a"), timeout=600)
-    assert run["status"] == "succeeded", run["error"]
-    assert isinstance(run["report"], dict) and run["report"]
+        assert m.target == "compressor.experiment:run_job"
+        run_id = m.submit(payload, owner="a")
+        run = m.wait(run_id, timeout=300)
+        stages = {e["stage"] for e in m.events(run_id) if e["kind"] == "progress"}
+    assert run["status"] == "succeeded", f"{run['error']}\n{run['log'][-3000:]}"
+    assert {"baseline", "compressed"} <= set(run["report"]), sorted(run["report"])
+    assert stages, "run_job reported no progress"
