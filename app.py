@@ -1,0 +1,1127 @@
+"""Compression Lab in the browser: pick a model, a recipe and a hardware profile; compare side by side.
+
+Gradio only: widgets, events and plots. Every number on the page comes from a run's report (made by
+`compressor.experiment.run_job` in a background worker); this file formats and plots it and never
+computes on tensors. Stage forms are generated from the method config dataclasses in
+`compressor.registry.METHODS`, so a new method shows up here without a change to this file.
+
+    python app.py                      # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / _PORT respected)
+    LAB_DATA_DIR=/some/folder python app.py
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: no analytics look-ups at launch, no hub telemetry.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import html  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+import typing  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+import yaml  # noqa: E402
+
+from compressor.errors import LabError  # noqa: E402
+from compressor.jobs import JobManager  # noqa: E402
+from compressor.store import FINAL_STATUSES, SUCCEEDED, default_data_dir  # noqa: E402
+
+try:  # Hugging Face ZeroGPU: present on Spaces, absent elsewhere; the CPU path never needs it
+    import spaces
+except ImportError:
+    spaces = None
+
+log = logging.getLogger("compression-lab.app")
+
+ROOT = Path(__file__).resolve().parent
+STATIC = ROOT / "assets" / "static"
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+TIME_LIMIT_S = float(os.environ.get("LAB_TIME_LIMIT_S", "900"))
+POLL_S = 0.5  # how often a running job's progress reaches the page
+ASK_TIMEOUT_S = 180
+
+DEMO_CHOICE = ("Bundled demo model: lab-llama-7m (offline)", "demo")
+# Small hub models for people online; the page says they need internet. Any other hub id or local
+# folder can be typed into the same box.
+CURATED_HUB = [
+    "HuggingFaceTB/SmolLM2-135M",
+    "HuggingFaceTB/SmolLM2-360M",
+    "Qwen/Qwen2.5-0.5B",
+    "EleutherAI/pythia-160m",
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+]
+DEFAULT_PRESET = "rtn-w4-g128"
+
+# Evaluation settings shown on the page: name -> (label, UI min, UI max). Defaults come from
+# compressor.evaluate.EvalSettings; the UI maxima are tighter than the engine's, for a shared machine.
+EVAL_FIELDS = {
+    "ppl_tokens": ("Text tokens scored (perplexity, KL)", 128, 16384),
+    "context": ("Context length (tokens)", 16, 2048),
+    "arithmetic_samples": ("Arithmetic problems", 0, 400),
+    "max_new_tokens": ("New tokens per sample answer", 1, 128),
+}
+
+HOW_TO_READ = """
+**How to read this**
+
+- *Weight memory* is the bytes of the model's parameters and buffers, measured after real packing
+  (4-bit weights really take ~4 bits plus scales). *KV per token* is the cache each generated token
+  adds. Lower is better for both.
+- *Prefill / decode tokens/s* are measured on **this** machine (median of repeats). On a CPU, low-bit
+  kernels may be slower than fp32: speed-ups appear where memory bandwidth is the limit (GPUs).
+- *Perplexity* (lower is better) and *arithmetic accuracy* (exact match) are measured on bundled
+  held-out data. *KL* is the mean KL divergence of the compressed model's next-token distribution
+  from the original's on the same tokens, and *top-1 agreement* how often both pick the same next
+  token: these see differences that perplexity hides. KL near 0 and agreement near 100 % mean the
+  compressed model behaves like the original.
+- The **hardware panel is a projection** from a roofline model of the chosen profile (memory
+  bandwidth and peak compute), not a measurement, unless the profile is *this machine*.
+- Deltas are compressed minus baseline; green means better, red worse.
+"""
+
+
+# -- engine access (imported lazily so the page still opens when one part is broken) ---------------
+
+
+def _engine(name: str) -> types.ModuleType | None:
+    import importlib
+
+    try:
+        return importlib.import_module(f"compressor.{name}")
+    except ImportError as e:
+        log.warning("compressor.%s is not available: %s", name, e)
+        return None
+
+
+def preset_names() -> list[str]:
+    presets = _engine("presets")
+    if presets is None:
+        return []
+    try:
+        found = presets.list_presets()
+    except Exception as e:  # a broken preset file must not stop the page from opening
+        log.warning("list_presets failed: %s", e)
+        return []
+    names = [p if isinstance(p, str) else getattr(p, "name", None) or p.get("name") for p in found]
+    return [n for n in names if n]
+
+
+def recipe_yaml(source: object) -> str:
+    """YAML text of a preset name or a parsed recipe, in the engine's own format."""
+    recipe_mod = _engine("recipe")
+    if recipe_mod is None:
+        raise LabError("the recipe module is not available in this installation")
+    return recipe_mod.load_recipe(source).to_yaml()
+
+
+def check_recipe(parsed: object) -> None:
+    """Raises the engine's RecipeError (field, value and fix) for a recipe that cannot work."""
+    recipe_mod = _engine("recipe")
+    if recipe_mod is not None:
+        recipe_mod.load_recipe(parsed)
+
+
+def method_specs() -> dict:
+    registry = _engine("registry")
+    if registry is None:
+        return {}
+    try:
+        return dict(registry.load_methods())
+    except Exception as e:
+        log.warning("loading compression methods failed: %s", e)
+        return {}
+
+
+def hardware_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs of the hardware profiles; "this machine" (measured) first."""
+    hw = _engine("hardware")
+    this = getattr(hw, "THIS_MACHINE", "this-machine")
+    out = [("This machine (measured here)", this)]
+    if hw is not None:
+        try:
+            out += [(f"{p.name} (projection)", p.id) for p in hw.list_profiles() if p.id != this]
+        except Exception as e:  # a broken profile file must not stop the page from opening
+            log.warning("listing hardware profiles failed: %s", e)
+    return out
+
+
+# -- stage forms from config dataclasses -------------------------------------------------------------
+
+
+def parse_args_doc(doc: str | None) -> dict[str, str]:
+    """`Args:` section of a Google-style docstring -> {name: help text} (continuation lines joined)."""
+    out: dict[str, str] = {}
+    if not doc:
+        return out
+    lines = doc.expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+    except StopIteration:
+        return out
+    indent, current = None, None
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        if width < indent:
+            break
+        m = re.match(r"\s*(\w+)\s*(\([^)]*\))?:\s*(.*)", line)
+        if width == indent and m:
+            current = m.group(1)
+            out[current] = m.group(3).strip()
+        elif current:
+            out[current] += " " + line.strip()
+    return out
+
+
+SELECTION_FIELDS = ("targets", "ignore", "overrides")
+
+
+@dataclasses.dataclass
+class FieldForm:
+    """One config field and the widget that edits it."""
+
+    name: str
+    kind: str  # "bool", "int", "float", "choice", "str", "yaml"
+    optional: bool
+    component: gr.components.Component
+
+
+def _unwrap_optional(tp) -> tuple[object, bool]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else object), True
+    return tp, False
+
+
+def _field_default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def form_fields(config_cls: type) -> list[FieldForm]:
+    """Builds one widget per init field of a config dataclass: type -> widget, default -> value,
+    the `Args:` docstring line -> help text. Call inside a Blocks context."""
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an unresolvable annotation: fall back to the raw ones
+        hints = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    docs = parse_args_doc(config_cls.__doc__)
+    out = []
+    # The method's own fields first; the module-selection fields every stage shares come last.
+    ordered = sorted(dataclasses.fields(config_cls), key=lambda f: f.name in SELECTION_FIELDS)
+    for f in ordered:
+        if not f.init or f.name.startswith("_") or f.name == "method":
+            continue
+        tp, optional = _unwrap_optional(hints.get(f.name, str))
+        default = _field_default(f)
+        info = docs.get(f.name, "")
+        if optional:
+            info = (info + " Leave empty for none.").strip()
+        label = f.name
+        if typing.get_origin(tp) is typing.Literal:
+            choices = list(typing.get_args(tp))
+            comp, kind = gr.Dropdown(choices=choices, value=default, label=label, info=info), "choice"
+        elif tp is bool:
+            comp, kind = gr.Checkbox(value=bool(default), label=label, info=info), "bool"
+        elif tp is int:
+            comp, kind = gr.Number(value=default, precision=0, label=label, info=info), "int"
+        elif tp is float:
+            comp, kind = gr.Number(value=default, label=label, info=info), "float"
+        elif tp is str:
+            comp, kind = gr.Textbox(value=default or "", label=label, info=info, max_lines=1), "str"
+        else:  # lists, dicts, unions: edited as YAML text
+            text = "" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
+            comp, kind = gr.Textbox(value=text, label=f"{label} (YAML)", info=info, max_lines=3), "yaml"
+        out.append(FieldForm(f.name, kind, optional, comp))
+    return out
+
+
+def stage_from_form(method: str, forms: list[FieldForm], values: list) -> dict:
+    """A recipe stage dict from the widgets' values; bad text raises LabError naming the field."""
+    stage: dict = {"method": method}
+    for form, value in zip(forms, values, strict=True):
+        if value is None or (isinstance(value, str) and not value.strip() and form.kind in ("yaml", "str")):
+            if form.optional or form.kind != "str":
+                stage[form.name] = None
+                continue
+        if form.kind == "int":
+            if float(value) != int(value):
+                raise LabError(f"{method}.{form.name}={value!r} is not valid: use a whole number")
+            value = int(value)
+        elif form.kind == "float":
+            value = float(value)
+        elif form.kind == "yaml":
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise LabError(f"{method}.{form.name}: {value!r} is not valid YAML ({e})") from e
+        stage[form.name] = value
+    return {k: v for k, v in stage.items() if v is not None or k == "method"}
+
+
+# -- recipe text ------------------------------------------------------------------------------------
+
+
+def parse_recipe_text(text: str) -> object:
+    """YAML/JSON text -> the parsed recipe (dict or list). LabError with the line on bad YAML."""
+    if not text or not text.strip():
+        raise LabError("the recipe is empty: pick a preset, add a stage, or paste a YAML recipe")
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise LabError(f"the recipe is not valid YAML{where}: {getattr(e, 'problem', e)}") from e
+    if not isinstance(parsed, dict | list):
+        raise LabError(f"the recipe must be a YAML mapping or list of stages, got {type(parsed).__name__}")
+    return parsed
+
+
+def stages_of(parsed: object) -> list:
+    if isinstance(parsed, list):
+        return list(parsed)
+    return list(parsed.get("stages") or [])
+
+
+def with_stage(text: str, stage: dict) -> str:
+    """The recipe text with one stage appended (an empty editor starts a new recipe)."""
+    parsed = parse_recipe_text(text) if text and text.strip() else {"stages": []}
+    if isinstance(parsed, list) or "stages" not in parsed:
+        parsed = {"stages": parsed if isinstance(parsed, list) else [parsed]}
+    parsed = dict(parsed)
+    parsed["stages"] = stages_of(parsed) + [stage]
+    return yaml.safe_dump(parsed, sort_keys=False)
+
+
+# -- formatting of a report (pure functions of the report dict) --------------------------------------
+
+
+def _get(d: dict | None, *path, default=None):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d if d is not None else default
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "bytes":
+        return fmt_bytes(value)
+    if kind == "pct":
+        return f"{100 * value:.1f} %"
+    if kind == "rate":
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    if kind == "kl":
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+# (label, report key, kind, True when higher is better)
+CARDS = [
+    ("Weight memory", "weight_bytes", "bytes", False),
+    ("KV cache per token", "kv_bytes_per_token", "bytes", False),
+    ("Decode tokens/s", "decode_tokens_per_s", "rate", True),
+    ("Prefill tokens/s", "prefill_tokens_per_s", "rate", True),
+    ("Perplexity", "perplexity", "num", False),
+    ("Arithmetic accuracy", "arithmetic_accuracy", "pct", True),
+]
+
+
+def metric_cards_html(report: dict) -> str:
+    base, comp = report.get("baseline") or {}, report.get("compressed") or {}
+    cards = []
+    for label, key, kind, higher in CARDS:
+        b, c = base.get(key), comp.get(key)
+        delta, cls = "", "neutral"
+        if isinstance(b, int | float) and isinstance(c, int | float):
+            if b:
+                rel = (c - b) / abs(b)
+                delta = f"{rel:+.1%}" if kind != "pct" else f"{100 * (c - b):+.1f} pts"
+            better = (c > b) if higher else (c < b)
+            cls = "neutral" if abs(c - b) <= 1e-12 else ("good" if better else "bad")
+        cards.append(
+            f'<div class="lab-card"><div class="lab-card-label">{label}</div>'
+            f'<div class="lab-card-value">{_fmt(c, kind)}</div>'
+            f'<div class="lab-card-base">baseline {_fmt(b, kind)}</div>'
+            f'<div class="lab-delta {cls}">{delta or "&nbsp;"}</div></div>'
+        )
+    kld, top1 = comp.get("kld"), comp.get("top1_agreement", comp.get("top1"))
+    cards.append(
+        '<div class="lab-card"><div class="lab-card-label">KL to baseline</div>'
+        f'<div class="lab-card-value">{_fmt(kld, "kl")}</div>'
+        f'<div class="lab-card-base">top-1 agreement {_fmt(top1, "pct")}</div>'
+        '<div class="lab-delta neutral">0 = identical</div></div>'
+    )
+    secs = report.get("compress_seconds")
+    title = html.escape(f"{report.get('model', '')} · {_recipe_label(report)}")
+    took = f" · compressed in {secs:.1f} s" if isinstance(secs, int | float) else ""
+    return f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
+
+
+def _recipe_label(report: dict) -> str:
+    r = report.get("recipe")
+    if isinstance(r, dict):
+        return str(r.get("name") or "+".join(str(s.get("method")) for s in r.get("stages", [])))
+    return str(r or "")
+
+
+def samples_html(report: dict) -> str:
+    samples = report.get("samples") or []
+    if not samples:
+        return '<div class="lab-empty">No sample generations in this report.</div>'
+    rows = []
+    for s in samples:
+        p = html.escape(str(s.get("prompt", "")))
+        b = html.escape(str(s.get("baseline", "")))
+        c = html.escape(str(s.get("compressed", "")))
+        same = ' <span class="lab-same">identical</span>' if b == c else ""
+        rows.append(
+            f'<div class="lab-sample"><div class="lab-prompt">{p}{same}</div><div class="lab-pair">'
+            f'<div class="lab-gen"><div class="lab-gen-h">Baseline</div><b>{p}</b>{b}</div>'
+            f'<div class="lab-gen"><div class="lab-gen-h">Compressed</div><b>{p}</b>{c}</div>'
+            "</div></div>"
+        )
+    return '<div class="lab-samples" id="lab-samples">' + "".join(rows) + "</div>"
+
+
+def hardware_html(report: dict) -> str:
+    proj = report.get("projection")
+    if not proj:
+        return '<div class="lab-empty">No projection in this report.</div>'
+    name = html.escape(str(proj.get("profile") or proj.get("hardware") or report.get("hardware") or ""))
+    measured = proj.get("measured") or name in ("this-machine", "this machine")
+    kind = "measured on this machine" if measured else "projection (roofline model), not a measurement"
+    parts = [f'<div class="lab-hw-head">Hardware: <b>{name}</b> · <i>{kind}</i></div>', '<div class="lab-hw">']
+    for side in ("baseline", "compressed"):
+        p = proj.get(side) if isinstance(proj.get(side), dict) else None
+        if p is None:
+            continue
+        fits = p.get("fits")
+        badge = ('<span class="lab-fit yes">fits</span>' if fits else '<span class="lab-fit no">does not fit</span>'
+                 ) if fits is not None else ""
+        rows = []
+        for label, key, kind_ in (
+            ("Projected decode tokens/s", "decode_tokens_per_s", "rate"),
+            ("Projected prefill tokens/s", "prefill_tokens_per_s", "rate"),
+            ("Max context x batch", "max_context_x_batch", "int"),
+            ("Max context (batch 1)", "max_context", "int"),
+            ("Max batch (at context)", "max_batch", "int"),
+            ("Memory needed", "memory_bytes", "bytes"),
+        ):
+            v = p.get(key)
+            if v is None:
+                continue
+            text = f"{v:,}" if kind_ == "int" and isinstance(v, int | float) else _fmt(v, kind_)
+            rows.append(f"<tr><td>{label}</td><td>{html.escape(text)}</td></tr>")
+        parts.append(f'<div class="lab-hw-col"><div class="lab-gen-h">{side.title()} {badge}</div>'
+                     f"<table>{''.join(rows)}</table></div>")
+    parts.append("</div>")
+    warnings = list(proj.get("warnings") or [])
+    for side in ("baseline", "compressed"):
+        warnings += list(_get(proj, side, "warnings", default=[]) or [])
+    if warnings:
+        items = "".join(f"<li>{html.escape(str(w))}</li>" for w in dict.fromkeys(warnings))
+        parts.append(f'<div class="lab-warn"><b>Warnings</b><ul>{items}</ul></div>')
+    return "".join(parts)
+
+
+def details_markdown(report: dict) -> str:
+    env = report.get("environment") or {}
+    lines = []
+    paths = env.get("kernel_paths") or _get(report, "compressed", "kernel_paths")
+    if paths:
+        shown = ", ".join(f"{k}: {v}" for k, v in paths.items()) if isinstance(paths, dict) else str(paths)
+        lines.append(f"**Kernel paths:** {shown}")
+    keep = {k: v for k, v in env.items() if k != "kernel_paths" and isinstance(v, str | int | float | bool)}
+    if keep:
+        lines.append("**Environment:** " + ", ".join(f"{k} {v}" for k, v in keep.items()))
+    for s in report.get("stages") or _get(report, "compression", "stages", default=[]) or []:
+        if isinstance(s, dict):
+            bits = {k: v for k, v in s.items() if isinstance(v, str | int | float) and k != "layers"}
+            lines.append("- stage " + ", ".join(f"{k}={v}" for k, v in bits.items()))
+    return "\n\n".join(lines) or "No environment details in this report."
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+BASE_COLOR, COMP_COLOR = "#7c8a9e", "#4f46e5"
+
+
+def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
+    fig.update_layout(title=title, template="plotly_white", height=330, margin=dict(l=50, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2), **kw)
+    return fig
+
+
+def memory_plot(report: dict) -> go.Figure:
+    """Stacked bars: weights, KV cache at the evaluation context, and the rest of peak memory."""
+    fig = go.Figure()
+    ctx_len = _get(report, "eval", "context") or _get(report, "eval_settings", "context") or 0
+    parts = {"weights": [], f"KV cache ({ctx_len} tokens)": [], "other (peak - weights - KV)": []}
+    for side in ("baseline", "compressed"):
+        s = report.get(side) or {}
+        w = s.get("weight_bytes") or 0
+        kv = (s.get("kv_bytes_per_token") or 0) * ctx_len
+        peak = s.get("peak_memory_bytes")
+        rest = max(0, peak - w - kv) if peak else 0
+        for key, v in zip(parts, (w, kv, rest), strict=True):
+            parts[key].append(v / 2**20)
+    for (name, vals), color in zip(parts.items(), (COMP_COLOR, "#22c55e", "#cbd5e1"), strict=True):
+        fig.add_bar(name=name, x=["baseline", "compressed"], y=vals, marker_color=color)
+    return _layout(fig, "Memory breakdown (MB)", barmode="stack", yaxis_title="MB")
+
+
+def throughput_plot(report: dict, projected: bool = False) -> go.Figure:
+    fig = go.Figure()
+    cats = ["prefill", "decode"]
+    for side, color in (("baseline", BASE_COLOR), ("compressed", COMP_COLOR)):
+        s = report.get(side) or {}
+        fig.add_bar(name=f"{side} (measured)", x=cats, marker_color=color,
+                    y=[s.get("prefill_tokens_per_s"), s.get("decode_tokens_per_s")])
+        if projected:
+            p = _get(report, "projection", side) or {}
+            fig.add_bar(name=f"{side} (projected)", x=cats, marker_color=color, opacity=0.45,
+                        marker_pattern_shape="/",
+                        y=[p.get("prefill_tokens_per_s"), p.get("decode_tokens_per_s")])
+    return _layout(fig, "Throughput (tokens/s)", barmode="group", yaxis_title="tokens/s")
+
+
+def quality_plot(report: dict) -> go.Figure:
+    from plotly.subplots import make_subplots
+
+    base, comp = report.get("baseline") or {}, report.get("compressed") or {}
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Perplexity (lower better)", "Arithmetic exact match",
+                                                        "Compressed vs baseline"))
+    x = ["baseline", "compressed"]
+    fig.add_bar(x=x, y=[base.get("perplexity"), comp.get("perplexity")], marker_color=[BASE_COLOR, COMP_COLOR],
+                row=1, col=1, showlegend=False)
+    acc = [base.get("arithmetic_accuracy"), comp.get("arithmetic_accuracy")]
+    fig.add_bar(x=x, y=[None if a is None else 100 * a for a in acc], marker_color=[BASE_COLOR, COMP_COLOR],
+                row=1, col=2, showlegend=False)
+    top1 = comp.get("top1_agreement", comp.get("top1"))
+    fig.add_bar(x=["KL x100", "top-1 agree %"],
+                y=[None if comp.get("kld") is None else 100 * comp["kld"], None if top1 is None else 100 * top1],
+                marker_color=[COMP_COLOR, COMP_COLOR], row=1, col=3, showlegend=False)
+    return _layout(fig, "Quality")
+
+
+def layer_rows(report: dict) -> list[dict]:
+    """Per-layer records of the report, wherever the engine put them."""
+    for path in (("layers",), ("per_layer",), ("compression", "layers"), ("details", "layers")):
+        rows = _get(report, *path)
+        if isinstance(rows, list) and rows:
+            return [r for r in rows if isinstance(r, dict)]
+    rows = []
+    for s in report.get("stages") or _get(report, "compression", "stages", default=[]) or []:
+        if isinstance(s, dict):
+            for r in s.get("layers") or []:
+                if isinstance(r, dict):
+                    rows.append({"stage": s.get("method") or s.get("name"), **r})
+    return rows
+
+
+ERROR_KEYS = ("rel_error", "relative_error", "error", "mse", "output_error", "weight_error", "sqnr_db")
+
+
+def layer_error_plot(report: dict) -> go.Figure:
+    rows = layer_rows(report)
+    key = next((k for k in ERROR_KEYS if any(k in r for r in rows)), None)
+    fig = go.Figure()
+    if not rows or key is None:
+        fig.add_annotation(text="No per-layer error in this report", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return _layout(fig, "Per-layer error")
+    names = [str(r.get("name") or r.get("module") or r.get("layer") or i) for i, r in enumerate(rows)]
+    fig.add_bar(x=names, y=[r.get(key) for r in rows], marker_color=COMP_COLOR, name=key)
+    return _layout(fig, f"Per-layer error ({key})", xaxis_tickangle=-45, xaxis_tickfont_size=9)
+
+
+QUALITY_AXES = {
+    "KL to baseline (lower better)": ("compressed", "kld"),
+    "Perplexity (lower better)": ("compressed", "perplexity"),
+    "Top-1 agreement (higher better)": ("compressed", "top1_agreement"),
+    "Arithmetic accuracy (higher better)": ("compressed", "arithmetic_accuracy"),
+}
+
+
+def pareto_plot(runs: list[dict], quality: str, x_axis: str, selected: list[str] | None = None) -> go.Figure:
+    """Memory (or projected speed) against quality over every finished run; the front is drawn."""
+    section, key = QUALITY_AXES.get(quality, ("compressed", "kld"))
+    pts = []
+    for run in runs:
+        rep = run.get("report") or {}
+        y = _get(rep, section, key)
+        if key == "top1_agreement" and y is None:
+            y = _get(rep, section, "top1")
+        if x_axis.startswith("Projected"):
+            x = _get(rep, "projection", "compressed", "decode_tokens_per_s")
+        else:
+            x = _get(rep, "compressed", "weight_bytes")
+            x = None if x is None else x / 2**20
+        if x is None or y is None:
+            continue
+        pts.append((x, y, run["id"], f"{run.get('model_spec')} · {_recipe_label(rep)}"))
+    fig = go.Figure()
+    if not pts:
+        fig.add_annotation(text="No finished runs with these numbers yet", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper")
+        return _layout(fig, "Pareto: memory vs quality")
+    sel = set(selected or [])
+    fig.add_scatter(
+        x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers", name="runs",
+        text=[f"{p[3]} ({p[2]})" for p in pts], hovertemplate="%{text}<br>x=%{x:.3g}<br>y=%{y:.4g}<extra></extra>",
+        marker=dict(size=[14 if p[2] in sel else 9 for p in pts],
+                    color=[COMP_COLOR if p[2] in sel else BASE_COLOR for p in pts]),
+    )
+    lower_better = "lower" in quality
+    lower_x_better = not x_axis.startswith("Projected")
+    front, best = [], None
+    for p in sorted(pts, key=lambda p: p[0], reverse=not lower_x_better):
+        if best is None or (p[1] < best if lower_better else p[1] > best):
+            front.append(p)
+            best = p[1]
+    fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
+                    line=dict(color="#22c55e", dash="dot"))
+    xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MB)"
+    return _layout(fig, "Pareto: memory vs quality over the history", xaxis_title=xt, yaxis_title=quality)
+
+
+# -- history ----------------------------------------------------------------------------------------
+
+HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MB", "weights x",
+                   "perplexity", "KL", "top-1 %", "arith %", "decode tok/s", "error"]
+
+
+def history_rows(runs: list[dict]) -> list[list]:
+    rows = []
+    for run in runs:
+        rep = run.get("report") or {}
+        base, comp = rep.get("baseline") or {}, rep.get("compressed") or {}
+        w, bw = comp.get("weight_bytes"), base.get("weight_bytes")
+        top1 = comp.get("top1_agreement", comp.get("top1"))
+        t = run.get("finished_at") or run.get("created_at")
+        recipe = run.get("recipe")
+        rlabel = _recipe_label({"recipe": recipe}) if recipe is not None else ""
+        rows.append([
+            run["id"], time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "", run.get("status"),
+            run.get("model_spec"), rlabel, run.get("hardware"),
+            None if w is None else round(w / 2**20, 3),
+            None if not (w and bw) else round(bw / w, 2),
+            _round(comp.get("perplexity"), 3), _round(comp.get("kld"), 5),
+            None if top1 is None else round(100 * top1, 1),
+            None if comp.get("arithmetic_accuracy") is None else round(100 * comp["arithmetic_accuracy"], 1),
+            _round(comp.get("decode_tokens_per_s"), 1), (run.get("error") or "")[:160],
+        ])
+    return rows
+
+
+def _round(v, n):
+    return None if not isinstance(v, int | float) else round(v, n)
+
+
+def runs_csv(runs: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(HISTORY_COLUMNS)
+    writer.writerows(history_rows(runs))
+    return buf.getvalue()
+
+
+# -- the page ---------------------------------------------------------------------------------------
+
+
+def _owner(request: gr.Request | None) -> str:
+    return (getattr(request, "session_hash", None) or "anonymous") if request else "anonymous"
+
+
+def progress_html(fraction: float | None, text: str, state: str = "running") -> str:
+    pct = max(0.0, min(1.0, fraction or 0.0)) * 100
+    return (f'<div class="lab-progress {state}" role="progressbar" aria-valuenow="{pct:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100"><div class="lab-bar" style="width:{pct:.1f}%"></div></div>'
+            f'<div class="lab-progress-text">{html.escape(text)}</div>')
+
+
+def describe_progress(p: dict | None, position: int | None, started: float) -> tuple[float, str]:
+    if position:
+        return 0.0, f"Queued: position {position} (another run is ahead)"
+    if not p:
+        return 0.0, f"Starting the worker... {time.time() - started:.0f} s"
+    stage = p.get("stage", "")
+    if p.get("n_stages", 1) > 1:
+        stage += f" ({p.get('stage_index', 0) + 1}/{p['n_stages']})"
+    if p.get("layer") and p.get("n_layers"):
+        stage += f" · layer {p['layer']}/{p['n_layers']}"
+    eta = p.get("eta_s")
+    eta_text = f" · about {eta:.0f} s left" if isinstance(eta, int | float) else ""
+    msg = f" · {p['message']}" if p.get("message") else ""
+    return float(p.get("fraction") or 0.0), f"{100 * (p.get('fraction') or 0):.0f} % · {stage}{eta_text}{msg}"
+
+
+def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
+    """The whole page. `manager` runs compressions; `ask_manager` answers free prompts
+    (target compressor.ask:answer)."""
+    presets = preset_names()
+    default_preset = DEFAULT_PRESET if DEFAULT_PRESET in presets else (presets[0] if presets else None)
+    try:
+        default_yaml = recipe_yaml(default_preset) if default_preset else ""
+    except Exception as e:
+        log.warning("preset %s cannot be shown: %s", default_preset, e)
+        default_yaml = ""
+    methods = method_specs()
+    eval_mod = _engine("evaluate")
+    eval_defaults = eval_mod.EvalSettings().to_dict() if eval_mod else {}
+    hw_choices = hardware_choices()
+    model_choices = [DEMO_CHOICE] + [(f"{m} (needs internet)", m) for m in CURATED_HUB]
+
+    with gr.Blocks(title="Compression Lab", analytics_enabled=False) as demo:
+        run_id_state = gr.State(None)
+        gr.HTML('<div class="lab-header"><h1>Compression Lab</h1><p>Compress a language model and compare it '
+                "side by side with the original: generations, memory, speed and quality, for the hardware "
+                "you choose.</p></div>")
+        with gr.Row(equal_height=False, elem_classes="lab-main"):
+            # ---------------- settings column ----------------
+            with gr.Column(scale=2, min_width=300, elem_classes="lab-settings"):
+                model = gr.Dropdown(model_choices, value="demo", allow_custom_value=True, label="Model",
+                                    info="The demo model works offline. Type any hub id (org/name) or a local "
+                                    "folder to use another model.", elem_id="lab-model")
+                model_note = gr.Markdown(elem_classes="lab-note")
+                with gr.Tabs():
+                    with gr.Tab("Preset"):
+                        preset = gr.Dropdown(presets, value=default_preset, label="Preset recipe",
+                                             elem_id="lab-preset")
+                    with gr.Tab("Stage builder"):
+                        method = gr.Dropdown(sorted(methods), value=next(iter(sorted(methods)), None),
+                                             label="Method", elem_id="lab-method")
+                        method_help = gr.Markdown(elem_classes="lab-note")
+                        groups, forms = {}, {}
+                        for name in sorted(methods):
+                            with gr.Group(visible=(name == next(iter(sorted(methods)), None))) as grp:
+                                forms[name] = form_fields(methods[name].config_cls)
+                            groups[name] = grp
+                        with gr.Row():
+                            add_stage = gr.Button("Add stage to recipe", variant="secondary", size="sm")
+                            clear_stages = gr.Button("Start a new recipe", size="sm")
+                    with gr.Tab("YAML"):
+                        gr.Markdown("The recipe that runs. Edit it here, or upload a .yaml file.",
+                                    elem_classes="lab-note")
+                        with gr.Row():
+                            upload = gr.UploadButton("Upload YAML", file_types=[".yaml", ".yml", ".json"],
+                                                     size="sm")
+                            download_yaml = gr.DownloadButton("Download YAML", size="sm")
+                            check_btn = gr.Button("Check recipe", size="sm")
+                recipe_box = gr.Code(default_yaml, language="yaml", label="Recipe (YAML)", lines=8,
+                                     elem_id="lab-recipe")
+                recipe_status = gr.Markdown(elem_classes="lab-note")
+                hardware = gr.Dropdown(hw_choices, value=hw_choices[0][1], label="Hardware profile",
+                                       info="Other profiles are projected from a roofline model.",
+                                       elem_id="lab-hardware")
+                with gr.Accordion("Evaluation settings", open=False):
+                    eval_inputs = []
+                    for key, (label, lo, hi) in EVAL_FIELDS.items():
+                        default = int(min(max(eval_defaults.get(key, lo), lo), hi))
+                        eval_inputs.append(gr.Slider(lo, hi, value=default, step=1, label=label))
+                with gr.Row():
+                    run_btn = gr.Button("Run comparison", variant="primary", elem_id="lab-run")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
+                progress = gr.HTML(progress_html(0, "Ready. Pick a preset and press Run.", "idle"),
+                                   elem_id="lab-progress")
+                status = gr.Markdown(elem_id="lab-status")
+            # ---------------- results column ----------------
+            with gr.Column(scale=3, min_width=300, elem_classes="lab-results"):
+                with gr.Tabs():
+                    with gr.Tab("Comparison"):
+                        cards = gr.HTML('<div class="lab-empty">Results appear here after a run.</div>',
+                                        elem_id="lab-cards")
+                        samples = gr.HTML(elem_id="lab-samples-box")
+                        with gr.Group():
+                            prompt = gr.Textbox(label="Your prompt: both models answer it",
+                                                placeholder="27+58=", lines=2, max_lines=6, elem_id="lab-prompt")
+                            ask_btn = gr.Button("Ask both models", size="sm")
+                            with gr.Row():
+                                ans_base = gr.Textbox(label="Baseline", interactive=False, lines=3)
+                                ans_comp = gr.Textbox(label="Compressed", interactive=False, lines=3)
+                    with gr.Tab("Plots"):
+                        show_projected = gr.Checkbox(False, label="Show projected speed (hardware profile)")
+                        with gr.Row():
+                            mem_plot = gr.Plot(label="Memory", elem_classes="lab-plot")
+                            thr_plot = gr.Plot(label="Throughput", elem_classes="lab-plot")
+                        with gr.Row():
+                            q_plot = gr.Plot(label="Quality", elem_classes="lab-plot")
+                            layer_plot = gr.Plot(label="Per-layer error", elem_classes="lab-plot")
+                    with gr.Tab("Hardware (projection)"):
+                        hw_panel = gr.HTML('<div class="lab-empty">Run a comparison to see whether it fits.</div>')
+                        details = gr.Markdown()
+                    with gr.Tab("History"):
+                        with gr.Row():
+                            refresh = gr.Button("Refresh", size="sm")
+                            export_csv = gr.DownloadButton("Export CSV", size="sm")
+                            export_json = gr.DownloadButton("Export JSON", size="sm")
+                        history = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True,
+                                               label="Runs (newest first)", elem_id="lab-history")
+                        compare_pick = gr.Dropdown([], multiselect=True, label="Pick runs to compare")
+                        compare_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True,
+                                                     label="Selected runs")
+                        with gr.Row():
+                            pareto_quality = gr.Dropdown(list(QUALITY_AXES), value=next(iter(QUALITY_AXES)),
+                                                         label="Quality axis")
+                            pareto_x = gr.Radio(["Weight memory", "Projected decode tokens/s"],
+                                                value="Weight memory", label="x axis")
+                        pareto = gr.Plot(label="Pareto")
+                        with gr.Row():
+                            show_run = gr.Dropdown([], label="Show a run's results above")
+                            model_pick = gr.Dropdown([], label="Download a compressed model")
+                        model_file = gr.File(label="Compressed model (.zip)", interactive=False)
+                    with gr.Tab("How to read this"):
+                        gr.Markdown(HOW_TO_READ)
+                with gr.Accordion("Raw report (JSON)", open=False):
+                    report_json = gr.JSON(label="Report")
+                    run_log = gr.Textbox(label="Log", lines=6, max_lines=20, interactive=False)
+
+        result_outputs = [cards, samples, mem_plot, thr_plot, q_plot, layer_plot, hw_panel, details, report_json]
+
+        def results_for(report: dict, projected: bool) -> list:
+            return [metric_cards_html(report), samples_html(report), memory_plot(report),
+                    throughput_plot(report, projected), quality_plot(report), layer_error_plot(report),
+                    hardware_html(report), details_markdown(report), report]
+
+        # ---------------- model ----------------
+        def on_model(spec: str):
+            spec = (spec or "").strip()
+            if spec == "demo":
+                return "Bundled model, offline. A run on it takes about a minute on 2 CPU cores."
+            if not spec:
+                return "Pick a model."
+            from compressor.loading import HUB_ID
+
+            if spec.startswith(("/", ".", "~")):
+                return f"Local folder `{spec}`: it must hold a model saved with save_pretrained (safetensors)."
+            if HUB_ID.match(spec):
+                from compressor.loading import hub_reachable
+
+                if not hub_reachable(timeout=1.5):
+                    return (f"`{spec}` needs internet, and the Hugging Face Hub is not reachable from this "
+                            "machine. Use the demo model or a local folder.")
+                return f"`{spec}` is downloaded from the Hugging Face Hub on the first run (needs internet)."
+            return f"`{spec}` is neither 'demo', a hub id like org/name, nor a local folder path."
+
+        model.change(on_model, model, model_note, show_progress="hidden")
+
+        # ---------------- recipe ----------------
+        def on_preset(name: str):
+            if not name:
+                return gr.update(), ""
+            try:
+                return recipe_yaml(name), f"Preset **{name}** loaded into the recipe editor."
+            except Exception as e:
+                return gr.update(), f"Preset {name!r} cannot be loaded: {e}"
+
+        preset.input(on_preset, preset, [recipe_box, recipe_status])
+
+        method_names = sorted(methods)
+        all_form_inputs = [f.component for name in method_names for f in forms[name]]
+
+        def on_method(name: str):
+            spec = methods.get(name)
+            doc = ((spec.config_cls.__doc__ or "").strip().split("\n\n")[0] if spec else "")
+            cal = " Needs calibration data (runs layer by layer)." if spec and spec.needs_calibration else ""
+            help_text = f"**{name}** ({spec.kind}).{cal} {doc}" if spec else ""
+            return [help_text] + [gr.update(visible=(n == name)) for n in method_names]
+
+        if method_names:
+            method.change(on_method, method, [method_help] + [groups[n] for n in method_names])
+            demo.load(on_method, method, [method_help] + [groups[n] for n in method_names])
+
+        def on_add_stage(name: str, text: str, *values):
+            if name not in methods:
+                raise gr.Error(f"Pick a method first (known: {', '.join(method_names)}).")
+            offset = sum(len(forms[n]) for n in method_names[: method_names.index(name)])
+            mine = list(values[offset : offset + len(forms[name])])
+            try:
+                stage = stage_from_form(name, forms[name], mine)
+                new_text = with_stage(text, stage)
+                check_recipe(parse_recipe_text(new_text))
+            except LabError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+            return new_text, f"Added a **{name}** stage. The recipe now has " \
+                f"{len(stages_of(parse_recipe_text(new_text)))} stage(s)."
+
+        add_stage.click(on_add_stage, [method, recipe_box] + all_form_inputs, [recipe_box, recipe_status])
+        clear_stages.click(lambda: ("stages: []\n", "Empty recipe: add stages with the builder."),
+                           None, [recipe_box, recipe_status])
+
+        def on_upload(file):
+            if file is None:
+                return gr.update(), ""
+            path = Path(file if isinstance(file, str) else file.name)
+            if path.stat().st_size > 200_000:
+                raise gr.Error(f"{path.name} is {path.stat().st_size:,} bytes; a recipe is at most 200 kB.")
+            try:
+                text = path.read_text(encoding="utf-8")
+                parsed = parse_recipe_text(text)
+                check_recipe(parsed)
+            except UnicodeDecodeError:
+                raise gr.Error(f"{path.name} is not a UTF-8 text file.", print_exception=False) from None
+            except LabError as e:
+                return text if "text" in locals() else gr.update(), f"Uploaded, but: {e}"
+            return text, f"Uploaded **{path.name}**: recipe is valid."
+
+        upload.upload(on_upload, upload, [recipe_box, recipe_status])
+
+        def on_download_yaml(text: str):
+            name = "recipe"
+            try:
+                parsed = parse_recipe_text(text)
+                if isinstance(parsed, dict) and parsed.get("name"):
+                    name = re.sub(r"[^\w.+-]", "_", str(parsed["name"]))[:60]
+            except LabError:
+                pass
+            path = Path(tempfile.mkdtemp(prefix="lab-recipe-")) / f"{name}.yaml"
+            path.write_text(text or "", encoding="utf-8")
+            return str(path)
+
+        recipe_box.change(on_download_yaml, recipe_box, download_yaml, show_progress="hidden")
+        demo.load(on_download_yaml, recipe_box, download_yaml)
+
+        def on_check(text: str):
+            try:
+                parsed = parse_recipe_text(text)
+                check_recipe(parsed)
+            except LabError as e:
+                return f"**Recipe problem:** {e}"
+            n = len(stages_of(parsed))
+            return f"Recipe is valid: {n} stage(s)."
+
+        check_btn.click(on_check, recipe_box, recipe_status)
+
+        # ---------------- run ----------------
+        def make_payload(spec, text, hw, *eval_values) -> dict:
+            spec = (spec or "").strip()
+            if not spec:
+                raise LabError("no model given: pick 'demo' or type a hub id or a local folder")
+            parsed = parse_recipe_text(text)
+            check_recipe(parsed)
+            settings = {}
+            for (key, (label, lo, hi)), v in zip(EVAL_FIELDS.items(), eval_values, strict=True):
+                if v is None or not lo <= float(v) <= hi:
+                    raise LabError(f"{label} = {v!r} is out of range: use {lo} to {hi}")
+                settings[key] = int(v)
+            if eval_mod is not None:
+                settings = {k: v for k, v in settings.items() if k in eval_defaults}
+                if "stride" in eval_defaults:
+                    settings["stride"] = max(8, min(eval_defaults["stride"], settings.get("context", 256) // 2))
+                eval_mod.EvalSettings.from_dict(settings)  # raises a LabError naming the bad setting
+            return {"model": spec, "recipe": parsed, "hardware": hw or "this-machine", "eval": settings}
+
+        def run_clicked(spec, text, hw, projected, *eval_values, request: gr.Request = None):
+            blank = [gr.update()] * len(result_outputs)
+            try:
+                payload = make_payload(spec, text, hw, *eval_values)
+                run_id = manager.submit(payload, _owner(request))
+            except LabError as e:
+                gr.Warning(str(e))
+                yield [None, progress_html(0, "Not started.", "failed"), f"**Cannot start:** {e}", ""] + blank
+                return
+            started = time.time()
+            yield [run_id, progress_html(0, "Queued..."), f"Run `{run_id}` submitted.", ""] + blank
+            since = 0
+            while True:
+                events = manager.events(run_id, since=since, timeout=POLL_S)
+                if events:
+                    since = events[-1]["index"] + 1
+                state = manager.status(run_id)
+                if state in FINAL_STATUSES or state is None:
+                    break
+                frac, text_ = describe_progress(manager.latest_progress(run_id), manager.position(run_id), started)
+                yield [run_id, progress_html(frac, text_), f"Run `{run_id}` is {state}.", gr.update()] + blank
+            run = manager.get_run(run_id) or {"status": "failed", "error": "the run disappeared from the store"}
+            took = time.time() - started
+            log_text = run.get("log") or ""
+            if run["status"] == SUCCEEDED and run.get("report"):
+                msg = f"Run `{run_id}` finished in {took:.0f} s."
+                yield ([run_id, progress_html(1, f"Done in {took:.0f} s.", "done"), msg, log_text]
+                       + results_for(run["report"], projected))
+                return
+            error = run.get("error") or run["status"]
+            if run["status"] != "cancelled":
+                gr.Warning(f"Run {run_id} {run['status']}: {error}")
+            yield [run_id, progress_html(0, f"{run['status'].title()}.", "failed"),
+                   f"**Run `{run_id}` {run['status']}:** {html.escape(error)}", log_text] + blank
+
+        run_event = run_btn.click(
+            run_clicked, [model, recipe_box, hardware, show_projected] + eval_inputs,
+            [run_id_state, progress, status, run_log] + result_outputs,
+            api_name="run", concurrency_limit=None, show_progress="hidden",
+        )
+
+        def cancel_clicked(run_id, request: gr.Request = None):
+            if not run_id:
+                return "Nothing is running."
+            try:
+                ok = manager.cancel(run_id, owner=_owner(request))
+            except LabError as e:
+                return f"Cannot cancel: {e}"
+            return f"Cancelling run `{run_id}`..." if ok else f"Run `{run_id}` has already finished."
+
+        cancel_btn.click(cancel_clicked, run_id_state, status, api_name="cancel")
+
+        # ---------------- free prompt ----------------
+        def ask_clicked(run_id, text, spec):
+            if ask_manager is None:
+                raise gr.Error("Free prompts are off in this app instance.")
+            if not run_id:
+                raise gr.Error("Run a comparison first (or pick a run in History): the prompt goes to its "
+                               "compressed model.", print_exception=False)
+            run = manager.get_run(run_id) or {}
+            if run.get("status") != SUCCEEDED:
+                raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.")
+            if not run.get("artifact_path"):
+                raise gr.Error(f"Run {run_id} kept no compressed model (older runs' models are removed to save "
+                               "space): run it again.", print_exception=False)
+            payload = {"model": run.get("model_spec") or "demo", "artifact": run["artifact_path"],
+                       "prompt": text or "", "max_new_tokens": 32}
+            ask_id = ask_manager.submit(payload, owner="prompt-box")
+            try:
+                done = ask_manager.wait(ask_id, timeout=ASK_TIMEOUT_S)
+            except TimeoutError:
+                ask_manager.cancel(ask_id)
+                raise gr.Error(f"No answer within {ASK_TIMEOUT_S} s; try a shorter prompt.") from None
+            if done["status"] != SUCCEEDED:
+                raise gr.Error(f"Could not answer: {done.get('error')}", print_exception=False)
+            rep = done["report"]
+            return rep.get("baseline", ""), rep.get("compressed", "")
+
+        ask_btn.click(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp], api_name="ask")
+        prompt.submit(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp])
+
+        # ---------------- history ----------------
+        def all_runs() -> list[dict]:
+            return manager.list_runs(limit=200)
+
+        def refresh_history(selected, quality, x_axis):
+            runs = all_runs()
+            ids = [r["id"] for r in runs]
+            done = [r["id"] for r in runs if r["status"] == SUCCEEDED]
+            with_model = [r["id"] for r in runs if r.get("artifact_path")]
+            selected = [s for s in (selected or []) if s in ids]
+            picked = [r for r in runs if r["id"] in selected]
+            return (history_rows(runs), gr.update(choices=ids, value=selected), history_rows(picked),
+                    pareto_plot(runs, quality, x_axis, selected), gr.update(choices=done),
+                    gr.update(choices=with_model))
+
+        history_outputs = [history, compare_pick, compare_table, pareto, show_run, model_pick]
+        history_inputs = [compare_pick, pareto_quality, pareto_x]
+        refresh.click(refresh_history, history_inputs, history_outputs)
+        demo.load(refresh_history, history_inputs, history_outputs)
+        run_event.then(refresh_history, history_inputs, history_outputs)
+        for comp in (compare_pick, pareto_quality, pareto_x):
+            comp.input(refresh_history, history_inputs, history_outputs)
+
+        def on_show_run(run_id, projected):
+            run = manager.get_run(run_id) if run_id else None
+            if not run or not run.get("report"):
+                return [gr.update()] * (1 + len(result_outputs))
+            return [run_id] + results_for(run["report"], projected)
+
+        show_run.input(on_show_run, [show_run, show_projected], [run_id_state] + result_outputs)
+
+        def on_projected(run_id, projected):
+            run = manager.get_run(run_id) if run_id else None
+            if not run or not run.get("report"):
+                return gr.update()
+            return throughput_plot(run["report"], projected)
+
+        show_projected.change(on_projected, [run_id_state, show_projected], thr_plot)
+
+        export_dir = Path(tempfile.mkdtemp(prefix="lab-export-"))
+
+        def on_export(fmt: str):
+            runs = all_runs()
+            path = export_dir / f"compression-lab-runs.{fmt}"
+            if fmt == "csv":
+                path.write_text(runs_csv(runs), encoding="utf-8")
+            else:
+                keep = ("id", "status", "model_spec", "recipe", "hardware", "eval_settings", "created_at",
+                        "finished_at", "report", "error")
+                path.write_text(json.dumps([{k: r.get(k) for k in keep} for r in runs], indent=1), encoding="utf-8")
+            return str(path)
+
+        export_csv.click(lambda: on_export("csv"), None, export_csv)
+        export_json.click(lambda: on_export("json"), None, export_json)
+
+        def on_model_pick(run_id):
+            run = manager.get_run(run_id) if run_id else None
+            folder = Path(run["artifact_path"]) if run and run.get("artifact_path") else None
+            if folder is None or not folder.is_dir():
+                raise gr.Error(f"Run {run_id} has no compressed model on disk any more.", print_exception=False)
+            base = export_dir / f"compressed-{run_id}"
+            return shutil.make_archive(str(base), "zip", root_dir=folder)
+
+        model_pick.input(on_model_pick, model_pick, model_file)
+    return demo
+
+
+# -- launch -----------------------------------------------------------------------------------------
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (Gradio 6 takes them at launch)."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [STATIC / "lab.css"]}
+
+
+def make_managers(data_dir: str | Path | None = None) -> tuple[JobManager, JobManager]:
+    """The compression job manager and the free-prompt one (its own small store under the data folder)."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    manager = JobManager(data_dir, concurrency=1, time_limit_s=TIME_LIMIT_S, max_queued_per_owner=3)
+    ask_manager = JobManager(data_dir / "prompt-box", target="compressor.ask:answer", concurrency=1,
+                             time_limit_s=ASK_TIMEOUT_S)
+    return manager, ask_manager
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    manager, ask_manager = make_managers()
+    demo = build_app(manager, ask_manager)
+    demo.queue(default_concurrency_limit=4)
+    host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if ON_SPACE else "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    try:
+        demo.launch(server_name=host, server_port=port, **launch_kwargs())
+    finally:
+        ask_manager.shutdown()
+        manager.shutdown()
+
+
+if __name__ == "__main__":
+    main()
