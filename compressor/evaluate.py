@@ -97,7 +97,7 @@ class EvalSettings:
 
 def eval_tokens(tokenizer, text: str, n_tokens: int) -> torch.Tensor:
     """The first `n_tokens` + 1 tokens of `text` (the +1 is the last target). Shape [n_tokens + 1]."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
     if ids.numel() < 2:
         raise LabError("evaluation text tokenizes to fewer than 2 tokens: give a longer text.")
     return ids[: n_tokens + 1]
@@ -245,7 +245,7 @@ def evaluate_quality(model, tokens: torch.Tensor, context: int, stride: int, top
 
 # --- arithmetic ---------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"[-\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?![\d,]*\d)")
+_NUMBER = re.compile(r"(?<!\d)[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)")
 _PREFIX = re.compile(r"^\s*(?:(?:the\s+)?answer(?:\s+is)?\s*[:=]?|=)\s*", re.IGNORECASE)
 
 

@@ -1,0 +1,391 @@
+"""One experiment: load, measure the baseline, compress, measure again, project onto hardware.
+
+`run_experiment(...)` returns a `Report`; `run_job(payload, ctx)` is the same for the background
+worker and returns `Report.to_dict()`. Baseline and compressed models are measured the same way on
+the same tokens (compressor.evaluate, compressor.speed); the baseline's measurements (its top-k
+reference for KL included) are cached through `ctx.cache`, keyed by model, model files, evaluation
+settings, device and library versions, so a second recipe on the same model skips them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import evaluate as ev
+from . import hardware as hw
+from .errors import LabError
+from .evaldata import held_out_text, load_arithmetic, load_prompts
+from .progress import Progress
+from .speed import kernel_paths, kv_bytes_per_token_from_config, measure_speed, weight_bytes
+
+CACHE_VERSION = 1
+# Held-out characters tokenized for perplexity: ~4 characters per token with room to spare.
+CHARS_PER_TOKEN = 6
+# Fraction of the whole job each phase covers, for progress events.
+PHASES = {"load": (0.0, 0.05), "evaluate-baseline": (0.05, 0.3), "compress": (0.3, 0.7),
+          "evaluate-compressed": (0.7, 0.95), "project": (0.95, 1.0)}
+PROJECTION_CONTEXT = 2048
+
+
+@dataclass
+class Report:
+    """Everything one run measured and projected; `to_dict()` is the JSON the UI and CLI read.
+
+    `baseline` and `compressed` hold the headline metrics under the same keys (weight_bytes,
+    perplexity, arithmetic_accuracy, prefill_tokens_per_s, decode_tokens_per_s, peak_memory_bytes,
+    kv_bytes_per_token, ...) plus their details; `compressed` adds kld and top1_agreement.
+    """
+
+    model: dict
+    recipe: dict
+    hardware: str
+    settings: dict
+    baseline: dict
+    compressed: dict
+    compress_seconds: float
+    samples: list[dict]
+    projection: dict
+    stages: list[dict] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
+    compression: dict = field(default_factory=dict)
+    environment: dict = field(default_factory=dict)
+    online: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return _jsonable(dataclasses.asdict(self))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _jsonable(x):
+    """NaN/inf become None so the JSON is strict; tuples become lists."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+        return None
+    return x
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+class _Phases:
+    """Maps a phase's own 0..1 progress onto the job's fraction and forwards Progress events."""
+
+    def __init__(self, progress: Callable[[Progress], None] | None):
+        self.progress = progress
+
+    def emit(self, phase: str, within: float = 0.0, message: str = "", **kw) -> None:
+        if self.progress is None:
+            return
+        lo, hi = PHASES[phase]
+        self.progress(Progress(stage=phase, fraction=lo + (hi - lo) * min(max(within, 0.0), 1.0),
+                               message=message, **kw))
+
+    def engine_callback(self) -> Callable[[Progress], None]:
+        def forward(p: Progress) -> None:
+            if self.progress is not None:
+                lo, hi = PHASES["compress"]
+                self.progress(dataclasses.replace(p, fraction=lo + (hi - lo) * p.fraction, eta_s=None))
+        return forward
+
+
+def model_fingerprint(model, spec: str) -> dict:
+    """Which weights were measured: the files (name, size, mtime) of a local model, else the spec."""
+    path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    p = Path(path)
+    files = []
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.is_file() and f.suffix in (".safetensors", ".json", ".bin"):
+                st = f.stat()
+                files.append([f.name, st.st_size, int(st.st_mtime)])
+    return {"spec": spec, "path": path, "files": files}
+
+
+def environment(device: str) -> dict:
+    import transformers
+
+    env = {"device": device, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "platform": platform.platform(),
+           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def baseline_cache_key(fingerprint: dict, settings: ev.EvalSettings, env: dict) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, "model": fingerprint, "settings": settings.to_dict(),
+                       "device": env["device"], "python": env["python"], "torch": env["torch"],
+                       "transformers": env["transformers"], "threads": env["threads"]}, sort_keys=True)
+    return "baseline:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _n_params(model) -> int:
+    """Logical parameter count of the uncompressed model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _model_facts(model, n_params: int, w_bytes: int, kv_per_token: float, traits: list[str],
+                 bits: float) -> hw.ModelFacts:
+    cfg = model.config
+    return hw.ModelFacts(weight_bytes=w_bytes, n_params=n_params, n_layers=cfg.num_hidden_layers,
+                         kv_bytes_per_token=kv_per_token, max_context=getattr(cfg, "max_position_embeddings", 2048),
+                         hidden_size=cfg.hidden_size, traits=traits, weight_bits=bits)
+
+
+def recipe_traits(stages: list[dict]) -> tuple[list[str], float]:
+    """Formats in a recipe that change kernel behaviour (see hardware.warnings_for), and the lowest
+    weight bit width."""
+    traits, bits = set(), 32.0
+    for s in stages:
+        method = s.get("method", "")
+        if method in ("bnb-nf4", "bnb-fp4"):
+            traits.add("nf4")
+            bits = min(bits, 4)
+        elif method == "fp8":
+            traits.add("fp8")
+            bits = min(bits, 8)
+        elif method in ("llm-int8", "smoothquant"):
+            traits.add("int8-dynamic")
+            bits = min(bits, 8)
+        elif isinstance(s.get("bits"), int):
+            traits.add("weight-only-int")
+            if s["bits"] <= 4:
+                traits.add("int4-weight-only")
+            bits = min(bits, s["bits"])
+        n, m = s.get("prune_n") or s.get("n"), s.get("prune_m") or s.get("m")
+        if (n, m) == (2, 4) or s.get("pattern") == "2:4" or s.get("sparsity") == "2:4":
+            traits.add("sparse-2:4")
+    return sorted(traits), bits
+
+
+# --- measuring one model ------------------------------------------------------------------------
+
+
+def measure(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
+            prompts: list[str], reference: ev.Reference | None = None, emit=None) -> tuple[dict, ev.Reference]:
+    """Quality, arithmetic, samples, speed and memory of one model. Returns (section, own reference)."""
+    emit = emit or (lambda *a, **k: None)
+    t0 = time.perf_counter()
+    emit(0.0, "perplexity and KL on held-out text")
+    quality, own = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference)
+    emit(0.25, "arithmetic exact match")
+    arith = ev.evaluate_arithmetic(model, tokenizer, problems)
+    emit(0.45, "greedy samples")
+    samples = ev.greedy_generate(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
+    emit(0.55, "speed and memory")
+    speed = measure_speed(model, model.config.vocab_size, settings.speed_prompt_tokens, settings.speed_new_tokens,
+                          batches=tuple(sorted({1, settings.speed_batch})), repeats=settings.repeats)
+    kv_config = kv_bytes_per_token_from_config(model.config, next(model.parameters()).dtype)
+    big = str(settings.speed_batch)
+    section = {
+        "weight_bytes": weight_bytes(model),
+        "perplexity": quality.perplexity,
+        "nll": quality.nll,
+        "arithmetic_accuracy": arith["accuracy"],
+        "arithmetic_ci95": arith["ci95"],
+        "arithmetic_n": arith["n"],
+        "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
+        "decode_tokens_per_s": speed["decode_tokens_per_s"],
+        f"decode_tokens_per_s_batch_{big}": speed["by_batch"][big]["decode_tokens_per_s"]["median"],
+        "time_to_first_token_s": speed["time_to_first_token_s"],
+        "peak_memory_bytes": speed["peak_memory_bytes"],
+        "peak_memory_delta_bytes": speed["peak_memory_delta_bytes"],
+        "kv_bytes_per_token": speed["kv_bytes_per_token_measured"] or kv_config,
+        "kv_bytes_per_token_config": kv_config,
+        "kernel_paths": kernel_paths(model),
+        "quality": quality.to_dict() | {"reference_top_k": settings.top_k,
+                                        "reference_tail_mass": own.mean_tail_mass},
+        "arithmetic": arith,
+        "speed": speed,
+        "samples": samples,
+        "eval_seconds": time.perf_counter() - t0,
+    }
+    if reference is not None:
+        section.update(kld=quality.kld, kld_p99=quality.kld_p99, top1_agreement=quality.top1_agreement)
+    emit(1.0, "done")
+    return section, own
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings: dict | ev.EvalSettings | None = None,
+                   *, cache=None, progress: Callable[[Progress], None] | None = None,
+                   log: Callable[[str], None] | None = None, device: str = "cpu", allow_pickle: bool = False,
+                   trust_remote_code: bool = False, projection_context: int = PROJECTION_CONTEXT,
+                   projection_batch: int = 1) -> Report:
+    """Load `model`, measure it, compress it with `recipe`, measure again, project onto `hardware`.
+
+    Bad input (recipe, settings, hardware id, model spec) raises a LabError subclass before any
+    long work starts. `cache` is anything with get(key)/put(key, dict) (a JobContext's cache).
+    """
+    from .engine import compress
+    from .loading import load_model
+    from .recipe import load_recipe
+
+    log = log or (lambda _: None)
+    t_start = time.perf_counter()
+    phases = _Phases(progress)
+    settings = settings if isinstance(settings, ev.EvalSettings) else ev.EvalSettings.from_dict(settings)
+    rec = load_recipe(recipe)
+    profile = None if hardware == hw.THIS_MACHINE else hw.get_profile(hardware)
+    if projection_context < 1 or projection_batch < 1:
+        raise LabError(f"projection context={projection_context}, batch={projection_batch}: both must be >= 1.")
+
+    phases.emit("load", 0.0, f"loading {model}")
+    t0 = time.perf_counter()
+    net, tokenizer = load_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device)
+    load_s = time.perf_counter() - t0
+    env = environment(device)
+    fingerprint = model_fingerprint(net, model)
+    n_params = _n_params(net)
+    text = held_out_text()
+    tokens = ev.eval_tokens(tokenizer, text[: settings.ppl_tokens * CHARS_PER_TOKEN], settings.ppl_tokens)
+    if tokens.numel() <= settings.ppl_tokens:  # text denser than expected: use all of it
+        tokens = ev.eval_tokens(tokenizer, text, settings.ppl_tokens)
+    problems = load_arithmetic()[: settings.arithmetic_samples]
+    prompts = load_prompts()
+
+    key = baseline_cache_key(fingerprint, settings, env)
+    cached = cache.get(key) if cache is not None else None
+    t0 = time.perf_counter()
+    if cached is not None:
+        log("baseline measurements from cache")
+        phases.emit("evaluate-baseline", 1.0, "baseline from cache")
+        base, reference = cached["section"], ev.Reference.from_dict(cached["reference"])
+    else:
+        base, reference = measure(net, tokenizer, tokens, settings, problems, prompts,
+                                  emit=lambda f, m: phases.emit("evaluate-baseline", f, m))
+        base["online"] = ev.online_extras(net, tokenizer, settings)
+        if cache is not None:
+            cache.put(key, {"section": base, "reference": reference.to_dict()})
+    baseline_s = time.perf_counter() - t0
+
+    phases.emit("compress", 0.0, "compressing")
+    t0 = time.perf_counter()
+    net, creport = compress(net, rec, progress=phases.engine_callback(), tokenizer=tokenizer)
+    compress_s = time.perf_counter() - t0
+    log(f"compressed in {compress_s:.1f} s")
+
+    t0 = time.perf_counter()
+    comp, _ = measure(net, tokenizer, tokens, settings, problems, prompts, reference=reference,
+                      emit=lambda f, m: phases.emit("evaluate-compressed", f, m))
+    comp["arithmetic_diff_ci95"] = list(ev.paired_bootstrap_diff(base["arithmetic"]["correct"],
+                                                                  comp["arithmetic"]["correct"]))
+    comp["online"] = ev.online_extras(net, tokenizer, settings)
+    compressed_s = time.perf_counter() - t0
+
+    phases.emit("project", 0.0, "projecting onto hardware")
+    profile = profile or hw.this_machine(cache)
+    stages = [s.to_dict() for s in rec.stages]
+    traits, bits = recipe_traits(stages)
+    base_facts = _model_facts(net, n_params, base["weight_bytes"], base["kv_bytes_per_token"], [],
+                              _dtype_bits(net))
+    comp_facts = _model_facts(net, n_params, comp["weight_bytes"], comp["kv_bytes_per_token"], traits, bits)
+    # a model cannot be projected beyond the positions it was trained for
+    context = min(projection_context, base_facts.max_context)
+    projection = {
+        "label": hw.LABEL,
+        "hardware": profile.to_dict(),
+        "context": context, "batch": projection_batch,
+        "context_clamped_from": projection_context if context < projection_context else None,
+        "baseline": hw.project(profile, base_facts, context, projection_batch),
+        "compressed": hw.project(profile, comp_facts, context, projection_batch),
+    }
+    projection["text"] = [f"{name}: {hw.projection_text(projection[name])}" for name in ("baseline", "compressed")]
+    if profile.id == hw.THIS_MACHINE and device == "cpu":
+        projection["check_against_measured"] = _check(profile, base_facts, comp_facts, base, comp, settings)
+    phases.emit("project", 1.0, "done")
+
+    creport_d = creport.to_dict() if hasattr(creport, "to_dict") else dataclasses.asdict(creport)
+    env["kernel_paths"] = comp["kernel_paths"]
+    samples = [{"prompt": p, "baseline": b, "compressed": c}
+               for p, b, c in zip(prompts, base["samples"], comp["samples"], strict=True)]
+    return Report(
+        model={"spec": model, "n_params": n_params, "architecture": type(net).__name__,
+               "fingerprint": fingerprint},
+        recipe=rec.to_dict(), hardware=profile.id, settings=settings.to_dict(), baseline=base, compressed=comp,
+        compress_seconds=compress_s, samples=samples, projection=projection,
+        stages=creport_d.get("stages", []), layers=creport_d.get("layers", []), compression=creport_d,
+        environment=env, online={"baseline": base["online"], "compressed": comp["online"]},
+        timings={"load_s": load_s, "baseline_eval_s": baseline_s, "baseline_cached": cached is not None,
+                 "compress_s": compress_s, "compressed_eval_s": compressed_s,
+                 "total_s": time.perf_counter() - t_start},
+        warnings=list(creport_d.get("warnings", [])),
+    )
+
+
+def _dtype_bits(model) -> float:
+    return 8.0 * next(model.parameters()).element_size()
+
+
+def _check(profile, base_facts, comp_facts, base: dict, comp: dict, settings: ev.EvalSettings) -> dict:
+    """Projected vs measured decode tokens/s on this machine, at the context the speed test used."""
+    ctx = settings.speed_prompt_tokens + settings.speed_new_tokens // 2
+    out = {"label": hw.LABEL, "context": ctx, "batch": 1}
+    for name, facts, section in (("baseline", base_facts, base), ("compressed", comp_facts, comp)):
+        projected = 1.0 / hw.decode_seconds(profile, facts, 1, ctx)
+        measured = section["decode_tokens_per_s"]
+        out[name] = {"projected_decode_tokens_per_s": projected, "measured_decode_tokens_per_s": measured,
+                     "ratio_projected_over_measured": projected / measured if measured else None}
+    return out
+
+
+# --- the job target -----------------------------------------------------------------------------
+
+PAYLOAD_KEYS = {"model", "recipe", "hardware", "eval", "samples", "context", "max_new_tokens", "device",
+                "allow_pickle", "trust_remote_code", "projection_context", "projection_batch"}
+# Short payload names for the most used eval settings.
+ALIASES = {"samples": "arithmetic_samples", "context": "context", "max_new_tokens": "max_new_tokens"}
+
+
+def settings_from_payload(payload: dict) -> ev.EvalSettings:
+    d = dict(payload.get("eval") or {})
+    for short, name in ALIASES.items():
+        if payload.get(short) is not None:
+            d[name] = payload[short]
+    if "context" in d and "stride" not in d:
+        d["stride"] = max(8, d["context"] // 2)
+    return ev.EvalSettings.from_dict(d)
+
+
+def run_job(payload: dict, ctx) -> dict:
+    """The background worker's target: payload -> Report as a dict (also saved as report.json)."""
+    if not isinstance(payload, dict):
+        raise LabError(f"payload must be a dict, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - PAYLOAD_KEYS)
+    if unknown:
+        raise LabError(f"unknown payload key(s) {unknown}: known are {sorted(PAYLOAD_KEYS)}.")
+    if not payload.get("model") or payload.get("recipe") in (None, ""):
+        raise LabError("payload needs 'model' (e.g. 'demo') and 'recipe' (a preset name, YAML or a dict).")
+    report = run_experiment(
+        payload["model"], payload["recipe"], payload.get("hardware") or hw.THIS_MACHINE,
+        settings_from_payload(payload), cache=ctx.cache, progress=ctx.progress, log=ctx.log,
+        device=payload.get("device", "cpu"), allow_pickle=bool(payload.get("allow_pickle", False)),
+        trust_remote_code=bool(payload.get("trust_remote_code", False)),
+        projection_context=int(payload.get("projection_context", PROJECTION_CONTEXT)),
+        projection_batch=int(payload.get("projection_batch", 1)),
+    )
+    out = report.to_dict()
+    artifact_dir = getattr(ctx, "artifact_dir", None)
+    if artifact_dir is not None:
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        (Path(artifact_dir) / "report.json").write_text(json.dumps(out, indent=2))
+    return out
+
