@@ -64,7 +64,7 @@ CURATED_HUB = [
     "EleutherAI/pythia-160m",
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
 ]
-DEFAULT_PRESET = "rtn-w4-g128"
+DEFAULT_PRESET = "w4-g128"  # RTN: calibration-free, the one-click demo
 
 # Evaluation settings shown on the page: name -> (label, UI min, UI max). Defaults come from
 # compressor.evaluate.EvalSettings; the UI maxima are tighter than the engine's, for a shared machine.
@@ -107,17 +107,19 @@ def _engine(name: str) -> types.ModuleType | None:
         return None
 
 
-def preset_names() -> list[str]:
+def preset_choices() -> list[tuple[str, str]]:
+    """(label with description, name) of the named recipes."""
     presets = _engine("presets")
     if presets is None:
         return []
     try:
         found = presets.list_presets()
-    except Exception as e:  # a broken preset file must not stop the page from opening
+    except Exception as e:  # a broken preset must not stop the page from opening
         log.warning("list_presets failed: %s", e)
         return []
-    names = [p if isinstance(p, str) else getattr(p, "name", None) or p.get("name") for p in found]
-    return [n for n in names if n]
+    if isinstance(found, dict):
+        return [(f"{name}: {desc}" if desc else name, name) for name, desc in found.items()]
+    return [(str(n), str(n)) for n in found]
 
 
 def recipe_yaml(source: object) -> str:
@@ -284,7 +286,7 @@ def stage_from_form(method: str, forms: list[FieldForm], values: list) -> dict:
 
 
 def parse_recipe_text(text: str) -> object:
-    """YAML/JSON text -> the parsed recipe (dict or list). LabError with the line on bad YAML."""
+    """YAML/JSON text -> the parsed recipe (dict or list), or a preset name. LabError on bad YAML."""
     if not text or not text.strip():
         raise LabError("the recipe is empty: pick a preset, add a stage, or paste a YAML recipe")
     try:
@@ -293,8 +295,12 @@ def parse_recipe_text(text: str) -> object:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise LabError(f"the recipe is not valid YAML{where}: {getattr(e, 'problem', e)}") from e
+    if isinstance(parsed, str) and parsed.strip() in {v for _, v in preset_choices()}:
+        return parsed.strip()  # a preset name
     if not isinstance(parsed, dict | list):
-        raise LabError(f"the recipe must be a YAML mapping or list of stages, got {type(parsed).__name__}")
+        names = ", ".join(v for _, v in preset_choices())
+        raise LabError(f"the recipe must be a preset name ({names}) or a YAML mapping of stages, "
+                       f"got {type(parsed).__name__} {str(parsed)[:40]!r}")
     return parsed
 
 
@@ -385,16 +391,29 @@ def metric_cards_html(report: dict) -> str:
         '<div class="lab-delta neutral">0 = identical</div></div>'
     )
     secs = report.get("compress_seconds")
-    title = html.escape(f"{report.get('model', '')} · {_recipe_label(report)}")
+    title = html.escape(f"{_model_label(report)} · {_recipe_label(report)}")
     took = f" · compressed in {secs:.1f} s" if isinstance(secs, int | float) else ""
     return f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
+
+
+def _model_label(report: dict) -> str:
+    m = report.get("model")
+    return str(m.get("spec", "")) if isinstance(m, dict) else str(m or "")
 
 
 def _recipe_label(report: dict) -> str:
     r = report.get("recipe")
     if isinstance(r, dict):
-        return str(r.get("name") or "+".join(str(s.get("method")) for s in r.get("stages", [])))
+        stages = r.get("stages") if isinstance(r.get("stages"), list) else [r]
+        return str(r.get("name") or " + ".join(_stage_label(s) for s in stages if isinstance(s, dict)))
     return str(r or "")
+
+
+def _stage_label(s: dict) -> str:
+    bits = f" w{s['bits']}" if s.get("bits") else ""
+    g = s.get("group_size")
+    group = f" g{g}" if g else ""
+    return f"{s.get('method')}{bits}{group}"
 
 
 def samples_html(report: dict) -> str:
@@ -417,13 +436,16 @@ def samples_html(report: dict) -> str:
 
 
 def hardware_html(report: dict) -> str:
+    """Fit, capacity and speed on the chosen hardware profile, labelled as a projection."""
     proj = report.get("projection")
     if not proj:
         return '<div class="lab-empty">No projection in this report.</div>'
-    name = html.escape(str(proj.get("profile") or proj.get("hardware") or report.get("hardware") or ""))
-    measured = proj.get("measured") or name in ("this-machine", "this machine")
-    kind = "measured on this machine" if measured else "projection (roofline model), not a measurement"
-    parts = [f'<div class="lab-hw-head">Hardware: <b>{name}</b> · <i>{kind}</i></div>', '<div class="lab-hw">']
+    prof = proj.get("hardware") if isinstance(proj.get("hardware"), dict) else {}
+    name = html.escape(str(prof.get("name") or report.get("hardware") or ""))
+    first = _get(proj, "compressed") or {}
+    at = f"context {first.get('context', '?')} x batch {first.get('batch', '?')}"
+    parts = [f'<div class="lab-hw-head"><span class="lab-proj-tag">projection</span> '
+             f"<b>{name}</b> · roofline model at {html.escape(at)}, not a measurement</div>", '<div class="lab-hw">']
     for side in ("baseline", "compressed"):
         p = proj.get(side) if isinstance(proj.get(side), dict) else None
         if p is None:
@@ -431,22 +453,19 @@ def hardware_html(report: dict) -> str:
         fits = p.get("fits")
         badge = ('<span class="lab-fit yes">fits</span>' if fits else '<span class="lab-fit no">does not fit</span>'
                  ) if fits is not None else ""
-        rows = []
-        for label, key, kind_ in (
-            ("Projected decode tokens/s", "decode_tokens_per_s", "rate"),
-            ("Projected prefill tokens/s", "prefill_tokens_per_s", "rate"),
-            ("Max context x batch", "max_context_x_batch", "int"),
-            ("Max context (batch 1)", "max_context", "int"),
-            ("Max batch (at context)", "max_batch", "int"),
-            ("Memory needed", "memory_bytes", "bytes"),
-        ):
-            v = p.get(key)
-            if v is None:
-                continue
-            text = f"{v:,}" if kind_ == "int" and isinstance(v, int | float) else _fmt(v, kind_)
-            rows.append(f"<tr><td>{label}</td><td>{html.escape(text)}</td></tr>")
+        need, usable = p.get("memory_needed_bytes"), p.get("memory_usable_bytes")
+        rows = [
+            ("Memory needed / usable", f"{fmt_bytes(need)} / {fmt_bytes(usable)}"),
+            ("Max context at batch 1", _int(p.get("max_context_at_batch_1"))),
+            (f"Max batch at context {p.get('context', '?')}", _int(p.get("max_batch_at_context"))),
+            ("Decode tokens/s (batch 1)", _fmt(p.get("decode_tokens_per_s"), "rate")),
+            ("Prefill tokens/s", _fmt(p.get("prefill_tokens_per_s"), "rate")),
+            ("Time to first token", _secs(p.get("time_to_first_token_s"))),
+            ("Decode bound by", str(p.get("decode_bound") or "n/a")),
+        ]
+        table = "".join(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         parts.append(f'<div class="lab-hw-col"><div class="lab-gen-h">{side.title()} {badge}</div>'
-                     f"<table>{''.join(rows)}</table></div>")
+                     f"<table>{table}</table></div>")
     parts.append("</div>")
     warnings = list(proj.get("warnings") or [])
     for side in ("baseline", "compressed"):
@@ -454,24 +473,56 @@ def hardware_html(report: dict) -> str:
     if warnings:
         items = "".join(f"<li>{html.escape(str(w))}</li>" for w in dict.fromkeys(warnings))
         parts.append(f'<div class="lab-warn"><b>Warnings</b><ul>{items}</ul></div>')
+    check = proj.get("check_against_measured")
+    if isinstance(check, dict) and isinstance(check.get("compressed"), dict):
+        c = check["compressed"]
+        parts.append('<div class="lab-note">Check on this machine (compressed, decode batch 1): projected '
+                     f'{_fmt(c.get("projected_decode_tokens_per_s"), "rate")} vs measured '
+                     f'{_fmt(c.get("measured_decode_tokens_per_s"), "rate")} tokens/s.</div>')
     return "".join(parts)
 
 
+def _int(v) -> str:
+    return f"{int(v):,}" if isinstance(v, int | float) else "n/a"
+
+
+def _secs(v) -> str:
+    if not isinstance(v, int | float):
+        return "n/a"
+    return f"{v * 1000:.1f} ms" if v < 1 else f"{v:.2f} s"
+
+
 def details_markdown(report: dict) -> str:
-    env = report.get("environment") or {}
+    """The run's sanity report (stages, effective bits, kernel paths, timings, warnings) as text."""
     lines = []
-    paths = env.get("kernel_paths") or _get(report, "compressed", "kernel_paths")
+    summary = _get(report, "compression", "summary") or {}
+    comp = report.get("compression") or {}
+    if comp:
+        eb, sp = summary.get("effective_bits"), summary.get("sparsity")
+        lines.append(f"**Compression:** weights {fmt_bytes(comp.get('weight_bytes_before'))} -> "
+                     f"{fmt_bytes(comp.get('weight_bytes_after'))}"
+                     + (f", effective bits {eb:.3f}" if isinstance(eb, int | float) else "")
+                     + (f", sparsity {100 * sp:.1f} %" if isinstance(sp, int | float) else ""))
+    for s in report.get("stages") or []:
+        if isinstance(s, dict):
+            lines.append(f"- stage {s.get('index')}: **{s.get('method')}** ({s.get('kind')}), "
+                         f"{s.get('n_modules')} modules, {s.get('seconds', 0):.1f} s")
+    paths = (report.get("environment") or {}).get("kernel_paths")
     if paths:
         shown = ", ".join(f"{k}: {v}" for k, v in paths.items()) if isinstance(paths, dict) else str(paths)
-        lines.append(f"**Kernel paths:** {shown}")
-    keep = {k: v for k, v in env.items() if k != "kernel_paths" and isinstance(v, str | int | float | bool)}
-    if keep:
-        lines.append("**Environment:** " + ", ".join(f"{k} {v}" for k, v in keep.items()))
-    for s in report.get("stages") or _get(report, "compression", "stages", default=[]) or []:
-        if isinstance(s, dict):
-            bits = {k: v for k, v in s.items() if isinstance(v, str | int | float) and k != "layers"}
-            lines.append("- stage " + ", ".join(f"{k}={v}" for k, v in bits.items()))
-    return "\n\n".join(lines) or "No environment details in this report."
+        lines.append(f"**Kernel paths (compressed model):** {shown}")
+    env = {k: v for k, v in (report.get("environment") or {}).items()
+           if k != "kernel_paths" and isinstance(v, str | int | float | bool)}
+    if env:
+        lines.append("**Environment:** " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    t = report.get("timings") or {}
+    if t:
+        cached = " (baseline from cache)" if t.get("baseline_cached") else ""
+        lines.append("**Timings:** " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()
+                                                 if isinstance(v, float)) + cached)
+    for w in report.get("warnings") or []:
+        lines.append(f"- warning: {w}")
+    return "\n\n".join(lines) or "No details in this report."
 
 
 # -- plots ------------------------------------------------------------------------------------------
@@ -488,7 +539,7 @@ def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
 def memory_plot(report: dict) -> go.Figure:
     """Stacked bars: weights, KV cache at the evaluation context, and the rest of peak memory."""
     fig = go.Figure()
-    ctx_len = _get(report, "eval", "context") or _get(report, "eval_settings", "context") or 0
+    ctx_len = _get(report, "settings", "context") or 0
     parts = {"weights": [], f"KV cache ({ctx_len} tokens)": [], "other (peak - weights - KV)": []}
     for side in ("baseline", "compressed"):
         s = report.get(side) or {}
@@ -552,20 +603,31 @@ def layer_rows(report: dict) -> list[dict]:
     return rows
 
 
-ERROR_KEYS = ("rel_error", "relative_error", "error", "mse", "output_error", "weight_error", "sqnr_db")
+ERROR_KEYS = ("sqnr_db", "rel_error", "relative_error", "mse", "output_error", "weight_error")
+
+
+def _short_name(name: str) -> str:
+    """model.layers.3.self_attn.q_proj -> L3.q_proj"""
+    m = re.search(r"layers?\.(\d+)\..*?(\w+)$", name)
+    return f"L{m.group(1)}.{m.group(2)}" if m else name.rsplit(".", 1)[-1]
 
 
 def layer_error_plot(report: dict) -> go.Figure:
     rows = layer_rows(report)
-    key = next((k for k in ERROR_KEYS if any(k in r for r in rows)), None)
+    key = next((k for k in ERROR_KEYS if any(r.get(k) is not None for r in rows)), None)
     fig = go.Figure()
     if not rows or key is None:
         fig.add_annotation(text="No per-layer error in this report", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper")
         return _layout(fig, "Per-layer error")
-    names = [str(r.get("name") or r.get("module") or r.get("layer") or i) for i, r in enumerate(rows)]
-    fig.add_bar(x=names, y=[r.get(key) for r in rows], marker_color=COMP_COLOR, name=key)
-    return _layout(fig, f"Per-layer error ({key})", xaxis_tickangle=-45, xaxis_tickfont_size=9)
+    by_stage: dict[str, list[dict]] = {}
+    for r in rows:
+        by_stage.setdefault(f"stage {r.get('stage', '')} {r.get('method', '')}".strip(), []).append(r)
+    for label, rs in by_stage.items():
+        fig.add_bar(x=[_short_name(str(r.get("name", ""))) for r in rs], y=[r.get(key) for r in rs], name=label)
+    title = ("Per-layer SQNR (dB; higher = closer to the original)" if key == "sqnr_db"
+             else f"Per-layer error ({key})")
+    return _layout(fig, title, xaxis_tickangle=-45, xaxis_tickfont_size=9, barmode="group")
 
 
 QUALITY_AXES = {
@@ -662,6 +724,12 @@ def runs_csv(runs: list[dict]) -> str:
 # -- the page ---------------------------------------------------------------------------------------
 
 
+def has_saved_model(run: dict) -> bool:
+    """True when the run's artifact folder holds a loadable model (not just its report)."""
+    folder = run.get("artifact_path")
+    return bool(folder) and (Path(folder) / "config.json").is_file()
+
+
 def _owner(request: gr.Request | None) -> str:
     return (getattr(request, "session_hash", None) or "anonymous") if request else "anonymous"
 
@@ -692,8 +760,9 @@ def describe_progress(p: dict | None, position: int | None, started: float) -> t
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions; `ask_manager` answers free prompts
     (target compressor.ask:answer)."""
-    presets = preset_names()
-    default_preset = DEFAULT_PRESET if DEFAULT_PRESET in presets else (presets[0] if presets else None)
+    presets = preset_choices()
+    names = [v for _, v in presets]
+    default_preset = DEFAULT_PRESET if DEFAULT_PRESET in names else (names[0] if names else None)
     try:
         default_yaml = recipe_yaml(default_preset) if default_preset else ""
     except Exception as e:
@@ -1006,11 +1075,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             run = manager.get_run(run_id) or {}
             if run.get("status") != SUCCEEDED:
                 raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.")
-            if not run.get("artifact_path"):
-                raise gr.Error(f"Run {run_id} kept no compressed model (older runs' models are removed to save "
-                               "space): run it again.", print_exception=False)
-            payload = {"model": run.get("model_spec") or "demo", "artifact": run["artifact_path"],
-                       "prompt": text or "", "max_new_tokens": 32}
+            payload = {"model": run.get("model_spec") or "demo", "recipe": run.get("recipe"),
+                       "artifact": run.get("artifact_path"), "prompt": text or "", "max_new_tokens": 32}
             ask_id = ask_manager.submit(payload, owner="prompt-box")
             try:
                 done = ask_manager.wait(ask_id, timeout=ASK_TIMEOUT_S)
@@ -1033,7 +1099,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             runs = all_runs()
             ids = [r["id"] for r in runs]
             done = [r["id"] for r in runs if r["status"] == SUCCEEDED]
-            with_model = [r["id"] for r in runs if r.get("artifact_path")]
+            with_model = [r["id"] for r in runs if has_saved_model(r)]
             selected = [s for s in (selected or []) if s in ids]
             picked = [r for r in runs if r["id"] in selected]
             return (history_rows(runs), gr.update(choices=ids, value=selected), history_rows(picked),
@@ -1082,9 +1148,10 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
 
         def on_model_pick(run_id):
             run = manager.get_run(run_id) if run_id else None
-            folder = Path(run["artifact_path"]) if run and run.get("artifact_path") else None
-            if folder is None or not folder.is_dir():
-                raise gr.Error(f"Run {run_id} has no compressed model on disk any more.", print_exception=False)
+            if not run or not has_saved_model(run):
+                raise gr.Error(f"Run {run_id} has no compressed model on disk (none was saved, or it was "
+                               "removed to save space).", print_exception=False)
+            folder = Path(run["artifact_path"])
             base = export_dir / f"compressed-{run_id}"
             return shutil.make_archive(str(base), "zip", root_dir=folder)
 
@@ -1109,18 +1176,33 @@ def make_managers(data_dir: str | Path | None = None) -> tuple[JobManager, JobMa
     return manager, ask_manager
 
 
+def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,
+          block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, str, tuple[JobManager, JobManager]]:
+    """Builds and launches the app; returns (demo, local url, managers). With block=False (tests) the
+    caller stops it with `stop(demo, managers)`."""
+    managers = make_managers(data_dir)
+    demo = build_app(*managers)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+                            **launch_kwargs())
+    return demo, url, managers
+
+
+def stop(demo: gr.Blocks, managers: tuple[JobManager, ...]) -> None:
+    demo.close()
+    for m in managers:
+        m.shutdown()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    manager, ask_manager = make_managers()
-    demo = build_app(manager, ask_manager)
-    demo.queue(default_concurrency_limit=4)
     host = os.environ.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if ON_SPACE else "127.0.0.1")
     port = int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    demo, _, managers = serve(host=host, port=port, block=False)
     try:
-        demo.launch(server_name=host, server_port=port, **launch_kwargs())
+        demo.block_thread()
     finally:
-        ask_manager.shutdown()
-        manager.shutdown()
+        stop(demo, managers)
 
 
 if __name__ == "__main__":

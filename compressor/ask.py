@@ -3,14 +3,19 @@
 A job target (`target(payload, ctx) -> dict`), run by a `compressor.jobs.JobManager` in a worker
 process so that the UI thread never loads a model or generates.
 
-    payload = {"model": "demo", "artifact": "/data/.../artifacts/<run_id>", "prompt": "27+58=",
-               "max_new_tokens": 32}
-    -> {"prompt": ..., "baseline": "...", "compressed": "...", "seconds": {...}}
+    payload = {"model": "demo", "recipe": {...}, "artifact": "/data/.../artifacts/<run_id>" or None,
+               "prompt": "27+58=", "max_new_tokens": 32}
+    -> {"prompt": ..., "baseline": "...", "compressed": "...", "source": "artifact" | "recompressed"}
+
+The compressed side loads the run's saved model when its artifact folder holds one (config.json),
+else compresses the baseline again with the run's recipe (deterministic for calibration-free
+methods and for calibrated ones on the built-in calibration set).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .errors import LabError
 
@@ -32,17 +37,32 @@ def answer(payload: dict, ctx=None) -> dict:
     lo, hi = MAX_NEW_TOKENS
     if isinstance(n_new, bool) or not isinstance(n_new, int) or not lo <= n_new <= hi:
         raise LabError(f"max_new_tokens={n_new!r} is not valid: use an integer in [{lo}, {hi}].")
+    spec = payload.get("model") or "demo"
     artifact = payload.get("artifact")
-    if not artifact:
-        raise LabError("this run kept no compressed model (it failed, or its artifact was pruned): run it again.")
-    out = {"prompt": prompt, "seconds": {}}
-    for side, spec in (("baseline", payload.get("model") or "demo"), ("compressed", artifact)):
-        t0 = time.perf_counter()
-        if ctx is not None:
-            ctx.progress({"stage": f"generate-{side}", "fraction": 0.5 if side == "compressed" else 0.0,
-                          "message": f"{side}: loading and generating"})
-        model, tokenizer = load_model(spec)
-        out[side] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
-        out["seconds"][side] = round(time.perf_counter() - t0, 3)
+    saved = bool(artifact) and (Path(artifact) / "config.json").is_file()
+    if not saved and payload.get("recipe") in (None, ""):
+        raise LabError("this run kept no compressed model and no recipe to rebuild it: run it again.")
+    out = {"prompt": prompt, "seconds": {}, "source": "artifact" if saved else "recompressed"}
+    _step(ctx, "generate-baseline", 0.0, "baseline: loading and generating")
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(spec)
+    out["baseline"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
+    out["seconds"]["baseline"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    if saved:
+        _step(ctx, "generate-compressed", 0.5, "compressed: loading the saved model")
         del model
+        model, tokenizer = load_model(str(artifact))
+    else:
+        from .engine import compress
+
+        _step(ctx, "compress", 0.5, "compressed: compressing again with the run's recipe")
+        model, _ = compress(model, payload["recipe"])
+    out["compressed"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
+    out["seconds"]["compressed"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def _step(ctx, stage: str, fraction: float, message: str) -> None:
+    if ctx is not None:
+        ctx.progress({"stage": stage, "fraction": fraction, "message": message})
