@@ -239,9 +239,10 @@ def test_run_left_running_by_a_dead_process_is_marked_interrupted(tmp_path):
         m = JobManager({str(tmp_path)!r}, target="tests.jobtargets:sleep_then_return")
         rid = m.submit({{"seconds": 60}}, owner="a")
         m.submit({{"seconds": 0}}, owner="b")
-        while m.status(rid) != "running":
-            time.sleep(0.05)
-        time.sleep(0.5)
+        seen = []
+        while not any(e["kind"] == "log" and e["message"].startswith("pid=") for e in seen):
+            seen += m.events(rid, since=len(seen), timeout=1.0)
+        time.sleep(0.2)  # the pid reaches the store with the first progress event
         print(rid, flush=True)
         time.sleep(60)
     """)
@@ -345,20 +346,30 @@ def test_local_context_for_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_default_target_runs_the_real_experiment(tmp_path):
-    # The real default target "compressor.experiment:run_job" on the bundled demo model, in a worker.
-    experiment = pytest.importorskip("compressor.experiment")
-    payload = getattr(experiment, "EXAMPLE_PAYLOAD", None)
-    if payload is None:
-        presets = pytest.importorskip("compressor.presets")
-        rtn = [name for name in presets.list_presets() if "rtn" in name]
-        if not rtn:
-            pytest.skip("no RTN preset to run quickly")
-        payload = {"model": "demo", "recipe": rtn[0]}
+    # The real default target "compressor.experiment:run_job" on the bundled demo model, in a worker,
+    # twice: the second run must find the baseline in the cache the first one filled.
+    pytest.importorskip("compressor.experiment")
+    from dataclasses import fields as dc_fields
+
+    from compressor import evaluate as ev
+    from compressor.loading import DEMO_DIR
+
+    if not (DEMO_DIR / "config.json").is_file():
+        pytest.skip(f"the demo model is not in {DEMO_DIR} yet")
+    small = {"ppl_tokens": 256, "context": 128, "stride": 64, "arithmetic_samples": 4, "max_new_tokens": 4,
+             "speed_prompt_tokens": 16, "speed_new_tokens": 4, "speed_batch": 2, "repeats": 1}
+    known = {f.name for f in dc_fields(ev.EvalSettings)}
+    payload = {"model": "demo", "recipe": "int8", "eval": {k: v for k, v in small.items() if k in known}}
     with JobManager(tmp_path) as m:
         assert m.target == "compressor.experiment:run_job"
-        run_id = m.submit(payload, owner="a")
-        run = m.wait(run_id, timeout=300)
-        stages = {e["stage"] for e in m.events(run_id) if e["kind"] == "progress"}
-    assert run["status"] == "succeeded", f"{run['error']}\n{run['log'][-3000:]}"
-    assert {"baseline", "compressed"} <= set(run["report"]), sorted(run["report"])
+        first = m.submit(payload, owner="a")
+        second = m.submit(payload, owner="b")
+        runs = [m.wait(r, timeout=300) for r in (first, second)]
+        stages = {e["stage"] for e in m.events(first) if e["kind"] == "progress"}
+    for run in runs:
+        assert run["status"] == "succeeded", f"{run['error']}\n{run['log'][-3000:]}"
+        assert {"baseline", "compressed"} <= set(run["report"]), sorted(run["report"])
     assert stages, "run_job reported no progress"
+    assert runs[0]["report"]["baseline"]["perplexity"] == runs[1]["report"]["baseline"]["perplexity"]
+    assert "baseline measurements from cache" not in runs[0]["log"]
+    assert "baseline measurements from cache" in runs[1]["log"]
