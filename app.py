@@ -533,25 +533,28 @@ BASE_COLOR, COMP_COLOR = "#7c8a9e", "#4f46e5"
 def _layout(fig: go.Figure, title: str, **kw) -> go.Figure:
     fig.update_layout(title=title, template="plotly_white", height=330, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.2), **kw)
+    fig.update_annotations(font_size=12)  # subplot titles
     return fig
 
 
 def memory_plot(report: dict) -> go.Figure:
-    """Stacked bars: weights, KV cache at the evaluation context, and the rest of peak memory."""
-    fig = go.Figure()
+    """Left: weights and KV cache at the evaluation context (stacked). Right: peak process memory,
+    which includes the Python runtime and libraries, so it is shown apart."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
+                        subplot_titles=("Weights + KV cache", "Peak process memory"))
     ctx_len = _get(report, "settings", "context") or 0
-    parts = {"weights": [], f"KV cache ({ctx_len} tokens)": [], "other (peak - weights - KV)": []}
-    for side in ("baseline", "compressed"):
-        s = report.get(side) or {}
-        w = s.get("weight_bytes") or 0
-        kv = (s.get("kv_bytes_per_token") or 0) * ctx_len
-        peak = s.get("peak_memory_bytes")
-        rest = max(0, peak - w - kv) if peak else 0
-        for key, v in zip(parts, (w, kv, rest), strict=True):
-            parts[key].append(v / 2**20)
-    for (name, vals), color in zip(parts.items(), (COMP_COLOR, "#22c55e", "#cbd5e1"), strict=True):
-        fig.add_bar(name=name, x=["baseline", "compressed"], y=vals, marker_color=color)
-    return _layout(fig, "Memory breakdown (MB)", barmode="stack", yaxis_title="MB")
+    x = ["baseline", "compressed"]
+    sections = [report.get(side) or {} for side in x]
+    mb = [(s.get("weight_bytes") or 0) / 2**20 for s in sections]
+    kv = [(s.get("kv_bytes_per_token") or 0) * ctx_len / 2**20 for s in sections]
+    peak = [None if s.get("peak_memory_bytes") is None else s["peak_memory_bytes"] / 2**20 for s in sections]
+    fig.add_bar(name="weights", x=x, y=mb, marker_color=COMP_COLOR, row=1, col=1)
+    fig.add_bar(name=f"KV cache ({ctx_len} tokens)", x=x, y=kv, marker_color="#22c55e", row=1, col=1)
+    fig.add_bar(name="peak RSS", x=x, y=peak, marker_color="#cbd5e1", row=1, col=2)
+    fig.update_yaxes(title_text="MB", row=1, col=1)
+    return _layout(fig, "Memory (MB)", barmode="stack")
 
 
 def throughput_plot(report: dict, projected: bool = False) -> go.Figure:
@@ -573,8 +576,7 @@ def quality_plot(report: dict) -> go.Figure:
     from plotly.subplots import make_subplots
 
     base, comp = report.get("baseline") or {}, report.get("compressed") or {}
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("Perplexity (lower better)", "Arithmetic exact match",
-                                                        "Compressed vs baseline"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Perplexity ↓", "Arithmetic %", "KL x100 · top-1 %"))
     x = ["baseline", "compressed"]
     fig.add_bar(x=x, y=[base.get("perplexity"), comp.get("perplexity")], marker_color=[BASE_COLOR, COMP_COLOR],
                 row=1, col=1, showlegend=False)
@@ -582,7 +584,7 @@ def quality_plot(report: dict) -> go.Figure:
     fig.add_bar(x=x, y=[None if a is None else 100 * a for a in acc], marker_color=[BASE_COLOR, COMP_COLOR],
                 row=1, col=2, showlegend=False)
     top1 = comp.get("top1_agreement", comp.get("top1"))
-    fig.add_bar(x=["KL x100", "top-1 agree %"],
+    fig.add_bar(x=["KL x100", "top-1 %"],
                 y=[None if comp.get("kld") is None else 100 * comp["kld"], None if top1 is None else 100 * top1],
                 marker_color=[COMP_COLOR, COMP_COLOR], row=1, col=3, showlegend=False)
     return _layout(fig, "Quality")
@@ -625,7 +627,7 @@ def layer_error_plot(report: dict) -> go.Figure:
         by_stage.setdefault(f"stage {r.get('stage', '')} {r.get('method', '')}".strip(), []).append(r)
     for label, rs in by_stage.items():
         fig.add_bar(x=[_short_name(str(r.get("name", ""))) for r in rs], y=[r.get(key) for r in rs], name=label)
-    title = ("Per-layer SQNR (dB; higher = closer to the original)" if key == "sqnr_db"
+    title = ("Per-layer SQNR (dB, higher is better)" if key == "sqnr_db"
              else f"Per-layer error ({key})")
     return _layout(fig, title, xaxis_tickangle=-45, xaxis_tickfont_size=9, barmode="group")
 
