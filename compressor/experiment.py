@@ -9,6 +9,7 @@ settings, device and library versions, so a second recipe on the same model skip
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +25,7 @@ from . import evaluate as ev
 from . import hardware as hw
 from .errors import LabError
 from .evaldata import held_out_text, load_arithmetic, load_prompts
+from .kvcache import kv_cache_in_generate
 from .progress import Progress
 from .speed import kernel_paths, kv_bytes_per_token_from_config, measure_speed, weight_bytes
 
@@ -151,9 +153,14 @@ def _model_facts(model, n_params: int, w_bytes: int, kv_per_token: float, traits
 def recipe_traits(stages: list[dict]) -> tuple[list[str], float]:
     """Formats in a recipe that change kernel behaviour (see hardware.warnings_for), and the lowest
     weight bit width."""
+    from .registry import load_methods
+
+    methods = load_methods()
     traits, bits = set(), 32.0
     for s in stages:
         method = s.get("method", "")
+        if method in methods and methods[method].kind == "kv":
+            continue  # bits of a KV stage are the cache's, counted in kv_bytes_per_token
         if method in ("bnb-nf4", "bnb-fp4"):
             traits.add("nf4")
             bits = min(bits, 4)
@@ -177,22 +184,22 @@ def recipe_traits(stages: list[dict]) -> tuple[list[str], float]:
 # --- measuring one model ------------------------------------------------------------------------
 
 
-def measure(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
-            prompts: list[str], reference: ev.Reference | None = None, emit=None) -> tuple[dict, ev.Reference]:
-    """Quality, arithmetic, samples, speed and memory of one model. Returns (section, own reference)."""
+def measure_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
+                    prompts: list[str], reference: ev.Reference | None = None,
+                    emit=None) -> tuple[dict, ev.Reference]:
+    """Perplexity (and KL/top-1 against `reference`), arithmetic, samples, online extras: what does
+    not change with machine load, so the baseline's part can be cached. Returns (section, own ref)."""
     emit = emit or (lambda *a, **k: None)
     t0 = time.perf_counter()
     emit(0.0, "perplexity and KL on held-out text")
     quality, own = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference)
-    emit(0.25, "arithmetic exact match")
-    arith = ev.evaluate_arithmetic(model, tokenizer, problems)
-    emit(0.45, "greedy samples")
-    samples = ev.greedy_generate(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
-    emit(0.55, "speed and memory")
-    speed = measure_speed(model, model.config.vocab_size, settings.speed_prompt_tokens, settings.speed_new_tokens,
-                          batches=tuple(sorted({1, settings.speed_batch})), repeats=settings.repeats)
-    kv_config = kv_bytes_per_token_from_config(model.config, next(model.parameters()).dtype)
-    big = str(settings.speed_batch)
+    # generation runs through the compressed KV cache when a KV stage configured one; the
+    # perplexity windows above are single forwards, which a KV cache does not touch
+    with kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext():
+        emit(0.3, "arithmetic exact match")
+        arith = ev.evaluate_arithmetic(model, tokenizer, problems)
+        emit(0.55, "greedy samples")
+        samples = ev.greedy_generate(model, tokenizer, prompts, settings.max_new_tokens) if prompts else []
     section = {
         "weight_bytes": weight_bytes(model),
         "perplexity": quality.perplexity,
@@ -200,6 +207,30 @@ def measure(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, p
         "arithmetic_accuracy": arith["accuracy"],
         "arithmetic_ci95": arith["ci95"],
         "arithmetic_n": arith["n"],
+        "quality": quality.to_dict() | {"reference_top_k": settings.top_k,
+                                        "reference_tail_mass": own.mean_tail_mass},
+        "arithmetic": arith,
+        "samples": samples,
+        "online": ev.online_extras(model, tokenizer, settings),
+        "quality_seconds": time.perf_counter() - t0,
+    }
+    if reference is not None:
+        section.update(kld=quality.kld, kld_p99=quality.kld_p99, top1_agreement=quality.top1_agreement)
+    return section, own
+
+
+def measure_performance(model, settings: ev.EvalSettings, emit=None) -> dict:
+    """Speed, peak memory, KV bytes and kernel paths. Never cached: on a shared machine they move
+    with the load, so baseline and compressed are always timed minutes apart in one process."""
+    emit = emit or (lambda *a, **k: None)
+    emit(0.7, "speed and memory")
+    t0 = time.perf_counter()
+    speed = measure_speed(model, model.config.vocab_size, settings.speed_prompt_tokens, settings.speed_new_tokens,
+                          batches=tuple(sorted({1, settings.speed_batch})), repeats=settings.repeats)
+    kv_config = kv_bytes_per_token_from_config(model.config, next(model.parameters()).dtype)
+    big = str(settings.speed_batch)
+    emit(1.0, "done")
+    return {
         "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
         "decode_tokens_per_s": speed["decode_tokens_per_s"],
         f"decode_tokens_per_s_batch_{big}": speed["by_batch"][big]["decode_tokens_per_s"]["median"],
@@ -209,17 +240,9 @@ def measure(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, p
         "kv_bytes_per_token": speed["kv_bytes_per_token_measured"] or kv_config,
         "kv_bytes_per_token_config": kv_config,
         "kernel_paths": kernel_paths(model),
-        "quality": quality.to_dict() | {"reference_top_k": settings.top_k,
-                                        "reference_tail_mass": own.mean_tail_mass},
-        "arithmetic": arith,
         "speed": speed,
-        "samples": samples,
-        "eval_seconds": time.perf_counter() - t0,
+        "speed_seconds": time.perf_counter() - t0,
     }
-    if reference is not None:
-        section.update(kld=quality.kld, kld_p99=quality.kld_p99, top1_agreement=quality.top1_agreement)
-    emit(1.0, "done")
-    return section, own
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -266,15 +289,14 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     cached = cache.get(key) if cache is not None else None
     t0 = time.perf_counter()
     if cached is not None:
-        log("baseline measurements from cache")
-        phases.emit("evaluate-baseline", 1.0, "baseline from cache")
+        log("baseline quality from cache (speed and memory are measured again)")
         base, reference = cached["section"], ev.Reference.from_dict(cached["reference"])
     else:
-        base, reference = measure(net, tokenizer, tokens, settings, problems, prompts,
-                                  emit=lambda f, m: phases.emit("evaluate-baseline", f, m))
-        base["online"] = ev.online_extras(net, tokenizer, settings)
+        base, reference = measure_quality(net, tokenizer, tokens, settings, problems, prompts,
+                                          emit=lambda f, m: phases.emit("evaluate-baseline", f, m))
         if cache is not None:
             cache.put(key, {"section": base, "reference": reference.to_dict()})
+    base = base | measure_performance(net, settings, emit=lambda f, m: phases.emit("evaluate-baseline", f, m))
     baseline_s = time.perf_counter() - t0
 
     phases.emit("compress", 0.0, "compressing")
@@ -284,15 +306,15 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     log(f"compressed in {compress_s:.1f} s")
 
     t0 = time.perf_counter()
-    comp, _ = measure(net, tokenizer, tokens, settings, problems, prompts, reference=reference,
-                      emit=lambda f, m: phases.emit("evaluate-compressed", f, m))
+    emit = lambda f, m: phases.emit("evaluate-compressed", f, m)  # noqa: E731
+    comp, _ = measure_quality(net, tokenizer, tokens, settings, problems, prompts, reference=reference, emit=emit)
+    comp |= measure_performance(net, settings, emit=emit)
     comp["arithmetic_diff_ci95"] = list(ev.paired_bootstrap_diff(base["arithmetic"]["correct"],
                                                                   comp["arithmetic"]["correct"]))
-    comp["online"] = ev.online_extras(net, tokenizer, settings)
     compressed_s = time.perf_counter() - t0
 
     phases.emit("project", 0.0, "projecting onto hardware")
-    profile = profile or hw.this_machine(cache)
+    profile = profile or hw.this_machine()
     stages = [s.to_dict() for s in rec.stages]
     traits, bits = recipe_traits(stages)
     base_facts = _model_facts(net, n_params, base["weight_bytes"], base["kv_bytes_per_token"], [],
@@ -389,3 +411,8 @@ def run_job(payload: dict, ctx) -> dict:
         (Path(artifact_dir) / "report.json").write_text(json.dumps(out, indent=2))
     return out
 
+
+
+# A small, fast payload (an RTN preset, reduced evaluation) for smoke tests of the job system.
+EXAMPLE_PAYLOAD = {"model": "demo", "recipe": "w4-g128", "hardware": "t4",
+                   "eval": {"ppl_tokens": 512, "arithmetic_samples": 24, "max_new_tokens": 8, "repeats": 1}}

@@ -72,10 +72,10 @@ def load_profile_file(path: Path) -> HardwareProfile:
     return HardwareProfile(**{k: v for k, v in data.items() if k in known})
 
 
-def get_profile(profile_id: str, cache=None) -> HardwareProfile:
-    """A bundled profile by id, or "this-machine" (probed; the probe is cached in `cache` if given)."""
+def get_profile(profile_id: str) -> HardwareProfile:
+    """A bundled profile by id, or "this-machine" (probed, see `this_machine`)."""
     if profile_id == THIS_MACHINE:
-        return this_machine(cache)
+        return this_machine()
     path = HARDWARE_DIR / f"{profile_id}.json"
     if not path.is_file():
         ids = ", ".join([THIS_MACHINE] + [p.stem for p in sorted(HARDWARE_DIR.glob("*.json"))])
@@ -156,7 +156,8 @@ def fit_decode_constants(points: list[tuple[float, int, float]], bandwidth: floa
 
 def probe_this_machine() -> dict:
     """Measure bandwidth, compute and the decode constants (a few seconds). Returns a dict."""
-    from .speed import kv_bytes_per_token_from_config, weight_bytes
+    from .report import weight_bytes
+    from .speed import kv_bytes_per_token_from_config
 
     t0 = time.perf_counter()
     bw = probe_bandwidth()
@@ -177,7 +178,10 @@ def probe_this_machine() -> dict:
     }
 
 
-_PROBE_MEMO: dict[str, dict] = {}
+# The probe is kept in this process for PROBE_TTL_S only: on a shared machine the load changes, and a
+# calibration taken under another load would misstate the efficiency (measured: up to 3x).
+PROBE_TTL_S = 600.0
+_PROBE_MEMO: dict[str, tuple[float, dict]] = {}
 
 
 def probe_key() -> str:
@@ -185,15 +189,13 @@ def probe_key() -> str:
             f"{torch.get_num_threads()}:{torch.__version__}")
 
 
-def this_machine(cache=None) -> HardwareProfile:
-    """A profile of the machine this runs on, from a probe (cached per host, threads and torch)."""
+def this_machine(max_age_s: float = PROBE_TTL_S) -> HardwareProfile:
+    """A profile of the machine this runs on, from a probe taken in this process within max_age_s."""
     key = probe_key()
-    probe = _PROBE_MEMO.get(key) or (cache.get(key) if cache is not None else None)
-    if probe is None:
+    taken, probe = _PROBE_MEMO.get(key, (0.0, None))
+    if probe is None or time.time() - taken > max_age_s:
         probe = probe_this_machine()
-        if cache is not None:
-            cache.put(key, probe)
-    _PROBE_MEMO[key] = probe
+        _PROBE_MEMO[key] = (time.time(), probe)
     cuda = torch.cuda.is_available()
     return HardwareProfile(
         id=THIS_MACHINE, name=f"this machine ({platform.processor() or platform.machine()}, "

@@ -26,17 +26,10 @@ from contextlib import contextmanager
 import psutil
 import torch
 
+from .kvcache import cache_nbytes, kv_cache_for
+from .report import weight_bytes  # noqa: F401  (re-exported: speed and memory in one place)
+
 # --- memory -------------------------------------------------------------------------------------
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Exact bytes of all parameters and buffers (packed integer buffers count at their real size)."""
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:  # tied weights count once
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
 
 
 def _dtype_bytes(dtype) -> int:
@@ -49,19 +42,6 @@ def kv_bytes_per_token_from_config(config, dtype=torch.float32) -> int:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return config.num_hidden_layers * kv_heads * head_dim * 2 * _dtype_bytes(dtype)
-
-
-def cache_bytes(cache) -> int:
-    """Bytes held by a transformers cache object (DynamicCache and its relatives)."""
-    total, seen = 0, set()
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values", "k_scale", "v_scale", "k_zero", "v_zero", "_quantized_keys",
-                     "_quantized_values"):
-            t = getattr(layer, name, None)
-            if isinstance(t, torch.Tensor) and id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
-    return total
 
 
 def _trim_heap() -> None:
@@ -150,10 +130,13 @@ def _stats(xs: list[float]) -> dict:
 
 
 def kernel_paths(model: torch.nn.Module) -> dict[str, int]:
-    """How many modules last ran each kernel path (modules with a `kernel_path` attribute)."""
+    """How many modules last ran each kernel path (modules with a `kernel_path` attribute, and
+    bitsandbytes layers by class)."""
     counts: dict[str, int] = {}
     for m in model.modules():
         path = getattr(m, "kernel_path", None)
+        if path is None and type(m).__module__.startswith("bitsandbytes"):
+            path = f"bitsandbytes-{type(m).__name__}"  # bnb layers name no path; their class says it
         if path:
             counts[str(path)] = counts.get(str(path), 0) + 1
     return counts
@@ -164,8 +147,9 @@ def _prefill_decode(model, ids: torch.Tensor, n_new: int) -> tuple[float, float,
     """One prefill + n_new greedy decode steps. Returns (prefill_s, first_token_s, decode_s, cache)."""
     device = ids.device
     _sync(device)
+    cache = kv_cache_for(model)  # a compressed KV cache when a KV stage configured the model
     t0 = time.perf_counter()
-    out = model(input_ids=ids, use_cache=True)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
     _sync(device)
     t1 = time.perf_counter()
     tok = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
@@ -205,7 +189,7 @@ def measure_speed(model, vocab_size: int, prompt_tokens: int = 128, new_tokens: 
     with peak_memory(device) as mem:
         _, _, _, cache = _prefill_decode(model, ids, new_tokens)
     res.update(mem)
-    measured = cache_bytes(cache)  # holds prompt_tokens + new_tokens positions
+    measured = cache_nbytes(cache)  # holds prompt_tokens + new_tokens positions
     res["kv_bytes_per_token_measured"] = measured / (prompt_tokens + new_tokens) if measured else None
     res["kernel_paths"] = kernel_paths(model)
     b1 = res["by_batch"][str(batches[0])]
