@@ -65,6 +65,7 @@ KILL_GRACE_S = 2.0  # SIGTERM first, SIGKILL after this
 PROGRESS_FLUSH_S = 1.0  # progress snapshots reach the store at most this often per run
 MAX_EVENTS_PER_RUN = 5000  # events kept in memory for a live view; older ones are dropped
 LIVE_FINISHED_KEPT = 200  # finished runs whose in-memory events stay readable
+STARTUP_FAILURES_FATAL = 3  # workers dying before "ready" this many times in a row fail the next run
 
 _PROGRESS_FIELDS = {f.name for f in fields(Progress)}
 
@@ -220,6 +221,7 @@ class _Live:
 class _Worker:
     def __init__(self, process, conn):
         self.process, self.conn = process, conn
+        self.ready = False  # imports done: runs are handed over only now, so start-up is not run time
         self.run_id: str | None = None
 
 
@@ -474,6 +476,17 @@ class JobManager:
             shutil.rmtree(self.artifact_root / run_id, ignore_errors=True)
             return self.store.delete_run(run_id)
 
+    def warm_up(self, timeout: float | None = None) -> bool:
+        """Waits until all `concurrency` workers have started and can take a run at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while sum(w.ready for w in self._workers) < self.concurrency:
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or self._stopping:
+                    return False
+                self._cond.wait(left)
+            return True
+
     def worker_pids(self) -> list[int]:
         with self._cond:
             return [w.process.pid for w in self._workers if w.process.pid is not None]
@@ -579,7 +592,7 @@ class JobManager:
         for w in self._workers:
             if not self._queue:
                 return
-            if w.run_id is not None or not w.process.is_alive():
+            if w.run_id is not None or not w.ready or not w.process.is_alive():
                 continue
             run_id = self._queue.popleft()
             live = self._live[run_id]
@@ -604,6 +617,8 @@ class JobManager:
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]
         if kind == "ready":
+            w.ready = True
+            self._cond.notify_all()
             return
         live = self._live.get(msg[1])
         if live is None or live.status in FINAL_STATUSES:
@@ -638,6 +653,14 @@ class JobManager:
             delay = min(30.0, 0.5 * 2 ** (self._idle_deaths - 1))
             self._restart_at = time.monotonic() + delay
             log.warning("an idle worker process exited with code %s; starting another in %.1f s", code, delay)
+            if not w.ready and self._idle_deaths >= STARTUP_FAILURES_FATAL and self._queue:
+                # Workers keep dying before they can run anything: fail the next run, not wait forever.
+                self._finish(
+                    self._live[self._queue.popleft()],
+                    FAILED,
+                    error=f"the worker process could not start ({self._idle_deaths} tries, last exit code "
+                    f"{code}); the app's log shows why",
+                )
             return
         if code is not None and code < 0:
             how = f"killed by signal {-code}"

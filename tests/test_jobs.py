@@ -20,6 +20,7 @@ from compressor.store import RunStore
 
 T = "tests.jobtargets:"
 REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 120  # generous: a busy shared CPU can slow a worker's start-up; passing runs return at once
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def manager(tmp_path):
         m.shutdown()
 
 
-def wait_for_log(m: JobManager, run_id: str, prefix: str, timeout: float = 20.0) -> str:
+def wait_for_log(m: JobManager, run_id: str, prefix: str, timeout: float = WAIT_S) -> str:
     """Blocks until the run logs a line starting with `prefix`; returns the line."""
     seen, deadline = 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,7 +60,7 @@ def pid_alive(pid: int) -> bool:
 def test_job_succeeds_and_report_is_stored(manager):
     m = manager("steps")
     run_id = m.submit({"model": "demo", "recipe": [{"method": "rtn", "bits": 4}], "n": 4, "tag": "a"}, owner="alice")
-    run = m.wait(run_id, timeout=30)
+    run = m.wait(run_id, timeout=WAIT_S)
     assert run["status"] == "succeeded", run["error"]
     assert run["report"]["steps"] == 4 and run["report"]["tag"] == "a"
     assert run["owner"] == "alice" and run["model_spec"] == "demo"
@@ -80,7 +81,7 @@ def test_job_succeeds_and_report_is_stored(manager):
 
 def test_worker_runs_in_another_process_without_torch(manager):
     m = manager("echo")
-    run = m.wait(m.submit({"x": 1}, owner="a"), timeout=30)
+    run = m.wait(m.submit({"x": 1}, owner="a"), timeout=WAIT_S)
     assert run["status"] == "succeeded", run["error"]
     assert run["report"]["pid"] != os.getpid() and run["report"]["pid"] in m.worker_pids()
     assert run["report"]["torch_loaded"] is False, "worker start-up must not import torch"
@@ -92,7 +93,7 @@ def test_failures_end_failed_with_message_and_next_job_runs(manager):
     lab = m.submit({"fn": "raise_lab_error", "bits": 5}, owner="a")
     other = m.submit({"fn": "raise_other", "zero": 0}, owner="a")
     ok = m.submit({"fn": "steps", "n": 2}, owner="b")
-    lab_run, other_run, ok_run = (m.wait(r, timeout=30) for r in (lab, other, ok))
+    lab_run, other_run, ok_run = (m.wait(r, timeout=WAIT_S) for r in (lab, other, ok))
     assert lab_run["status"] == "failed"
     assert lab_run["error"] == "stage 'rtn': bits=5 is not valid: use 2, 3, 4 or 8"
     assert other_run["status"] == "failed"
@@ -103,11 +104,11 @@ def test_failures_end_failed_with_message_and_next_job_runs(manager):
 
 def test_bad_targets_and_payloads_fail_clearly(manager, tmp_path):
     m = manager("not_a_dict")
-    run = m.wait(m.submit({}, owner="a"), timeout=30)
+    run = m.wait(m.submit({}, owner="a"), timeout=WAIT_S)
     assert run["status"] == "failed" and "must be a dict, got list" in run["error"]
     missing = JobManager(tmp_path / "missing", target="tests.no_such_module:run")
     try:
-        run = missing.wait(missing.submit({}, owner="a"), timeout=30)
+        run = missing.wait(missing.submit({}, owner="a"), timeout=WAIT_S)
     finally:
         missing.shutdown()
     assert run["status"] == "failed" and "cannot be imported" in run["error"] and "no_such_module" in run["error"]
@@ -131,7 +132,7 @@ def test_sigkill_mid_job_fails_that_job_and_queue_goes_on(manager):
     run = m.wait(doomed, timeout=10)
     assert run["status"] == "failed"
     assert "worker process died" in run["error"] and "signal 9" in run["error"] and "memory" in run["error"]
-    nxt = m.wait(after, timeout=30)
+    nxt = m.wait(after, timeout=WAIT_S)
     assert nxt["status"] == "succeeded"
     assert pid not in m.worker_pids()
     assert m.store.integrity_check() == "ok"
@@ -153,7 +154,7 @@ def test_cancel_running_job_within_5_s(manager):
     assert not pid_alive(pid), "the cancelled job's worker process is still alive"
     assert m.cancel(run_id) is False  # already over
     # A fresh worker takes the next job.
-    assert m.wait(m.submit({"fn": "steps", "n": 1}, owner="a"), timeout=30)["status"] == "succeeded"
+    assert m.wait(m.submit({"fn": "steps", "n": 1}, owner="a"), timeout=WAIT_S)["status"] == "succeeded"
 
 
 def test_cancel_queued_job_and_positions(manager):
@@ -170,7 +171,7 @@ def test_cancel_queued_job_and_positions(manager):
     assert m.status(second) == "cancelled" and m.position(second) is None
     assert m.position(third) == 1
     m.cancel(first)
-    assert m.wait(third, timeout=30)["status"] == "succeeded"
+    assert m.wait(third, timeout=WAIT_S)["status"] == "succeeded"
     assert m.wait(first, timeout=5)["status"] == "cancelled"
 
 
@@ -189,7 +190,7 @@ def test_four_concurrent_submissions_complete_in_submission_order(manager):
         t.start()
     for t in threads:
         t.join()
-    runs = [m.wait(r, timeout=30) for r in ids]
+    runs = [m.wait(r, timeout=WAIT_S) for r in ids]
     assert all(r["status"] == "succeeded" for r in runs), [r["error"] for r in runs]
     by_submission = sorted(runs, key=lambda r: r["seq"])
     starts = [r["started_at"] for r in by_submission]
@@ -201,8 +202,9 @@ def test_four_concurrent_submissions_complete_in_submission_order(manager):
 
 def test_concurrency_two_runs_jobs_side_by_side(manager):
     m = manager("sleep_then_return", concurrency=2)
+    assert m.warm_up(timeout=WAIT_S)
     a, b = m.submit({"seconds": 1.0}, owner="a"), m.submit({"seconds": 1.0}, owner="b")
-    ra, rb = m.wait(a, timeout=30), m.wait(b, timeout=30)
+    ra, rb = m.wait(a, timeout=WAIT_S), m.wait(b, timeout=WAIT_S)
     assert ra["status"] == rb["status"] == "succeeded"
     assert rb["report"]["started"] < ra["report"]["started"] + 0.9  # overlapped, not queued
     assert len(set(m.worker_pids())) == 2
@@ -210,18 +212,18 @@ def test_concurrency_two_runs_jobs_side_by_side(manager):
 
 def test_time_limit_stops_a_job(manager):
     m = manager("sleep_then_return", time_limit_s=0.5)
-    t0 = time.monotonic()
-    run = m.wait(m.submit({"seconds": 30}, owner="a"), timeout=10)
+    run = m.wait(m.submit({"seconds": 30}, owner="a"), timeout=WAIT_S)
     assert run["status"] == "failed" and "time limit of 0.5 s" in run["error"]
-    assert time.monotonic() - t0 < 8
+    assert "pid=" in run["log"]  # the limit counts from the target's start, not the worker's start-up
+    assert run["finished_at"] - run["started_at"] < 5
 
 
 def test_history_survives_restart(tmp_path):
     with JobManager(tmp_path, target=T + "steps") as m:
         done = m.submit({"n": 2, "tag": "kept"}, owner="alice")
-        m.wait(done, timeout=30)
+        m.wait(done, timeout=WAIT_S)
         failed = m.submit({"n": 1}, owner="bob")
-        m.wait(failed, timeout=30)
+        m.wait(failed, timeout=WAIT_S)
     with JobManager(tmp_path, target=T + "steps") as m2:
         runs = {r["id"]: r for r in m2.list_runs()}
         assert runs[done]["status"] == "succeeded" and runs[done]["report"]["tag"] == "kept"
@@ -262,7 +264,7 @@ def test_run_left_running_by_a_dead_process_is_marked_interrupted(tmp_path):
         runs = m.list_runs()
         assert len(runs) == 2 and all(r["status"] == "interrupted" for r in runs)
         assert "before this run finished" in m.get_run(run_id)["error"]
-        assert m.wait(m.submit({"n": 1}, owner="a"), timeout=30)["status"] == "succeeded"
+        assert m.wait(m.submit({"n": 1}, owner="a"), timeout=WAIT_S)["status"] == "succeeded"
         assert m.store.integrity_check() == "ok"
     # The orphaned worker notices its parent is gone and exits instead of computing on.
     deadline = time.monotonic() + 5
@@ -273,8 +275,8 @@ def test_run_left_running_by_a_dead_process_is_marked_interrupted(tmp_path):
 
 def test_baseline_cache_is_shared_across_runs(manager):
     m = manager("use_cache")
-    first = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="a"), timeout=30)
-    second = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="b"), timeout=30)
+    first = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="a"), timeout=WAIT_S)
+    second = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="b"), timeout=WAIT_S)
     assert first["report"]["cached"] is False and second["report"]["cached"] is True
     assert second["report"]["baseline"] == first["report"]["baseline"]
     assert m.store.cache_get("demo|ppl|n=8") == first["report"]["baseline"]
@@ -283,13 +285,13 @@ def test_baseline_cache_is_shared_across_runs(manager):
 def test_artifacts_are_capped_and_pruned(manager):
     m = manager("save_artifact", artifacts=ArtifactPolicy(keep_last=2, max_run_bytes=64 * 1024))
     ids = [m.submit({"kb": 8}, owner="a") for _ in range(3)]
-    runs = [m.wait(r, timeout=30) for r in ids]
+    runs = [m.wait(r, timeout=WAIT_S) for r in ids]
     assert all(r["status"] == "succeeded" for r in runs)
     kept = [m.get_run(r)["artifact_path"] for r in ids]
     assert kept[0] is None and kept[1] and kept[2]  # only the newest two stay
     assert sorted(p.name for p in m.artifact_root.iterdir()) == sorted(ids[1:])
     assert (Path(kept[2]) / "model.safetensors").stat().st_size == 8 * 1024
-    big = m.wait(m.submit({"kb": 100}, owner="a"), timeout=30)
+    big = m.wait(m.submit({"kb": 100}, owner="a"), timeout=WAIT_S)
     assert big["status"] == "succeeded" and big["artifact_path"] is None
     assert "larger than the artifact cap" in big["log"]
     assert not (m.artifact_root / big["id"]).exists()
@@ -315,11 +317,11 @@ def test_app_main_module_is_not_rerun_in_the_worker(tmp_path):
         with open({str(tmp_path / "imports.txt")!r}, "a") as f:
             f.write(f"{{os.getpid()}}\\n")
         m = JobManager({str(tmp_path / "data")!r}, target="tests.jobtargets:echo")
-        run = m.wait(m.submit({{"x": 1}}, owner="a"), timeout=30)
+        run = m.wait(m.submit({{"x": 1}}, owner="a"), timeout={WAIT_S})
         print(run["status"], run["report"]["pid"] != os.getpid())
         m.shutdown()
     """))
-    out = subprocess.run([sys.executable, str(app)], cwd=REPO, capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, str(app)], cwd=REPO, capture_output=True, text=True, timeout=2 * WAIT_S,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.stdout.split() == ["succeeded", "True"], out.stderr[-2000:]
     assert len((tmp_path / "imports.txt").read_text().split()) == 1, "the worker re-ran the app's main module"
