@@ -122,6 +122,17 @@ def test_bad_targets_and_payloads_fail_clearly(manager, tmp_path):
         JobManager(tmp_path / "other", concurrency=0)
 
 
+def test_workers_that_cannot_start_fail_the_run(tmp_path, monkeypatch):
+    # Workers import `compressor` from the parent's sys.path: put a broken copy first.
+    broken = tmp_path / "broken" / "compressor"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('broken install')\n")
+    monkeypatch.syspath_prepend(str(broken.parent))
+    with JobManager(tmp_path / "data", target=T + "echo") as m:
+        run = m.wait(m.submit({}, owner="a"), timeout=WAIT_S)
+    assert run["status"] == "failed" and "could not start" in run["error"] and "exit code 1" in run["error"]
+
+
 def test_sigkill_mid_job_fails_that_job_and_queue_goes_on(manager):
     m = manager("dispatch")
     doomed = m.submit({"fn": "allocate_and_hang", "mb": 32, "seconds": 60}, owner="a")
