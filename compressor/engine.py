@@ -1,0 +1,195 @@
+"""`compress(model, recipe)`: validate the recipe against the model, run its stages in order, report.
+
+Calibration-free stages get the whole model once: `apply(model, cfg, ctx: StageContext)`.
+Calibrated stages run in the sequential pipeline (compressor/sequential.py), once per decoder layer:
+`apply(layer_ctx: LayerContext, cfg)`. Every run ends with a sanity report: measured bytes,
+effective bits, per-module error, and a forward pass checked for non-finite logits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
+from .errors import RecipeError
+from .progress import EtaClock, Progress, ProgressFn, null_progress
+from .recipe import Recipe, StageConfig, load_recipe
+from .registry import MethodSpec, get_method
+from .report import CompressionReport, LayerReport, StageReport, module_row, weight_bytes
+from .sequential import run_sequential
+
+# A module whose SQNR falls below this gets a warning in the report.
+LOW_SQNR_DB = 10.0
+# Metric names methods may use for an SQNR, and what it was measured on.
+_SQNR_KEYS = {"sqnr_db": None, "weight_sqnr_db": "weights", "probe_sqnr_db": "probe",
+              "output_sqnr_db": "calibration"}
+_ROW_FIELDS = ("bits", "group_size", "seconds", "sparsity")
+
+
+class StageContext:
+    """What a calibration-free method sees (the contract for needs_calibration=False).
+
+    targets(model) -> {qualified name: nn.Linear} the stage acts on (targets regex, ignore, skip);
+    override_for(name) -> the stage config with that module's overrides, or None when skipped;
+    replace(name, module) swaps a submodule (bytes before/after are measured here);
+    record(name, **metrics) adds report entries (sqnr_db, bits, group_size, seconds, sparsity, ...);
+    progress(done, total, message) reports progress within the stage.
+    """
+
+    def __init__(self, model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int, report: CompressionReport,
+                 emit):
+        self.model, self.cfg, self.spec, self.index = model, cfg, spec, index
+        self._report, self._emit = report, emit
+        self._rows: dict[str, LayerReport] = {}
+
+    def targets(self, model: nn.Module | None = None) -> dict[str, nn.Linear]:
+        return self.cfg.resolve(self.model if model is None else model)
+
+    def override_for(self, name: str) -> StageConfig | None:
+        return self.cfg.override_for(name)
+
+    def replace(self, name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        row = module_row(name, self.index, self.spec.name, old, module)
+        if name in self._rows:  # replaced twice in one stage: keep the first bytes_before
+            row.bytes_before = self._rows[name].bytes_before
+            row.extra = self._rows[name].extra
+        setattr(parent, child, module)
+        self._rows[name] = row
+        if name not in [r.name for r in self._report.layers if r.stage == self.index]:
+            self._report.layers.append(row)
+        else:
+            self._report.layers = [row if (r.name == name and r.stage == self.index) else r
+                                   for r in self._report.layers]
+
+    def record(self, name: str, **metrics: Any) -> None:
+        row = self._rows.get(name)
+        if row is None:  # metrics for a module modified in place
+            row = LayerReport(name=name, stage=self.index, method=self.spec.name)
+            self._rows[name] = row
+            self._report.layers.append(row)
+        for key, value in metrics.items():
+            if key in _SQNR_KEYS:
+                row.sqnr_db = None if value is None else float(value)
+                row.sqnr_basis = _SQNR_KEYS[key] or metrics.get("sqnr_basis") or row.sqnr_basis or "weights"
+            elif key in _ROW_FIELDS:
+                setattr(row, key, value)
+            elif key != "sqnr_basis":
+                row.extra[key] = value
+
+    def progress(self, done: float, total: float, message: str = "") -> None:
+        self._emit(self.index, done / total if total else 1.0, message, done, total)
+
+    @property
+    def n_modules(self) -> int:
+        return len(self._rows)
+
+
+def _resolve_calibration(model: nn.Module, calibration: Any, tokenizer) -> torch.Tensor:
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+            raise RecipeError("calibration", f"{calibration.dtype} {tuple(calibration.shape)}",
+                              "give integer token ids shaped [n_samples, seq_len]")
+        return calibration.long()
+    source = "builtin" if calibration is None else calibration
+    if not isinstance(source, str):
+        raise RecipeError("calibration", type(calibration).__name__,
+                          "give a token tensor [n, L], 'builtin', text, or 'hub:<dataset id>'")
+    if tokenizer is None:
+        tokenizer = _tokenizer_for(model)
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None) or DEFAULT_SEQ_LEN
+    return calibration_batches(tokenizer, source, DEFAULT_N_SAMPLES, min(DEFAULT_SEQ_LEN, max_pos))
+
+
+def _tokenizer_for(model: nn.Module):
+    path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise RecipeError("calibration", None, "this recipe needs calibration data: pass calibration=<token tensor "
+                          f"[n, L]> or tokenizer=... (no tokenizer found for {path!r}: {type(e).__name__})") from None
+
+
+@torch.no_grad()
+def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionReport) -> None:
+    """One small forward: logits must be finite; records which kernel paths ran."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 2)
+    probe = tokens[:1, :32] if tokens is not None else torch.arange(1, 33).remainder(vocab - 1).add(1)[None]
+    device = next(model.parameters()).device
+    logits = model(input_ids=probe.to(device), use_cache=False).logits
+    finite = bool(torch.isfinite(logits).all())
+    paths = sorted({m.kernel_path for m in model.modules() if getattr(m, "kernel_path", None)})
+    report.sanity = {"finite_logits": finite, "kernel_paths": paths}
+    if not finite:
+        report.warnings.append("the compressed model produced non-finite logits on a probe input")
+    for r in report.layers:
+        if r.sqnr_db is not None and r.sqnr_db < LOW_SQNR_DB:
+            report.warnings.append(f"{r.name}: SQNR {r.sqnr_db:.1f} dB ({r.sqnr_basis}) is below {LOW_SQNR_DB} dB")
+
+
+def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: ProgressFn | None = None, *,
+             tokenizer=None) -> tuple[nn.Module, CompressionReport]:
+    """Compress `model` in place with `recipe`; returns (model, CompressionReport).
+
+    Args:
+        model: a causal LM (calibrated stages need a list of decoder layers, e.g. model.model.layers).
+        recipe: anything `load_recipe` accepts: a preset name, YAML/JSON text, a path, a dict, a list,
+            a stage config or a Recipe.
+        calibration: token ids [n_samples, seq_len]; or "builtin" / text / "hub:<id>" tokenized with
+            `tokenizer` (default: the model's own, found from its config); None = "builtin" when a
+            stage needs calibration (32 x 256 tokens).
+        progress: called with compressor.progress.Progress events (stage, layer i/n, fraction, ETA).
+    """
+    t_start = time.perf_counter()
+    recipe: Recipe = load_recipe(recipe)
+    recipe.check(model)
+    progress = progress or null_progress
+    specs = [get_method(s.method, f"stage {i}") for i, s in enumerate(recipe.stages)]
+    report = CompressionReport(recipe=recipe.to_dict(), weight_bytes_before=weight_bytes(model))
+    tokens = None
+    if any(s.needs_calibration for s in specs):
+        tokens = _resolve_calibration(model, calibration, tokenizer)
+        report.calibration = {"n_samples": tokens.shape[0], "seq_len": tokens.shape[1],
+                              "source": "tokens" if isinstance(calibration, torch.Tensor) else (calibration or "builtin")}
+    clock = EtaClock()
+    n_stages = len(recipe.stages)
+
+    def emit(index: int, stage_fraction: float, message: str, done: float, total: float) -> None:
+        fraction = (index + min(max(stage_fraction, 0.0), 1.0)) / n_stages
+        layered = specs[index].needs_calibration and total
+        progress(Progress(stage=specs[index].name, fraction=fraction, message=message, stage_index=index,
+                          n_stages=n_stages, layer=int(done) if layered else None,
+                          n_layers=int(total) if layered else None, eta_s=clock.eta(fraction)))
+
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (cfg, spec) in enumerate(zip(recipe.stages, specs, strict=True)):
+            ctx = StageContext(model, cfg, spec, i, report, emit)
+            stage = StageReport(index=i, method=spec.name, kind=spec.kind, config=cfg.to_dict())
+            report.stages.append(stage)
+            emit(i, 0.0, "starting", 0, 0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if spec.needs_calibration:
+                    stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)
+                else:
+                    spec.apply(model, cfg, ctx)
+            stage.seconds = time.perf_counter() - t0
+            stage.n_modules = ctx.n_modules
+            emit(i, 1.0, "done", 0, 0)
+        _sanity(model, tokens, report)
+        # After the probe forward: kernels may adopt a runtime layout lazily, and that is what is held.
+        report.weight_bytes_after = weight_bytes(model)
+    finally:
+        model.train(was_training)
+    report.wall_s = time.perf_counter() - t_start
+    return model, report

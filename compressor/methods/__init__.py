@@ -1,0 +1,2 @@
+"""Compression methods, one file each. `compressor.registry.load_methods()` imports every module here
+(import errors propagate); a method registers itself with `@register(name, Config, ...)`."""
