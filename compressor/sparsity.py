@@ -12,9 +12,22 @@ matmul, elsewhere it decompresses (fewer bytes, no speed-up).
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from compressor.errors import RecipeError
+from compressor.hessian import output_sqnr_db
+from compressor.recipe import StageConfig
+
+PATTERNS = ("unstructured", "2:4", "4:8")
+STORAGES = ("dense", "compact")
+_NM = re.compile(r"^(\d+):(\d+)$")
 
 
 def zero_fraction(W: torch.Tensor) -> float:
@@ -34,18 +47,18 @@ def check_nm_args(prune_n: int, prune_m: int, in_features: int | None = None) ->
 def unstructured_mask(W_metric: torch.Tensor, sparsity: float, *, per_row: bool = True) -> torch.Tensor:
     """Prune the `sparsity` fraction of lowest-scoring weights, per output row or over the whole matrix.
 
-    Exactly floor(sparsity * count) weights are pruned in each comparison group, so the measured
+    Exactly round(sparsity * count) weights are pruned in each comparison group, so the measured
     sparsity matches the target to within one weight per row.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity {sparsity} must be in [0, 1): e.g. 0.5 for half the weights")
     mask = torch.zeros_like(W_metric, dtype=torch.bool)
     if per_row:
-        k = int(W_metric.shape[1] * sparsity)
+        k = round(W_metric.shape[1] * sparsity)
         idx = torch.sort(W_metric, dim=1, stable=True)[1][:, :k]  # (N, k) lowest per row
         mask.scatter_(1, idx, True)
     else:
-        k = int(W_metric.numel() * sparsity)
+        k = round(W_metric.numel() * sparsity)
         idx = torch.sort(W_metric.flatten(), stable=True)[1][:k]
         mask.view(-1)[idx] = True
     return mask
@@ -174,3 +187,99 @@ def storage_note(pattern: str, storage: str) -> str:
                 "(only 2:4 has, on CUDA Ampere+); a sparse format with per-group indices would be needed")
     return ("zeros stored densely: no memory or speed saving; unstructured sparsity needs a sparse format "
             "(CSR/bitmask) and a sparse kernel, which pay off only at high sparsity (>~70-90%)")
+
+
+# --- the config and the apply step shared by magnitude, Wanda and SparseGPT -------------------------
+
+
+@dataclass
+class SparsityConfig(StageConfig):
+    """Unstructured or semi-structured (N:M) pruning of the targeted linear layers.
+
+    Args:
+        sparsity: fraction of weights zeroed with pattern "unstructured" (0.5 = half).
+        pattern: "unstructured", or "N:M" (zero N of every M consecutive input weights; "2:4", "4:8",
+            any N < M with M dividing in_features).
+        storage: "dense" keeps nn.Linear with zeros (stackable with quantization and distillation; no
+            memory or speed saving), "compact" stores 2:4 as values + 2-bit indices (fewer bytes; a
+            final format: later stages cannot rewrite it).
+        targets, ignore, overrides: module selection (see compressor/recipe.py).
+    """
+
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    storage: str = "dense"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        stage = self.method or type(self).__name__
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or \
+                not 0.0 <= self.sparsity < 1.0:
+            raise RecipeError("sparsity", self.sparsity, "use a fraction in [0, 1), e.g. 0.5", stage)
+        if not isinstance(self.pattern, str) or (self.pattern != "unstructured" and not _NM.match(self.pattern)):
+            raise RecipeError("pattern", self.pattern, "use 'unstructured' or 'N:M' such as '2:4' or '4:8'", stage)
+        n, m = self.nm
+        if self.pattern != "unstructured" and not 0 < n < m:
+            raise RecipeError("pattern", self.pattern, "N:M needs 0 < N < M, e.g. '2:4'", stage)
+        if self.storage not in STORAGES:
+            raise RecipeError("storage", self.storage, f"choose one of {STORAGES}", stage)
+        if self.storage == "compact" and self.pattern != "2:4":
+            raise RecipeError("storage", self.storage, f"compact storage exists for pattern '2:4' only, not "
+                              f"{self.pattern!r}: use storage 'dense' or pattern '2:4'", stage)
+
+    @property
+    def nm(self) -> tuple[int, int]:
+        """(prune_n, prune_m), (0, 0) for unstructured."""
+        match = _NM.match(self.pattern) if isinstance(self.pattern, str) else None
+        return (int(match[1]), int(match[2])) if match else (0, 0)
+
+    @property
+    def target_sparsity(self) -> float:
+        n, m = self.nm
+        return n / m if m else self.sparsity
+
+    def check_module(self, name: str, module: nn.Linear) -> None:
+        _, m = self.nm
+        k = module.in_features
+        if m and k % m:
+            raise RecipeError("pattern", self.pattern, f"M={m} must divide in_features {k} of {name}", self.method)
+        if self.storage == "compact" and k % 8:
+            raise RecipeError("storage", self.storage, f"compact 2:4 needs in_features divisible by 8; {name} has "
+                              f"{k}: use storage 'dense'", self.method)
+
+
+@torch.no_grad()
+def commit_pruned(ctx, name: str, linear: nn.Linear, W_pruned: torch.Tensor, cfg: SparsityConfig, t0: float,
+                  **metrics) -> None:
+    """Write the pruned weight, swap in compact storage if asked, record honest accounting.
+
+    `ctx` is a StageContext or LayerContext (both have replace/record). The module is passed to
+    `replace` even when it stays an nn.Linear, so the report measures its bytes (unchanged) and
+    weight count.
+    """
+    linear.weight.data.copy_(W_pruned.to(linear.weight.dtype))
+    zeros = int((linear.weight == 0).sum())
+    module: nn.Module = linear
+    if cfg.storage == "compact":
+        module = Sparse24Linear.from_linear(linear)
+        if module.to_semi_structured():
+            metrics["runtime"] = "cuda-semi-structured"
+    ctx.replace(name, module)
+    ctx.record(name, sparsity=zeros / linear.weight.numel(), zeroed_params=zeros, pattern=cfg.pattern,
+               storage=cfg.storage, savings=storage_note(cfg.pattern, cfg.storage),
+               seconds=time.perf_counter() - t0, **metrics)
+
+
+def apply_with_hessians(layer_ctx, prune: Callable[[torch.Tensor, torch.Tensor, SparsityConfig],
+                                                   tuple[torch.Tensor, dict]]) -> None:
+    """The calibrated apply of Wanda and SparseGPT: H of every target from the shared accumulator,
+    then `prune(W fp32, H, cfg) -> (W_pruned, extra metrics)` per module, committed and recorded."""
+    targets = layer_ctx.targets()
+    Hs = layer_ctx.hessians(list(targets))
+    for name, linear in targets.items():
+        c = layer_ctx.override_for(name)
+        t0 = time.perf_counter()
+        W, H = linear.weight.detach().float(), Hs[name]
+        W_pruned, extra = prune(W, H, c)
+        commit_pruned(layer_ctx, name, linear, W_pruned, c, t0, output_sqnr_db=output_sqnr_db(W, W_pruned, H),
+                      **extra)

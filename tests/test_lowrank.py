@@ -69,3 +69,32 @@ def test_lowrank_linear_matches_product():
     x = torch.randn(5, 128)
     torch.testing.assert_close(mod(x), x @ (up @ down).T + bias)
     assert sum(p.numel() for p in mod.parameters()) == 12 * (96 + 128) + 96
+
+
+# --- registered stages through compressor.compress --------------------------------------------------
+
+from compressor.engine import compress  # noqa: E402
+from tests.helpers import random_tokens, tiny_llama  # noqa: E402
+
+
+@pytest.mark.parametrize("stage", [{"method": "svd", "rank": 32},
+                                   {"method": "svd_llm", "rank": 32},
+                                   {"method": "svd_llm", "rank": 32, "scaling": "asvd"}])
+def test_stage_factors_layers_and_reports_bytes(stage):
+    model = tiny_llama()
+    ids = random_tokens(1, 12)
+    model, report = compress(model, [stage], calibration=random_tokens(4, 32))
+    mods = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    assert len(mods) == 14 and all(m.rank == 32 for m in mods)
+    row = next(r for r in report.layers if r.name.endswith("layers.0.mlp.down_proj"))  # 128 x 256
+    assert row.extra["params_after"] == 32 * (128 + 256)
+    assert row.bytes_after == 32 * (128 + 256) * 4 and row.bytes_before == 128 * 256 * 4
+    assert report.weight_bytes_after < report.weight_bytes_before
+    assert model(ids).logits.isfinite().all()
+
+
+def test_stage_leaves_layer_dense_when_factoring_is_larger():
+    model, report = compress(tiny_llama(), [{"method": "svd", "energy": 1.0}])
+    assert not any(isinstance(m, LowRankLinear) for m in model.modules())
+    assert all(r.extra.get("kept_dense") for r in report.layers)
+    assert report.weight_bytes_after == report.weight_bytes_before

@@ -18,14 +18,83 @@ r * (N + K) < N * K.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from compressor.errors import RecipeError
+from compressor.hessian import output_sqnr_db
+from compressor.quant import sqnr_db
+from compressor.recipe import StageConfig
+from compressor.registry import register
 
 # Relative ridge added to H before the Cholesky factorisation (as GPTQ's percdamp), so that inputs
 # that never fired on the calibration tokens do not make L singular.
 WHITEN_DAMP = 0.01
 # ASVD's published exponent for the activation scaling.
 ASVD_ALPHA = 0.5
+SCALINGS = ("whiten", "asvd")
+
+
+@dataclass
+class SVDConfig(StageConfig):
+    """Truncated-SVD factorisation of the targeted linears into two smaller linears (calibration-free).
+
+    Args:
+        rank: keep this many singular values (0 = use `energy`).
+        energy: keep the smallest rank holding this fraction of the squared spectrum (used when rank is 0).
+        only_if_smaller: leave a layer dense when the factored pair would not have fewer parameters.
+        targets, ignore, overrides: module selection; overrides can set a per-module rank or energy.
+    """
+
+    rank: int = 0
+    energy: float = 0.9
+    only_if_smaller: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 0:
+            raise RecipeError("rank", self.rank, "use a positive rank, or 0 to choose it by energy", self.method)
+        if self.rank == 0 and (isinstance(self.energy, bool) or not isinstance(self.energy, (int, float))
+                               or not 0 < self.energy <= 1):
+            raise RecipeError("energy", self.energy, "use a fraction in (0, 1], e.g. 0.9, or set a rank",
+                              self.method)
+        if not isinstance(self.only_if_smaller, bool):
+            raise RecipeError("only_if_smaller", self.only_if_smaller, "use true or false", self.method)
+
+    def rank_args(self) -> dict:
+        return {"rank": self.rank} if self.rank else {"energy": float(self.energy)}
+
+    def check_module(self, name: str, module: nn.Linear) -> None:
+        full = min(module.in_features, module.out_features)
+        if self.rank > full:
+            raise RecipeError("rank", self.rank, f"{name} has at most rank {full} "
+                              f"(min of {module.out_features} x {module.in_features}): use a rank <= {full}",
+                              self.method)
+
+
+@dataclass
+class ActivationSVDConfig(SVDConfig):
+    """Activation-aware SVD (needs calibration data): SVD-LLM whitening or ASVD scaling.
+
+    Args:
+        rank, energy, only_if_smaller: as for "svd"; energy is measured on the scaled spectrum.
+        scaling: "whiten" (SVD-LLM, W L with H = L L^T; minimises the output error) or "asvd"
+            (W diag(mean|X_j|^alpha)).
+        alpha: ASVD's exponent (0.5 in the paper).
+    """
+
+    scaling: str = "whiten"
+    alpha: float = ASVD_ALPHA
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scaling not in SCALINGS:
+            raise RecipeError("scaling", self.scaling, f"choose one of {SCALINGS}", self.method)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 2:
+            raise RecipeError("alpha", self.alpha, "use an exponent in (0, 2], e.g. 0.5", self.method)
 
 
 def rank_for_energy(S: torch.Tensor, energy: float) -> int:
@@ -126,3 +195,54 @@ class LowRankLinear(nn.Module):
 
 def saves_parameters(N: int, K: int, r: int) -> bool:
     return r * (N + K) < N * K
+
+
+def _commit(ctx, name: str, linear: nn.Linear, up: torch.Tensor, down: torch.Tensor, S: torch.Tensor,
+            c: SVDConfig, t0: float, **metrics) -> None:
+    """Swap in the factored pair (or keep the layer dense when that would not be smaller); record."""
+    N, K = linear.out_features, linear.in_features
+    r = down.shape[0]
+    energy_kept = float(S[:r].double().pow(2).sum() / S.double().pow(2).sum().clamp_min(1e-30))
+    common = {"rank": r, "full_rank": min(N, K), "energy_kept": energy_kept, "params_before": N * K}
+    if c.only_if_smaller and not saves_parameters(N, K, r):
+        ctx.record(name, kept_dense=True, params_after=N * K, seconds=time.perf_counter() - t0, **common,
+                   note=f"rank {r} would need {r * (N + K)} parameters >= {N * K}: left dense")
+        return
+    W = linear.weight.detach().float()
+    mod = LowRankLinear(up.to(linear.weight.dtype), down.to(linear.weight.dtype),
+                        linear.bias.detach() if linear.bias is not None else None)
+    ctx.replace(name, mod)
+    ctx.record(name, params_after=r * (N + K), weight_rel_error=float((W - up @ down).norm() / W.norm()),
+               seconds=time.perf_counter() - t0, **common, **metrics)
+
+
+@register("svd", SVDConfig, kind="lowrank")
+def apply(model, cfg: SVDConfig, ctx) -> None:
+    targets = ctx.targets()
+    for i, (name, linear) in enumerate(targets.items()):
+        c = ctx.override_for(name)
+        t0 = time.perf_counter()
+        up, down, S = truncated_svd(linear.weight, **c.rank_args())
+        _commit(ctx, name, linear, up, down, S, c, t0, weight_sqnr_db=sqnr_db(linear.weight, up @ down))
+        ctx.progress(i + 1, len(targets), name)
+
+
+@register("svd_llm", ActivationSVDConfig, needs_calibration=True, kind="lowrank")
+def apply_activation_aware(layer_ctx, cfg: ActivationSVDConfig) -> None:
+    targets = layer_ctx.targets()
+    if cfg.scaling == "whiten":
+        Hs = layer_ctx.hessians(list(targets))
+    else:
+        acts = layer_ctx.input_activations(list(targets))
+    for name, linear in targets.items():
+        c = layer_ctx.override_for(name)
+        t0 = time.perf_counter()
+        W = linear.weight.detach().float()
+        if cfg.scaling == "whiten":
+            up, down, S = whitened_svd(W, Hs[name], **c.rank_args())
+            sq = output_sqnr_db(W, up @ down, Hs[name])
+        else:
+            X = acts[name]  # (n_tokens, K)
+            up, down, S = asvd(W, X.abs().mean(dim=0), **c.rank_args(), alpha=c.alpha)
+            sq = sqnr_db(X @ W.T, X @ (up @ down).T)
+        _commit(layer_ctx, name, linear, up, down, S, c, t0, output_sqnr_db=sq, scaling=cfg.scaling)

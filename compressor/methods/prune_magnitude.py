@@ -7,9 +7,19 @@ unstructured magnitude pruning compares weights over the whole matrix (layer-wis
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 
-from compressor.sparsity import nm_mask, unstructured_mask
+from compressor.quant import sqnr_db
+from compressor.registry import register
+from compressor.sparsity import SparsityConfig, commit_pruned, nm_mask, unstructured_mask
+
+
+@dataclass
+class MagnitudeConfig(SparsityConfig):
+    """Magnitude pruning (calibration-free). Args: see SparsityConfig (sparsity, pattern, storage)."""
 
 
 @torch.no_grad()
@@ -19,3 +29,16 @@ def magnitude_mask(W: torch.Tensor, sparsity: float = 0.5, *, prune_n: int = 0, 
     if prune_n:
         return nm_mask(W_metric, prune_n, prune_m)
     return unstructured_mask(W_metric, sparsity, per_row=False)
+
+
+@register("magnitude", MagnitudeConfig, kind="prune")
+def apply(model, cfg: MagnitudeConfig, ctx) -> None:
+    targets = ctx.targets()
+    for i, (name, linear) in enumerate(targets.items()):
+        c = ctx.override_for(name)
+        t0 = time.perf_counter()
+        W = linear.weight.detach().float()
+        n, m = c.nm
+        W_pruned = W.masked_fill(magnitude_mask(W, c.sparsity, prune_n=n, prune_m=m), 0)
+        commit_pruned(ctx, name, linear, W_pruned, c, t0, weight_sqnr_db=sqnr_db(W, W_pruned))
+        ctx.progress(i + 1, len(targets), name)

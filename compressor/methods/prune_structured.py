@@ -19,8 +19,45 @@ The per-layer layout is written to `config.pruned_layout` for a loader to rebuil
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+from compressor.errors import RecipeError
+from compressor.recipe import StageConfig
+from compressor.registry import register
+
+
+@dataclass
+class StructuredConfig(StageConfig):
+    """Structured pruning of attention KV groups and MLP channels (needs calibration data).
+
+    Args:
+        heads_fraction: fraction of KV groups (a key/value head with its query heads) removed per layer;
+            at least one group always stays.
+        mlp_fraction: fraction of MLP intermediate channels removed per layer.
+        channel_multiple: kept MLP channels are rounded to a multiple of this (64 keeps shapes
+            friendly to group-wise quantization and GEMM tiles).
+        targets, ignore, overrides: a layer's heads are pruned when its o_proj is targeted, its MLP
+            when its down_proj is; overrides on those names set per-layer fractions.
+    """
+
+    heads_fraction: float = 0.25
+    mlp_fraction: float = 0.25
+    channel_multiple: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("heads_fraction", "mlp_fraction"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise RecipeError(name, v, "use a fraction in [0, 1), e.g. 0.25", self.method)
+        if isinstance(self.channel_multiple, bool) or not isinstance(self.channel_multiple, int) or \
+                self.channel_multiple < 1:
+            raise RecipeError("channel_multiple", self.channel_multiple, "use a positive integer, e.g. 64",
+                              self.method)
 
 
 def column_importance(W: torch.Tensor, x_norm_sq: torch.Tensor) -> torch.Tensor:
@@ -61,25 +98,34 @@ def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Ten
 
 
 @torch.no_grad()
-def prune_kv_groups(attn: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only the KV groups `keep` of a Llama-style attention module (q/k/v/o_proj), in place."""
+def kv_group_slices(attn: nn.Module, keep: torch.Tensor) -> dict[str, nn.Linear]:
+    """Smaller q/k/v/o_proj of a Llama-style attention module keeping only the KV groups `keep`."""
     hd = attn.head_dim
     n_rep = attn.num_key_value_groups
     kv_rows = (keep.reshape(-1, 1) * hd + torch.arange(hd)).flatten()  # (n_keep * hd,)
     q_heads = (keep.reshape(-1, 1) * n_rep + torch.arange(n_rep)).flatten()  # (n_keep * n_rep,)
     q_rows = (q_heads.reshape(-1, 1) * hd + torch.arange(hd)).flatten()  # (n_keep * n_rep * hd,)
-    attn.q_proj = _sliced(attn.q_proj, rows=q_rows)
-    attn.k_proj = _sliced(attn.k_proj, rows=kv_rows)
-    attn.v_proj = _sliced(attn.v_proj, rows=kv_rows)
-    attn.o_proj = _sliced(attn.o_proj, cols=q_rows)
+    return {"q_proj": _sliced(attn.q_proj, rows=q_rows), "k_proj": _sliced(attn.k_proj, rows=kv_rows),
+            "v_proj": _sliced(attn.v_proj, rows=kv_rows), "o_proj": _sliced(attn.o_proj, cols=q_rows)}
 
 
 @torch.no_grad()
+def mlp_channel_slices(mlp: nn.Module, keep: torch.Tensor) -> dict[str, nn.Linear]:
+    """Smaller gate/up/down_proj of a gated MLP keeping only the intermediate channels `keep`."""
+    return {"gate_proj": _sliced(mlp.gate_proj, rows=keep), "up_proj": _sliced(mlp.up_proj, rows=keep),
+            "down_proj": _sliced(mlp.down_proj, cols=keep)}
+
+
+def prune_kv_groups(attn: nn.Module, keep: torch.Tensor) -> None:
+    """Keep only the KV groups `keep` of an attention module, in place."""
+    for child, lin in kv_group_slices(attn, keep).items():
+        setattr(attn, child, lin)
+
+
 def prune_mlp_channels(mlp: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only the intermediate channels `keep` of a gated MLP (gate/up/down_proj), in place."""
-    mlp.gate_proj = _sliced(mlp.gate_proj, rows=keep)
-    mlp.up_proj = _sliced(mlp.up_proj, rows=keep)
-    mlp.down_proj = _sliced(mlp.down_proj, cols=keep)
+    """Keep only the intermediate channels `keep` of a gated MLP, in place."""
+    for child, lin in mlp_channel_slices(mlp, keep).items():
+        setattr(mlp, child, lin)
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = int(keep.numel())
 
@@ -90,3 +136,64 @@ def n_to_keep(total: int, prune_fraction: float, multiple: int = 1) -> int:
         raise ValueError(f"prune fraction {prune_fraction} must be in [0, 1)")
     keep = round(total * (1.0 - prune_fraction) / multiple) * multiple
     return max(min(keep, total), multiple if multiple <= total else total)
+
+
+def _layout(config, n_layers: int) -> dict[str, list[int]]:
+    """config.pruned_layout: per-layer head and channel counts (created with the uniform values)."""
+    layout = getattr(config, "pruned_layout", None)
+    if not layout:
+        layout = {"num_attention_heads": [config.num_attention_heads] * n_layers,
+                  "num_key_value_heads": [getattr(config, "num_key_value_heads", None)
+                                          or config.num_attention_heads] * n_layers,
+                  "intermediate_size": [config.intermediate_size] * n_layers}
+        config.pruned_layout = layout
+    return layout
+
+
+@register("structured", StructuredConfig, needs_calibration=True, kind="prune")
+def apply(layer_ctx, cfg: StructuredConfig) -> None:
+    layer, p = layer_ctx.layer, layer_ctx.prefix
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    o_name, down_name = f"{p}.self_attn.o_proj", f"{p}.mlp.down_proj"
+    c_attn = layer_ctx.override_for(o_name) if attn is not None and hasattr(attn, "o_proj") else None
+    c_mlp = layer_ctx.override_for(down_name) if mlp is not None and hasattr(mlp, "down_proj") else None
+    if c_attn is not None and c_attn.heads_fraction == 0:
+        c_attn = None
+    if c_mlp is not None and c_mlp.mlp_fraction == 0:
+        c_mlp = None
+    names = [n for n, c in ((o_name, c_attn), (down_name, c_mlp)) if c is not None]
+    if not names:
+        return
+    t0 = time.perf_counter()
+    # ||X_j||^2 up to a shared factor: diag of the shared Hessian (2/n X^T X).
+    x_sq = {n: torch.diag(H) for n, H in layer_ctx.hessians(names).items()}
+    config = getattr(attn if attn is not None else mlp, "config", None)
+    layout = _layout(config, layer_ctx.n_layers) if config is not None else None
+
+    if c_attn is not None:
+        n_kv = attn.k_proj.out_features // attn.head_dim
+        scores = kv_group_scores(attn.o_proj.weight, x_sq[o_name], n_kv, attn.head_dim)
+        keep = channels_to_keep(scores, n_to_keep(n_kv, c_attn.heads_fraction))
+        for child, lin in kv_group_slices(attn, keep).items():
+            layer_ctx.replace(f"{p}.self_attn.{child}", lin)
+        n_heads = int(keep.numel()) * attn.num_key_value_groups
+        layer_ctx.record(o_name, kv_groups_kept=int(keep.numel()), kv_groups_before=n_kv, heads_kept=n_heads,
+                         kept_groups=keep.tolist(), seconds=time.perf_counter() - t0,
+                         savings="smaller dense matrices: fewer bytes and FLOPs on every device")
+        if layout is not None:
+            layout["num_attention_heads"][layer_ctx.index] = n_heads
+            layout["num_key_value_heads"][layer_ctx.index] = int(keep.numel())
+
+    if c_mlp is not None:
+        n_ch = mlp.down_proj.in_features
+        scores = column_importance(mlp.down_proj.weight, x_sq[down_name])
+        keep = channels_to_keep(scores, n_to_keep(n_ch, c_mlp.mlp_fraction, c_mlp.channel_multiple))
+        for child, lin in mlp_channel_slices(mlp, keep).items():
+            layer_ctx.replace(f"{p}.mlp.{child}", lin)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = int(keep.numel())
+        layer_ctx.record(down_name, channels_kept=int(keep.numel()), channels_before=n_ch,
+                         seconds=time.perf_counter() - t0,
+                         savings="smaller dense matrices: fewer bytes and FLOPs on every device")
+        if layout is not None:
+            layout["intermediate_size"][layer_ctx.index] = int(keep.numel())

@@ -12,9 +12,38 @@ accumulator in `compressor.hessian`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from compressor.sparsity import check_nm_args
+from compressor.errors import RecipeError
+from compressor.registry import register
+from compressor.sparsity import SparsityConfig, apply_with_hessians, check_nm_args
+
+
+@dataclass
+class SparseGPTConfig(SparsityConfig):
+    """SparseGPT pruning (needs calibration data).
+
+    Args:
+        sparsity, pattern, storage: see SparsityConfig.
+        block_size: columns per block (the mask is chosen per block; 128 in the paper).
+        percdamp: damping added to diag(H), as a fraction of its mean (0.01 in the paper).
+    """
+
+    block_size: int = 128
+    percdamp: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _, m = self.nm
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1 or \
+                (m and self.block_size % m):
+            raise RecipeError("block_size", self.block_size, "use a positive number of columns that N:M's M "
+                              "divides, e.g. 128", self.method)
+        if isinstance(self.percdamp, bool) or not isinstance(self.percdamp, (int, float)) or \
+                not 0 < self.percdamp <= 1:
+            raise RecipeError("percdamp", self.percdamp, "use a fraction in (0, 1], e.g. 0.01", self.method)
 
 
 @torch.no_grad()
@@ -59,7 +88,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, *, 
         if prune_n == 0:
             # Adaptive mask selection over the whole block (all rows together), as in the paper.
             tmp = W1**2 / (torch.diag(Hinv1).reshape(1, -1)) ** 2
-            k = int(tmp.numel() * sparsity)
+            k = round(tmp.numel() * sparsity)
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
             mask1.view(-1)[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
         else:
@@ -83,3 +112,15 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, *, 
         Losses += torch.sum(Losses1, 1) / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     return W.to(dtype), Losses
+
+
+def _prune(W: torch.Tensor, H: torch.Tensor, c: SparseGPTConfig) -> tuple[torch.Tensor, dict]:
+    n, m = c.nm
+    W_pruned, losses = sparsegpt_prune(W, H, c.sparsity, prune_n=n, prune_m=m, blocksize=c.block_size,
+                                       percdamp=c.percdamp)
+    return W_pruned, {"obs_loss": float(losses.sum())}
+
+
+@register("sparsegpt", SparseGPTConfig, needs_calibration=True, kind="prune")
+def apply(layer_ctx, cfg: SparseGPTConfig) -> None:
+    apply_with_hessians(layer_ctx, _prune)

@@ -10,9 +10,17 @@ group of M for N:M.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from compressor.sparsity import nm_mask, unstructured_mask
+from compressor.registry import register
+from compressor.sparsity import SparsityConfig, apply_with_hessians, nm_mask, unstructured_mask
+
+
+@dataclass
+class WandaConfig(SparsityConfig):
+    """Wanda pruning (needs calibration data). Args: see SparsityConfig (sparsity, pattern, storage)."""
 
 
 def wanda_metric(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
@@ -30,3 +38,14 @@ def wanda_mask(W: torch.Tensor, x_norm: torch.Tensor, sparsity: float = 0.5, *, 
     if prune_n:
         return nm_mask(W_metric, prune_n, prune_m)
     return unstructured_mask(W_metric, sparsity, per_row=True)
+
+
+def _prune(W: torch.Tensor, H: torch.Tensor, c: WandaConfig) -> tuple[torch.Tensor, dict]:
+    # diag(H) = 2/n * ||X_j||^2 from the shared accumulator: Wanda's ranking is scale-free per row.
+    n, m = c.nm
+    return W.masked_fill(wanda_mask(W, torch.diag(H).sqrt(), c.sparsity, prune_n=n, prune_m=m), 0), {}
+
+
+@register("wanda", WandaConfig, needs_calibration=True, kind="prune")
+def apply(layer_ctx, cfg: WandaConfig) -> None:
+    apply_with_hessians(layer_ctx, _prune)
