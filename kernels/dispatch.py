@@ -3,6 +3,7 @@
     qmatmul(x, qweight, scales, zeros, *, bits, group_size, in_features, ...) -> (y, path)
 
 Paths for the weight-only format (docs/architecture.md):
+    "triton-gemv" / "triton-gemm"    fused dequant-matmul on CUDA for fp16/bf16 x (GEMV for M <= 16 rows).
     "cpu-int4pack" / "cpu-int8pack"  PyTorch's native CPU kernels; the module converts its weight to their
                                      layout once (`native_kind`, kernels/cpu_native.py) and passes `native`.
     "reference"                      pure torch dequantize + matmul, any device.
@@ -12,6 +13,8 @@ beat the reference at every measured shape and batch (1..64), so it is always ta
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from kernels import cpu_native
@@ -19,6 +22,7 @@ from kernels.cpu_native import NativeWeight
 from kernels.reference import fp8_matmul_ref, int8_dynamic_matmul_ref, qmatmul_ref, quantize_per_token_int8
 
 REFERENCE = "reference"
+HAS_TRITON = importlib.util.find_spec("triton") is not None  # Linux x86_64 only (requirements.txt)
 
 
 def native_kind(device: torch.device, *, bits: int, group_size: int, in_features: int,
@@ -48,6 +52,15 @@ def qmatmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
         mm = cpu_native.int4pack_mm if native.kind == cpu_native.INT4PACK else cpu_native.int8pack_mm
         y = mm(x, qweight, native)
         return (y if bias is None else y + bias.to(y.dtype)), native.kind
+    if HAS_TRITON and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        from kernels.triton_ops import qmatmul_triton, triton_path
+
+        if x.shape[-1] != in_features:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dim, the layer expects in_features={in_features}")
+        if perm is not None:
+            x = x[..., perm.long()]
+        y = qmatmul_triton(x, qweight, scales, zeros, bits, group_size, in_features)
+        return (y if bias is None else y + bias.to(y.dtype)), triton_path(x.numel() // in_features)
     y = qmatmul_ref(x, qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features,
                     perm=perm, bias=bias)
     return y, REFERENCE
