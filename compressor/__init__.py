@@ -1,18 +1,32 @@
-"""Compression Lab's engine: recipes in, a compressed model and a report out. Never imports gradio."""
+"""Compression Lab's engine: recipes in, a compressed model and a report out. Never imports gradio.
 
-from .calibration import calibration_batches
-from .engine import StageContext, compress
-from .errors import ModelLoadError, RecipeError, UnsupportedOnDevice
-from .presets import get_preset, list_presets
-from .recipe import QuantStageConfig, Recipe, StageConfig, load_recipe
-from .registry import METHODS, MethodSpec, register
-from .report import CompressionReport, weight_bytes
-from .sequential import LayerContext
-from .serialize import is_compressed_folder, load_compressed, save_compressed
+The public names below load on first use (PEP 562), so `import compressor.jobs` in a worker process
+or `compressor.store` in the app stays free of torch until a job needs it.
+"""
 
-__all__ = [
-    "METHODS", "CompressionReport", "LayerContext", "MethodSpec", "ModelLoadError", "QuantStageConfig", "Recipe",
-    "RecipeError", "StageConfig", "StageContext", "UnsupportedOnDevice", "calibration_batches", "compress",
-    "get_preset", "is_compressed_folder", "list_presets", "load_compressed", "load_recipe", "register",
-    "save_compressed", "weight_bytes",
-]
+import importlib
+
+_EXPORTS = {
+    "calibration_batches": "calibration",
+    "StageContext": "engine", "compress": "engine",
+    "ModelLoadError": "errors", "RecipeError": "errors", "UnsupportedOnDevice": "errors",
+    "get_preset": "presets", "list_presets": "presets",
+    "QuantStageConfig": "recipe", "Recipe": "recipe", "StageConfig": "recipe", "load_recipe": "recipe",
+    "METHODS": "registry", "MethodSpec": "registry", "register": "registry",
+    "CompressionReport": "report", "weight_bytes": "report",
+    "LayerContext": "sequential",
+    "is_compressed_folder": "serialize", "load_compressed": "serialize", "save_compressed": "serialize",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'compressor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
