@@ -118,14 +118,29 @@ def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, i
     return out
 
 
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id when this tokenizer starts every text with it (Llama's, the demo model's), else None.
+
+    Such models only ever saw BOS at position 0 in training, so each evaluation window and each
+    prompt starts with it too; a window starting mid-sentence at position 0 is out of distribution.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a")["input_ids"]
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
 @torch.no_grad()
-def window_logprobs(model, tokens: torch.Tensor, context: int, stride: int):
-    """Yield (log_probs [n_scored, V] fp32, targets [n_scored]) window by window."""
+def window_logprobs(model, tokens: torch.Tensor, context: int, stride: int, bos_id: int | None = None):
+    """Yield (log_probs [n_scored, V] fp32, targets [n_scored]) window by window. With `bos_id`,
+    each window is fed as [BOS] + window and the BOS position's prediction is dropped."""
     device = next(model.parameters()).device
     tokens = tokens.to(device)
+    lead = 0 if bos_id is None else 1
     for begin, end, n_scored in sliding_windows(tokens.numel(), context, stride):
         ids = tokens[begin:end].unsqueeze(0)  # (1, T)
-        logits = model(input_ids=ids, use_cache=False).logits[0]  # (T, V)
+        if lead:
+            ids = torch.cat([torch.full((1, 1), bos_id, dtype=ids.dtype, device=device), ids], dim=1)  # (1, T+1)
+        logits = model(input_ids=ids, use_cache=False).logits[0, lead:]  # (T, V)
         # logits at position t predict token t + 1
         logp = F.log_softmax(logits[-n_scored - 1 : -1].float(), dim=-1)  # (n_scored, V)
         yield logp, ids[0, -n_scored:]
@@ -210,12 +225,13 @@ class QualityResult:
 
 @torch.no_grad()
 def evaluate_quality(model, tokens: torch.Tensor, context: int, stride: int, top_k: int = 32,
-                     reference: Reference | None = None) -> tuple[QualityResult, Reference]:
+                     reference: Reference | None = None,
+                     bos_id: int | None = None) -> tuple[QualityResult, Reference]:
     """Perplexity on `tokens`; with a `reference` (the baseline's), also KL and top-1 agreement.
     Returns the result and this model's own Reference (use it as the baseline's)."""
     nlls, ids_l, logp_l, tail_l, kls, agree = [], [], [], [], [], []
     offset = 0
-    for logp, targets in window_logprobs(model, tokens, context, stride):
+    for logp, targets in window_logprobs(model, tokens, context, stride, bos_id):
         nlls.append(-logp.gather(-1, targets.view(-1, 1)).squeeze(1).cpu())
         ids, top, tail = topk_summary(logp, top_k)
         ids_l.append(ids.cpu())
@@ -276,8 +292,8 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
     out = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
+            # special tokens as the tokenizer adds them by default: prompts look like a user's
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None,
                                  temperature=None, top_p=None, top_k=None)
@@ -381,7 +397,8 @@ def _wikitext2(model, tokenizer, settings: EvalSettings) -> dict:
 
     ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     tokens = eval_tokens(tokenizer, "\n\n".join(ds["text"]), settings.ppl_tokens)
-    res, _ = evaluate_quality(model, tokens, settings.context, settings.stride, top_k=1)
+    res, _ = evaluate_quality(model, tokens, settings.context, settings.stride, top_k=1,
+                              bos_id=leading_bos(tokenizer))
     return {"perplexity": res.perplexity, "n_tokens": res.n_tokens, "context": settings.context,
             "stride": settings.stride}
 

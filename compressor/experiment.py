@@ -192,7 +192,8 @@ def measure_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSet
     emit = emit or (lambda *a, **k: None)
     t0 = time.perf_counter()
     emit(0.0, "perplexity and KL on held-out text")
-    quality, own = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference)
+    quality, own = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference,
+                                       bos_id=ev.leading_bos(tokenizer))
     # generation runs through the compressed KV cache when a KV stage configured one; the
     # perplexity windows above are single forwards, which a KV cache does not touch
     with kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext():

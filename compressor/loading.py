@@ -196,7 +196,9 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     """Resolve, check and load a causal LM and its tokenizer. Returns (model, tokenizer), model in
     eval mode on `device`. Folders saved by compressor.serialize load with their packed weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load clutters the CLI and worker logs
     info = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                    roots=roots)
     check_fits(info)

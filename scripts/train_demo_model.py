@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from compressor.evaldata import format_problem, load_arithmetic, sample_problem, stdlib_docstrings
@@ -93,6 +93,14 @@ def text_documents() -> dict[str, list[str]]:
 # --- tokenizer ----------------------------------------------------------------------------------
 
 
+def add_bos_template(tok: Tokenizer) -> None:
+    """Every training sequence starts with BOS, so the tokenizer adds it by default, as Llama's does."""
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+
+
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     # Single-digit tokens: numbers are spelled digit by digit, which small models can learn to add.
@@ -107,6 +115,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    add_bos_template(tok)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=None, pad_token=BOS,
         model_max_length=512,
@@ -154,7 +163,7 @@ def addition_accuracy(model, tok, n: int = 400) -> float:
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
                          pad_token_id=tok.pad_token_id)
     hits = 0
-    for r, seq in zip(rows, out[:, ids.shape[1]:]):
+    for r, seq in zip(rows, out[:, ids.shape[1]:], strict=True):
         text = tok.decode(seq, skip_special_tokens=True)
         hits += text.split("\n")[0].strip() == r["answer"]
     return hits / len(rows)
@@ -190,6 +199,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--init-from", default=None,
+                   help="continue from a saved folder (its tokenizer and weights): a second phase")
     args = p.parse_args()
 
     torch.manual_seed(SEED)
@@ -209,7 +220,11 @@ def main() -> None:
         a, op, b, _, style = sample_problem(arith_rng, held_out=False)
         q, ans = format_problem(a, op, b, style)
         arith_lines.append(q + ans)
-    tok = train_tokenizer(all_docs + arith_lines, args.vocab)
+    if args.init_from:
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init_from)
+        add_bos_template(tok.backend_tokenizer)
+    else:
+        tok = train_tokenizer(all_docs + arith_lines, args.vocab)
     print(f"tokenizer: {len(tok)} tokens ({time.time() - t0:.0f}s)", flush=True)
 
     eos = tok.eos_token_id
@@ -228,6 +243,10 @@ def main() -> None:
         initializer_range=0.02,
     )
     model = LlamaForCausalLM(cfg)
+    earlier = []
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        earlier = [json.loads((Path(args.init_from) / "training_log.json").read_text())]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters", flush=True)
 
@@ -265,17 +284,18 @@ def main() -> None:
             log.append({"step": step + 1, "loss": round(loss.item(), 4), "add2_acc": acc, "ppl": round(ppl, 2),
                         "minutes": round((time.time() - t_train) / 60, 1)})
             print("EVAL", log[-1], flush=True)
-            save(model, tok, Path(args.out), args, log, tokens_seen, time.time() - t_train, sizes)
+            save(model, tok, Path(args.out), args, log, tokens_seen, time.time() - t_train, sizes, earlier)
 
 
-def save(model, tok, out: Path, args, log, tokens_seen, seconds, sizes) -> None:
+def save(model, tok, out: Path, args, log, tokens_seen, seconds, sizes, earlier) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
     model.to(torch.float32)
     tok.save_pretrained(tmp)
     meta = {"seed": SEED, "args": vars(args), "tokens_seen": tokens_seen, "train_seconds": round(seconds),
-            "corpus_chars": sizes, "eval_log": log, "torch": torch.__version__}
+            "corpus_chars": sizes, "eval_log": log, "torch": torch.__version__,
+            "earlier_phases": earlier}
     (tmp / "training_log.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
