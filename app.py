@@ -50,6 +50,10 @@ log = logging.getLogger("compression-lab.app")
 ROOT = Path(__file__).resolve().parent
 STATIC = ROOT / "assets" / "static"
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
+# On a ZeroGPU Space a GPU is attached only inside a @spaces.GPU call in the app's own process, so
+# jobs run there (no live progress); everywhere else they run in the job manager's worker process.
+ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
+ZERO_GPU_DURATION_S = int(os.environ.get("LAB_ZERO_GPU_DURATION_S", "240"))
 TIME_LIMIT_S = float(os.environ.get("LAB_TIME_LIMIT_S", "900"))
 POLL_S = 0.5  # how often a running job's progress reaches the page
 ASK_TIMEOUT_S = 180
@@ -92,6 +96,40 @@ HOW_TO_READ = """
   bandwidth and peak compute), not a measurement, unless the profile is *this machine*.
 - Deltas are compressed minus baseline; green means better, red worse.
 """
+
+
+# -- ZeroGPU ----------------------------------------------------------------------------------------
+
+
+def _gpu(fn):
+    return spaces.GPU(duration=ZERO_GPU_DURATION_S)(fn) if spaces is not None else fn
+
+
+@_gpu
+def _run_job_on_gpu(payload: dict, data_dir: str, artifact_dir: str) -> dict:
+    from compressor.experiment import run_job
+    from compressor.jobs import JobContext
+
+    ctx = JobContext.local(data_dir, artifact_dir=artifact_dir, on_log=None)
+    return run_job({**payload, "device": "cuda"}, ctx)
+
+
+def run_inline_on_gpu(manager: JobManager, payload: dict, owner: str) -> str:
+    """Runs one job in this process under ZeroGPU and records it in the manager's run store."""
+    from compressor.store import FAILED, RUNNING
+
+    store = manager.store
+    run_id = store.create_run(owner, payload)
+    store.update_run(run_id, status=RUNNING, started_at=time.time())
+    art = manager.artifact_root / run_id
+    try:
+        report = _run_job_on_gpu(payload, str(manager.data_dir), str(art))
+    except Exception as e:  # the page shows the message; the app goes on
+        store.update_run(run_id, status=FAILED, error=f"{type(e).__name__}: {e}", finished_at=time.time())
+    else:
+        store.update_run(run_id, status=SUCCEEDED, report=report, finished_at=time.time(),
+                         artifact_path=str(art) if art.exists() else None)
+    return run_id
 
 
 # -- engine access (imported lazily so the page still opens when one part is broken) ---------------
@@ -1019,7 +1057,11 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             blank = [gr.update()] * len(result_outputs)
             try:
                 payload = make_payload(spec, text, hw, *eval_values)
-                run_id = manager.submit(payload, _owner(request))
+                if ZERO_GPU:
+                    yield [None, progress_html(0.05, "Running on ZeroGPU (no live progress)..."), "", ""] + blank
+                    run_id = run_inline_on_gpu(manager, payload, _owner(request))
+                else:
+                    run_id = manager.submit(payload, _owner(request))
             except LabError as e:
                 gr.Warning(str(e))
                 yield [None, progress_html(0, "Not started.", "failed"), f"**Cannot start:** {e}", ""] + blank

@@ -23,7 +23,7 @@ PRESET = "int8"
 # Same small evaluation as tests/test_app_api.py, so a shared data folder reuses the baseline.
 SMALL_EVAL = {"Text tokens scored": 128, "Context length": 64, "Arithmetic problems": 8,
               "New tokens per sample answer": 8}
-RUN_TIMEOUT_MS = 300_000
+RUN_TIMEOUT_MS = 450_000  # generous: the CI machine may be shared
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ def test_preset_run_in_browser(browser, url, tmp_path):
 
     page.locator("#lab-preset input").click()
     page.get_by_role("option", name=f"{PRESET}:", exact=False).first.click()
-    expect(page.locator("#lab-recipe")).to_contain_text("bits: 8", timeout=20_000)
+    expect(page.locator("#lab-recipe")).to_contain_text("bits: 8", timeout=60_000)
 
     page.get_by_text("Evaluation settings").click()
     for label, value in SMALL_EVAL.items():
@@ -96,7 +96,7 @@ def test_preset_run_in_browser(browser, url, tmp_path):
 
     page.get_by_role("tab", name="Plots").click()
     plots = page.locator(".js-plotly-plot")
-    expect(plots.nth(3)).to_be_visible(timeout=20_000)
+    expect(plots.nth(3)).to_be_visible(timeout=60_000)
     assert plots.count() >= 4
     page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
     assert not outside, f"the page made requests outside the app: {outside[:5]}"
