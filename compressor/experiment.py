@@ -29,7 +29,7 @@ from .kvcache import kv_cache_in_generate
 from .progress import Progress
 from .speed import kernel_paths, kv_bytes_per_token_from_config, measure_speed, weight_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when evaluation changes what it measures
 # Held-out characters tokenized for perplexity: ~4 characters per token with room to spare.
 CHARS_PER_TOKEN = 6
 # Fraction of the whole job each phase covers, for progress events.
@@ -116,7 +116,8 @@ def model_fingerprint(model, spec: str) -> dict:
             if f.is_file() and f.suffix in (".safetensors", ".json", ".bin"):
                 st = f.stat()
                 files.append([f.name, st.st_size, int(st.st_mtime)])
-    return {"spec": spec, "path": path, "files": files}
+    # "folder", not "path": Gradio's API client treats a dict with a "path" key as a file to download
+    return {"spec": spec, "folder": path, "files": files}
 
 
 def environment(device: str) -> dict:
@@ -253,11 +254,12 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
                    *, cache=None, progress: Callable[[Progress], None] | None = None,
                    log: Callable[[str], None] | None = None, device: str = "cpu", allow_pickle: bool = False,
                    trust_remote_code: bool = False, projection_context: int = PROJECTION_CONTEXT,
-                   projection_batch: int = 1) -> Report:
+                   projection_batch: int = 1, save_dir: str | Path | None = None) -> Report:
     """Load `model`, measure it, compress it with `recipe`, measure again, project onto `hardware`.
 
     Bad input (recipe, settings, hardware id, model spec) raises a LabError subclass before any
     long work starts. `cache` is anything with get(key)/put(key, dict) (a JobContext's cache).
+    With `save_dir`, the compressed model is saved there (loadable with `load_model(folder)`).
     """
     from .engine import compress
     from .loading import load_model
@@ -305,6 +307,11 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     net, creport = compress(net, rec, progress=phases.engine_callback(), tokenizer=tokenizer)
     compress_s = time.perf_counter() - t0
     log(f"compressed in {compress_s:.1f} s")
+    if save_dir is not None:
+        from .serialize import save_compressed
+
+        save_compressed(net, tokenizer, save_dir)
+        log(f"compressed model saved to {save_dir}")
 
     t0 = time.perf_counter()
     emit = lambda f, m: phases.emit("evaluate-compressed", f, m)  # noqa: E731
@@ -404,6 +411,7 @@ def run_job(payload: dict, ctx) -> dict:
         trust_remote_code=bool(payload.get("trust_remote_code", False)),
         projection_context=int(payload.get("projection_context", PROJECTION_CONTEXT)),
         projection_batch=int(payload.get("projection_batch", 1)),
+        save_dir=getattr(ctx, "artifact_dir", None),
     )
     out = report.to_dict()
     artifact_dir = getattr(ctx, "artifact_dir", None)
