@@ -541,7 +541,7 @@ def kv_perplexity(model, tokens: torch.Tensor, cfg=None, *, prefill: int = 1, bu
     mean = nll.mean().item()
     nbytes = cache_nbytes(cache)
     return {"ppl": math.exp(mean), "nll": mean, "tokens": int(nll.numel()), "kv_bytes": nbytes,
-            "kv_bytes_per_token": nbytes / (B * T), "ppl_by_position": by_pos}
+            "kv_bytes_per_token": nbytes / (B * cache.get_seq_length()), "ppl_by_position": by_pos}
 
 
 @contextmanager
