@@ -105,16 +105,17 @@ def eval_tokens(tokenizer, text: str, n_tokens: int) -> torch.Tensor:
 
 def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     """Windows over a sequence of n tokens: (begin, end, n_scored). The last n_scored positions of
-    each window predict tokens no earlier window scored; together they score positions 1..n-1 once."""
-    out, prev_end = [], 1  # position 0 has no context: it is never a target
-    for begin in range(0, n, stride):
+    each window predict tokens no earlier window scored; together they score positions 1..n-1 once.
+    A window starts at least one token before its first target, so stride == context works too."""
+    out, prev_end, begin = [], 1, 0  # position 0 has no context: it is never a target
+    while prev_end < n:
         end = min(begin + context, n)
         n_scored = end - prev_end
-        if n_scored > 0:
-            out.append((begin, end, n_scored))
-        prev_end = end
-        if end == n:
+        if n_scored <= 0:
             break
+        out.append((begin, end, n_scored))
+        prev_end = end
+        begin = min(begin + stride, prev_end - 1)
     return out
 
 

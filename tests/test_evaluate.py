@@ -140,3 +140,14 @@ def test_peak_memory_sees_an_allocation():
         x += 1
         del x
     assert mem["peak_memory_delta_bytes"] >= 48 * 2**20
+
+
+@pytest.mark.parametrize("n, context, stride", [(1000, 256, 128), (1000, 256, 256), (513, 256, 256), (10, 4, 1)])
+def test_sliding_windows_score_every_position_once(n, context, stride):
+    from compressor.evaluate import sliding_windows
+
+    scored = []
+    for begin, end, n_scored in sliding_windows(n, context, stride):
+        assert end - begin <= context and n_scored <= end - begin - 1  # each target has context
+        scored += range(end - n_scored, end)
+    assert scored == list(range(1, n))
