@@ -231,8 +231,8 @@ class Recipe:
             stages = d["stages"]
             if not isinstance(stages, list):
                 raise RecipeError("stages", stages, "give a list of stages")
-        elif isinstance(d, dict) and "method" in d:
-            stages = [d]
+        elif isinstance(d, dict):
+            stages = [d]  # a single stage
         else:
             raise RecipeError("recipe", d, "give {stages: [{method: ..., ...}, ...]} or a single stage {method: ...}")
         return cls([stage_from_dict(s, i) for i, s in enumerate(stages)])

@@ -49,6 +49,10 @@ def _finite(x):
 class LayerReport:
     """One replaced or modified module.
 
+    bytes_before/after are the module's state-dict bytes: what its format stores (packed integers,
+    scales, zeros, permutation, bias). Runtime layouts a kernel adopts after the first forward are in
+    CompressionReport.weight_bytes_after (everything held), not here.
+
     sqnr_basis says what the SQNR was measured on: "calibration" (layer outputs on calibration
     inputs), "weights" (W vs its reconstruction) or "probe" (outputs on a probe input).
     """
@@ -188,7 +192,7 @@ def module_row(name: str, stage: int, method: str, old: nn.Module, new: nn.Modul
     bias = getattr(new, "bias", None)
     return LayerReport(
         name=name, stage=stage, method=method, module_type=type(new).__name__,
-        bytes_before=weight_bytes(old), bytes_after=weight_bytes(new),
+        bytes_before=state_dict_bytes(old), bytes_after=state_dict_bytes(new),
         n_weights=w.numel() if isinstance(w, torch.Tensor) else 0,
         bias_bytes=bias.numel() * bias.element_size() if isinstance(bias, torch.Tensor) else 0,
     )

@@ -149,6 +149,10 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, CODECS[type_name].empty(meta))
     state = load_file(str(folder / WEIGHTS_FILE))
+    # Own, aligned memory: tensors straight from the file are memory-mapped, and native CPU kernels
+    # that repack in place (int8pack) crashed on them.
+    for k in list(state):
+        state[k] = state[k].clone()
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
         raise ModelLoadError(f"{folder}: weights not in the model: {result.unexpected_keys[:5]}")
