@@ -40,6 +40,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from compressor.evaldata import format_problem, load_arithmetic, sample_problem, stdlib_docstrings
 
 BOS = "<|endoftext|>"
+IGNORE = -100  # label that the loss skips
 SEED = 20261123
 WORK = Path(os.environ.get("DEMO_BUILD_DIR", "/tmp/lab-demo-build"))
 
@@ -128,27 +129,37 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
 class Batches:
     """Sequences of `ctx` tokens: text windows, or runs of arithmetic problems, each after BOS."""
 
-    def __init__(self, tokenizer, text_ids: torch.Tensor, ctx: int, arith_share: float, seed: int):
+    def __init__(self, tokenizer, text_ids: torch.Tensor, ctx: int, arith_share: float, seed: int,
+                 answer_only: bool = False):
         self.tok, self.text_ids, self.ctx, self.share = tokenizer, text_ids, ctx, arith_share
+        self.answer_only = answer_only
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.bos = tokenizer.bos_token_id
 
-    def _arith_seq(self) -> list[int]:
-        ids = [self.bos]
+    def _arith_seq(self) -> tuple[list[int], list[int]]:
+        ids, labels = [self.bos], [IGNORE]
         while len(ids) < self.ctx:
             a, op, b, _, style = sample_problem(self.rng, held_out=False)
             prompt, ans = format_problem(a, op, b, style)
-            ids += self.tok.encode(prompt + ans + "\n", add_special_tokens=False)
-        return ids[: self.ctx]
+            p_ids = self.tok.encode(prompt, add_special_tokens=False)
+            a_ids = self.tok.encode(ans + "\n", add_special_tokens=False)
+            ids += p_ids + a_ids
+            # The operands are random: predicting them teaches nothing, and with answer-only loss
+            # the gradient goes to the sum, which is what the stress test measures.
+            labels += ([IGNORE] * len(p_ids) if self.answer_only else p_ids) + a_ids
+        return ids[: self.ctx], labels[: self.ctx]
 
-    def _text_seq(self) -> list[int]:
+    def _text_seq(self) -> tuple[list[int], list[int]]:
         start = int(torch.randint(0, len(self.text_ids) - self.ctx, (1,), generator=self.gen))
-        return [self.bos] + self.text_ids[start : start + self.ctx - 1].tolist()
+        ids = [self.bos] + self.text_ids[start : start + self.ctx - 1].tolist()
+        return ids, ids
 
-    def next(self, batch: int) -> torch.Tensor:
+    def next(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self._arith_seq() if self.rng.random() < self.share else self._text_seq() for _ in range(batch)]
-        return torch.tensor(rows)  # (B, ctx)
+        x = torch.tensor([r[0] for r in rows])  # (B, ctx)
+        labels = torch.tensor([r[1] for r in rows])  # (B, ctx), IGNORE where no loss is taken
+        return x, labels
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -199,6 +210,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--answer-loss-only", action="store_true",
+                   help="in arithmetic sequences, take the loss on answers only (not the random operands)")
     p.add_argument("--init-from", default=None,
                    help="continue from a saved folder (its tokenizer and weights): a second phase")
     args = p.parse_args()
@@ -258,16 +271,16 @@ def main() -> None:
             return args.lr * (step + 1) / warm
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (args.steps - warm))))
 
-    batches = Batches(tok, text_ids, args.ctx, args.arith_share, SEED + 2)
+    batches = Batches(tok, text_ids, args.ctx, args.arith_share, SEED + 2, args.answer_loss_only)
     log = []
     t_train = time.time()
     tokens_seen = 0
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x = batches.next(args.batch)
+        x, labels = batches.next(args.batch)
         model.train()
-        loss = model(x, labels=x).loss
+        loss = model(x, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
