@@ -38,9 +38,9 @@ ROWS = [
 ]
 
 
-def run(seqs: int, length: int) -> tuple[list[dict], dict]:
-    model, tok = load_model("demo")
-    ids = tok(held_out_text(), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+def run(seqs: int, length: int, spec: str = "demo") -> tuple[list[dict], dict]:
+    model, tok = load_model(spec)
+    ids = tok(held_out_text(), add_special_tokens=False, return_tensors="pt", verbose=False)["input_ids"][0]
     if ids.numel() < seqs * length:
         raise SystemExit(f"held-out text has {ids.numel()} tokens, fewer than {seqs} x {length}")
     tokens = ids[: seqs * length].reshape(seqs, length)  # (seqs, length)
@@ -55,7 +55,7 @@ def run(seqs: int, length: int) -> tuple[list[dict], dict]:
               f"({res['kv_bytes_per_token']:.0f} B/token)  {rows[-1]['seconds']:.0f} s", flush=True)
     meta = {"seqs": seqs, "length": length, "layers": cfg.num_hidden_layers, "kv_heads": cfg.num_key_value_heads,
             "head_dim": kc.head_dim_of(cfg), "max_pos": cfg.max_position_embeddings,
-            "torch": torch.__version__, "python": platform.python_version(),
+            "model": spec, "torch": torch.__version__, "python": platform.python_version(),
             "load": os.getloadavg()[0], "date": date.today().isoformat()}
     return rows, meta
 
@@ -66,7 +66,7 @@ def table(rows: list[dict], meta: dict) -> str:
     lines = [
         "## KV cache",
         "",
-        f"Command: `OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kvcache --seqs {meta['seqs']} "
+        f"Command: `OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kvcache --model {meta['model']} --seqs {meta['seqs']} "
         f"--length {meta['length']} --write`. Date {meta['date']}, CPU (2 cores, load average "
         f"{meta['load']:.1f}), torch {meta['torch']}, Python {meta['python']}.",
         "",
@@ -112,11 +112,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seqs", type=int, default=4)
     ap.add_argument("--length", type=int, default=512)
+    ap.add_argument("--model", default="demo", help="load_model spec (default: the bundled demo model)")
     ap.add_argument("--write", action="store_true", help="replace the '## KV cache' section of docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with torch.no_grad():
-        rows, meta = run(args.seqs, args.length)
+        rows, meta = run(args.seqs, args.length, args.model)
     text = table(rows, meta)
     print(text)
     if args.write:
