@@ -384,5 +384,5 @@ def test_default_target_runs_the_real_experiment(tmp_path):
         assert {"baseline", "compressed"} <= set(run["report"]), sorted(run["report"])
     assert stages, "run_job reported no progress"
     assert runs[0]["report"]["baseline"]["perplexity"] == runs[1]["report"]["baseline"]["perplexity"]
-    assert "baseline measurements from cache" not in runs[0]["log"]
-    assert "baseline measurements from cache" in runs[1]["log"]
+    assert runs[0]["report"]["timings"]["baseline_cached"] is False
+    assert runs[1]["report"]["timings"]["baseline_cached"] is True
