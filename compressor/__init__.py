@@ -23,7 +23,10 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'compressor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    if name == "METHODS":  # the registry, with every method file imported
+        module.load_methods()
+    value = getattr(module, name)
     globals()[name] = value  # later look-ups skip this function
     return value
 
