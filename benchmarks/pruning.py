@@ -42,6 +42,7 @@ CONTEXT, STRIDE = 256, 128
 CASES = [
     ("magnitude 50%", [{"method": "magnitude", "sparsity": 0.5}]),
     ("wanda 50%", [{"method": "wanda", "sparsity": 0.5}]),
+    ("wanda 50% (per-layer comparison)", [{"method": "wanda", "sparsity": 0.5, "comparison": "layer"}]),
     ("sparsegpt 50%", [{"method": "sparsegpt", "sparsity": 0.5}]),
     ("magnitude 2:4", [{"method": "magnitude", "pattern": "2:4"}]),
     ("wanda 2:4", [{"method": "wanda", "pattern": "2:4"}]),

@@ -24,15 +24,16 @@ def _layer_data(N=128, K=256, n=512, seed=0):
 def _prune(name, W, X, sparsity=0.5, n=0, m=0):
     if name == "magnitude":
         return W.masked_fill(magnitude_mask(W, sparsity, prune_n=n, prune_m=m), 0)
-    if name == "wanda":
-        return W.masked_fill(wanda_mask(W, X.norm(dim=0), sparsity, prune_n=n, prune_m=m), 0)
+    if name in ("wanda", "wanda-layer"):
+        per_output = name == "wanda"
+        return W.masked_fill(wanda_mask(W, X.norm(dim=0), sparsity, prune_n=n, prune_m=m, per_output=per_output), 0)
     return sparsegpt_prune(W, X.T @ X, sparsity, prune_n=n, prune_m=m)[0]
 
 
 METHODS = ["magnitude", "wanda", "sparsegpt"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, "wanda-layer"])
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
 def test_unstructured_sparsity_matches_target(method, sparsity):
     W, X = _layer_data()

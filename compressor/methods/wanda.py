@@ -14,13 +14,29 @@ from dataclasses import dataclass
 
 import torch
 
+from compressor.errors import RecipeError
 from compressor.registry import register
 from compressor.sparsity import SparsityConfig, apply_with_hessians, nm_mask, unstructured_mask
+
+COMPARISONS = ("output", "layer")
 
 
 @dataclass
 class WandaConfig(SparsityConfig):
-    """Wanda pruning (needs calibration data). Args: see SparsityConfig (sparsity, pattern, storage)."""
+    """Wanda pruning (needs calibration data).
+
+    Args:
+        sparsity, pattern, storage: see SparsityConfig.
+        comparison: unstructured comparison group, "output" (each output row, the paper's choice for
+            LLMs) or "layer" (the whole matrix; the paper's section 5 finds it better for some models).
+    """
+
+    comparison: str = "output"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.comparison not in COMPARISONS:
+            raise RecipeError("comparison", self.comparison, f"choose one of {COMPARISONS}", self.method)
 
 
 def wanda_metric(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
@@ -32,18 +48,20 @@ def wanda_metric(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def wanda_mask(W: torch.Tensor, x_norm: torch.Tensor, sparsity: float = 0.5, *, prune_n: int = 0,
-               prune_m: int = 0) -> torch.Tensor:
-    """Mask (True = prune) of W [N, K]: per-row lowest `sparsity` of W_metric, or N:M when prune_n > 0."""
+               prune_m: int = 0, per_output: bool = True) -> torch.Tensor:
+    """Mask (True = prune) of W [N, K]: lowest `sparsity` of W_metric per output row (or over the
+    matrix with per_output=False), or N:M when prune_n > 0."""
     W_metric = wanda_metric(W, x_norm)
     if prune_n:
         return nm_mask(W_metric, prune_n, prune_m)
-    return unstructured_mask(W_metric, sparsity, per_row=True)
+    return unstructured_mask(W_metric, sparsity, per_row=per_output)
 
 
 def _prune(W: torch.Tensor, H: torch.Tensor, c: WandaConfig) -> tuple[torch.Tensor, dict]:
     # diag(H) = 2/n * ||X_j||^2 from the shared accumulator: Wanda's ranking is scale-free per row.
     n, m = c.nm
-    return W.masked_fill(wanda_mask(W, torch.diag(H).sqrt(), c.sparsity, prune_n=n, prune_m=m), 0), {}
+    mask = wanda_mask(W, torch.diag(H).sqrt(), c.sparsity, prune_n=n, prune_m=m, per_output=c.comparison == "output")
+    return W.masked_fill(mask, 0), {}
 
 
 @register("wanda", WandaConfig, needs_calibration=True, kind="prune")
