@@ -1,4 +1,4 @@
-"""Engine parity on the demo model: our RTN / GPTQ against the fp32 baseline, and our GPTQ against
+"""Engine parity on the demo model: our RTN / GPTQ / AWQ against the fp32 baseline, and our GPTQ against
 llm-compressor's GPTQ (W4A16, group 128) on the same calibration tokens.
 
     python -m benchmarks.parity_llmcompressor                        # our engine only
@@ -87,13 +87,15 @@ def run_llmcompressor(base, calib, windows, actorder) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=DEMO_DIR)
+    ap.add_argument("--model", type=Path, default=DEMO_DIR, help="a model folder, or 'demo' (the bundled model)")
     ap.add_argument("--n-samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--eval-windows", type=int, default=48)
     ap.add_argument("--skip-ours", action="store_true", help="only the W4A16 parity rows")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if str(args.model) == "demo" and not args.model.exists():
+        args.model = DEMO_DIR
     base, tok = load(args.model)
     calib = calibration_batches(tok, "builtin", args.n_samples, args.seq_len)
     windows = eval_windows(tok, args.seq_len, args.eval_windows)
@@ -101,7 +103,7 @@ def main() -> None:
           f"| torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = [("fp32 baseline", {"ppl": perplexity(base, windows), "seconds": 0.0, "cpu": 0.0, "bits": 32.0})]
     if not args.skip_ours:
-        for name in ("int8", "w4-g128", "gptq-w4-g128", "w3-g128", "gptq-w3-g128"):
+        for name in ("int8", "w4-g128", "gptq-w4-g128", "awq-w4-g128", "w3-g128", "gptq-w3-g128"):
             rows.append((f"ours {name}", run_ours(base, name, calib, windows)))
     # llm-compressor 0.14's GPTQModifier defaults to static act-order; ours takes the same setting.
     for actorder in ("static",):
