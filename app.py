@@ -370,12 +370,10 @@ def _get(d: dict | None, *path, default=None):
 
 
 def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
+    # binary units, labelled as such (the engine's formatter, so the page and the CLI agree)
+    from compressor.hardware import human_bytes
+
+    return "n/a" if n is None else human_bytes(n)
 
 
 def _fmt(value, kind: str) -> str:
