@@ -30,6 +30,10 @@ def _check(bits: int, group_size: int, length: int) -> None:
                          f"try one of {[d for d in (16, 32, 64, 128) if length % d == 0] or [length]}")
 
 
+KV_MIN_SCALE = 2.0**-14  # fp16's smallest normal number
+KV_MIN_REL_SCALE = 1e-4  # scale >= 1e-4 * max|x| in the group
+
+
 def quantize_kv_ref(x: torch.Tensor, bits: int, group_size: int, axis: int):
     """Torch reference of `quantize_kv` (see module docstring for shapes)."""
     _check(bits, group_size, x.shape[axis])
@@ -37,7 +41,10 @@ def quantize_kv_ref(x: torch.Tensor, bits: int, group_size: int, axis: int):
     rest, length = xt.shape[:-1], xt.shape[-1]
     g = xt.reshape(*rest, length // group_size, group_size)  # (*rest, L/G, G)
     mn, mx = g.amin(dim=-1), g.amax(dim=-1)
-    scales = ((mx - mn) / (2**bits - 1)).clamp(min=1e-8).half()
+    # A constant group (BOS values, say) has no range: floor the scale relative to the magnitude and
+    # above fp16's smallest normal, so scale is never 0 in fp16 and |zero| stays below 1e4 (no inf/NaN).
+    floor = torch.maximum(KV_MIN_REL_SCALE * torch.maximum(mn.abs(), mx.abs()), torch.tensor(KV_MIN_SCALE))
+    scales = torch.maximum((mx - mn) / (2**bits - 1), floor).half()
     zeros = (-mn / scales.float()).half()
     q = torch.floor(g / scales.float()[..., None] + zeros.float()[..., None] + 0.5).clamp(0, 2**bits - 1)
     return pack(q.to(torch.uint8).reshape(*rest, length), bits), scales, zeros

@@ -206,3 +206,17 @@ def test_group_size_must_divide_head_dim():
     model = tiny_llama(hidden=128, heads=4, layers=1)  # head_dim 32
     with pytest.raises(RecipeError, match="head_dim 32"):
         kc.make_cache(model, KiviConfig(bits=2, group_size=64))
+
+
+def test_demo_model_8bit_cache_survives_flushes_with_bos_and_padding():
+    # Regression: the BOS token's value vector is constant in some heads; its group had zero range, the
+    # fp16 scale underflowed to 0 and the zero became NaN once the window flushed into the store.
+    from compressor.evaluate import greedy_generate
+    from compressor.loading import load_model
+
+    model, tok = load_model("demo")
+    prompts = json.loads((DEMO_DIR.parent.parent / "eval" / "prompts.json").read_text())["prompts"]
+    ref = greedy_generate(model, tok, prompts, max_new_tokens=40)  # BOS added, batch left-padded
+    with kc.kv_cache_in_generate(model, KiviConfig(bits=8, group_size=32, residual=16)):
+        out = greedy_generate(model, tok, prompts, max_new_tokens=40)
+    assert out == ref

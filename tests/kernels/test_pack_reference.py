@@ -122,3 +122,18 @@ def test_fp8_linear_reference_on_cpu():
     rebuilt = FP8Linear.empty(**mod.metadata())
     rebuilt.load_state_dict(mod.state_dict())
     assert torch.equal(rebuilt(x), y)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("value", [0.0, 3.7, -250.0, 1e-9])
+def test_kv_quantize_constant_groups_stay_finite(bits, value):
+    # A group with no range must not give a 0 fp16 scale (and a NaN or inf zero).
+    from kernels.kv import dequantize_kv_ref, quantize_kv_ref
+
+    x = torch.full((2, 3, 64), value)
+    x[1, 2, :] = torch.linspace(-1, 1, 64)  # an ordinary group beside the constant ones
+    packed, scales, zeros = quantize_kv_ref(x, bits, 32, axis=-1)
+    assert torch.isfinite(scales.float()).all() and (scales.float() > 0).all() and torch.isfinite(zeros.float()).all()
+    back = dequantize_kv_ref(packed, scales, zeros, bits=bits, group_size=32, axis=-1, length=64)
+    const = back[:1]
+    assert torch.allclose(const, torch.full_like(const, value), atol=1e-3 * max(1.0, abs(value)))
