@@ -100,6 +100,9 @@ def save_compressed(model: nn.Module, tokenizer, folder: str | Path, report=None
         model.generation_config.save_pretrained(folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg[SECTION] = {"format": FORMAT_VERSION, "modules": modules}
+    kv = getattr(model, "kv_cache_config", None)
+    if kv is not None:  # a KV stage changes no weight; keep its config so generation uses it again
+        cfg[SECTION]["kv_cache"] = kv.to_dict()
     if report is not None:
         cfg[SECTION]["recipe"] = report.recipe
         (folder / "report.json").write_text(report.to_json())
@@ -163,4 +166,8 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
             raise ModelLoadError(f"{folder}: {name} has no saved weights: the file is incomplete, save it again")
         if p.is_floating_point() and p.dtype != dtype and not name.startswith(packed):
             p.data = p.data.to(dtype)
+    if section.get("kv_cache"):
+        from .recipe import stage_from_dict
+
+        model.kv_cache_config = stage_from_dict(section["kv_cache"])
     return model.to(device).eval()

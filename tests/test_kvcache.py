@@ -220,3 +220,15 @@ def test_demo_model_8bit_cache_survives_flushes_with_bos_and_padding():
     with kc.kv_cache_in_generate(model, KiviConfig(bits=8, group_size=32, residual=16)):
         out = greedy_generate(model, tok, prompts, max_new_tokens=40)
     assert out == ref
+
+
+def test_kv_stage_survives_save_and_load(tmp_path):
+    from compressor.engine import compress
+    from compressor.serialize import load_compressed, save_compressed
+
+    model = tiny_llama(hidden=128, layers=2)
+    compress(model, Recipe.from_dict([{"method": "rtn", "bits": 4, "group_size": 128},
+                                      {"method": "kivi", "bits": 2, "group_size": 32, "residual": 16}]))
+    save_compressed(model, None, tmp_path / "m")
+    back = load_compressed(tmp_path / "m")
+    assert back.kv_cache_config.to_dict() == model.kv_cache_config.to_dict()
