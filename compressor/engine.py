@@ -8,6 +8,7 @@ effective bits, per-module error, and a forward pass checked for non-finite logi
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -147,6 +148,9 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             `tokenizer` (default: the model's own, found from its config); None = "builtin" when a
             stage needs calibration (32 x 256 tokens).
         progress: called with compressor.progress.Progress events (stage, layer i/n, fraction, ETA).
+
+    A recipe with a `distill` stage keeps a frozen copy of the model as it was before stage 0 (the
+    teacher) until compress returns: weight memory doubles while it runs.
     """
     t_start = time.perf_counter()
     recipe: Recipe = load_recipe(recipe)
@@ -155,7 +159,8 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
     specs = [get_method(s.method, f"stage {i}") for i, s in enumerate(recipe.stages)]
     report = CompressionReport(recipe=recipe.to_dict(), weight_bytes_before=weight_bytes(model))
     tokens = None
-    if any(s.needs_calibration for s in specs):
+    distilling = any(s.kind == "distill" for s in specs)
+    if distilling or any(s.needs_calibration for s in specs):
         tokens = _resolve_calibration(model, calibration, tokenizer)
         report.calibration = {"n_samples": tokens.shape[0], "seq_len": tokens.shape[1],
                               "source": "tokens" if isinstance(calibration, torch.Tensor) else (calibration or "builtin")}
@@ -169,11 +174,17 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
                           n_stages=n_stages, layer=int(done) if layered else None,
                           n_layers=int(total) if layered else None, eta_s=clock.eta(fraction)))
 
+    # A distillation stage learns from the model as it was before stage 0: keep a frozen copy.
+    teacher = None
+    if distilling:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     was_training = model.training
     model.eval()
     try:
         for i, (cfg, spec) in enumerate(zip(recipe.stages, specs, strict=True)):
             ctx = StageContext(model, cfg, spec, i, report, emit)
+            if spec.kind == "distill":
+                ctx.teacher, ctx.calibration = teacher, tokens
             stage = StageReport(index=i, method=spec.name, kind=spec.kind, config=cfg.to_dict())
             report.stages.append(stage)
             emit(i, 0.0, "starting", 0, 0)

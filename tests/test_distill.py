@@ -47,15 +47,22 @@ def test_distill_config_errors_name_the_value():
         DistillConfig(temperature=-1.0)
 
 
-def test_distill_stage_needs_teacher_or_trains():
-    """As a recipe stage distillation needs the engine's teacher; without it the error says what to do."""
+def test_prune_distill_quantize_runs_as_one_recipe():
+    """The engine hands the distill stage a frozen copy of the model from before stage 0."""
     from compressor.engine import compress
+    from kernels.modules import QuantLinear
 
-    student, teacher = _pruned_pair()
-    try:
-        _, report = compress(student, [{"method": "distill", "steps": 5}], calibration=random_tokens(4, 32))
-    except RecipeError as e:
-        assert "after compress" in str(e)
-    else:
-        row = next(r for r in report.layers if r.name == "distill")
-        assert row.extra["kl_after"] < row.extra["kl_before"]
+    _, model = _pruned_pair()  # the unpruned, sharpened model
+    teacher = copy.deepcopy(model)
+    tokens = random_tokens(8, 32)
+    recipe = [{"method": "magnitude", "sparsity": 0.5, "targets": r"mlp\."},
+              {"method": "distill", "steps": 15, "lr": 3e-5, "batch_size": 4},
+              {"method": "rtn", "bits": 8, "group_size": -1}]
+    _, report = compress(model, recipe, calibration=tokens)
+    row = next(r for r in report.layers if r.name == "distill")
+    assert row.extra["kl_after"] < row.extra["kl_before"]
+    assert isinstance(model.model.layers[0].mlp.up_proj, QuantLinear)
+    # the teacher was the unpruned model: the stack ends closer to it than pruning alone left it
+    from compressor.methods.distill import kl_to_teacher
+
+    assert kl_to_teacher(model, teacher, tokens) < row.extra["kl_before"]

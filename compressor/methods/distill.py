@@ -165,16 +165,13 @@ def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, cfg: D
 
 @register("distill", DistillConfig, kind="distill")
 def apply(model: nn.Module, cfg: DistillConfig, ctx) -> None:
-    """Recipe stage: needs the engine to hand over the original model and the calibration tokens.
-
-    Reads `ctx.teacher` (a frozen copy of the model taken before the first stage) and
-    `ctx.calibration` (token ids [n, L]); without them it says how to distil after `compress`.
-    """
+    """Recipe stage: `compress` hands it `ctx.teacher` (a frozen copy of the model taken before the
+    first stage) and `ctx.calibration` (token ids [n, L])."""
     teacher, tokens = getattr(ctx, "teacher", None), getattr(ctx, "calibration", None)
     if teacher is None or tokens is None:
-        raise RecipeError("method", "distill", "this engine does not hand stages the original model and "
-                          "calibration tokens yet: run compressor.methods.distill.distill(student, teacher, "
-                          "tokens, DistillConfig(...)) after compress, with a copy of the model taken before it")
+        raise RecipeError("method", "distill", "a distill stage runs inside compressor.compress(), which gives it "
+                          "the original model and calibration tokens; outside it call "
+                          "compressor.methods.distill.distill(student, teacher, tokens, DistillConfig(...))")
 
     def progress(step: int, loss: float) -> None:
         ctx.progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {loss:.4f}")
