@@ -49,3 +49,29 @@ def output_sqnr_db(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> flo
     if noise <= 0.0:
         return math.inf
     return 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+DAMP_GROWTH, DAMP_RETRIES = 10.0, 3
+
+
+def inverse_cholesky(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + damp I)^-1, as GPTQ and SparseGPT use it; returns (Hinv, damp).
+
+    damp starts at percdamp x mean(diag H) and grows 10x (up to 3 times) until H + damp I is positive
+    definite. H [K, K] fp32 is not modified.
+    """
+    from .errors import RecipeError
+
+    K = H.shape[0]
+    diag = torch.arange(K, device=H.device)
+    damp = percdamp * torch.mean(torch.diag(H)).item()
+    for _ in range(DAMP_RETRIES + 1):
+        Hd = H.clone()
+        Hd[diag, diag] += damp
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info.item() == 0:
+            Hinv = torch.cholesky_inverse(L)
+            return torch.linalg.cholesky(Hinv, upper=True), damp  # rows propagate the error
+        damp *= DAMP_GROWTH
+    raise RecipeError("percdamp", percdamp, "the Hessian is not positive definite even with 1000x this damping: "
+                      "use more or more varied calibration samples")

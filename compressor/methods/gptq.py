@@ -26,14 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import RecipeError
-from ..hessian import output_sqnr_db
+from ..hessian import inverse_cholesky, output_sqnr_db
 from ..quant import STORE_DTYPE, pack_linear, qparams, quantize_with
 from ..recipe import QuantStageConfig
 from ..registry import register
 
 ACTORDER = ("none", "static", "group")
 # When H + damping is still not positive definite, damping grows by this factor, this many times.
-DAMP_GROWTH, DAMP_RETRIES = 10.0, 3
 
 
 @dataclass
@@ -66,23 +65,6 @@ class GPTQConfig(QuantStageConfig):
             raise RecipeError("actorder", self.actorder, f"choose one of {ACTORDER}", self.method)
 
 
-def _hinv(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of (H + damp I)^-1; damping grows until H is positive definite."""
-    K = H.shape[0]
-    diag = torch.arange(K, device=H.device)
-    damp = percdamp * torch.mean(torch.diag(H)).item()
-    for _ in range(DAMP_RETRIES + 1):
-        Hd = H.clone()
-        Hd[diag, diag] += damp
-        L, info = torch.linalg.cholesky_ex(Hd)
-        if info.item() == 0:
-            Hinv = torch.cholesky_inverse(L)
-            return torch.linalg.cholesky(Hinv, upper=True), damp
-        damp *= DAMP_GROWTH
-    raise RecipeError("percdamp", percdamp, "the Hessian is not positive definite even with 1000x this damping: "
-                      "use more or more varied calibration samples")
-
-
 @torch.no_grad()
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: int, symmetric: bool = False,
                   block_size: int = 128, percdamp: float = 0.01, actorder: str = "none"):
@@ -107,7 +89,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: in
         perm = torch.argsort(torch.diag(H), descending=True)
         W = W[:, perm]
         H = H[perm][:, perm]
-    Hinv, _ = _hinv(H, percdamp)
+    Hinv, _ = inverse_cholesky(H, percdamp)
 
     Q = torch.zeros_like(W)
     q_int = torch.zeros(N, K, dtype=torch.uint8, device=W.device)

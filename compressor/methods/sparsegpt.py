@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from compressor.errors import RecipeError
+from compressor.hessian import inverse_cholesky
 from compressor.registry import register
 from compressor.sparsity import SparsityConfig, apply_with_hessians, check_nm_args
 
@@ -69,11 +70,7 @@ def sparsegpt_prune(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, *, 
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    damp = percdamp * torch.mean(torch.diag(H))
-    H += damp * torch.eye(K, dtype=H.dtype, device=H.device)
-    H = torch.linalg.cholesky(H)
-    H = torch.cholesky_inverse(H)
-    Hinv = torch.linalg.cholesky(H, upper=True)  # rows of the upper factor propagate the error
+    Hinv, _ = inverse_cholesky(H, percdamp)  # shared with GPTQ: damping grows if H is singular
 
     Losses = torch.zeros(N, dtype=torch.float32, device=W.device)
     for i1 in range(0, K, blocksize):
