@@ -19,6 +19,7 @@ import re
 import torch
 
 from .errors import RecipeError
+from .evaluate import leading_bos
 
 DEFAULT_N_SAMPLES = 32
 DEFAULT_SEQ_LEN = 256
@@ -70,11 +71,15 @@ def calibration_batches(tokenizer, source: str = "builtin", n_samples: int = DEF
         text = source
     else:
         raise RecipeError("calibration", type(source).__name__, "give 'builtin', text, or 'hub:<dataset id>'")
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)  # (T,)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)  # (T,)
     if ids.numel() < MIN_TOKENS:
         raise RecipeError("calibration", text[:60], f"gives {ids.numel()} tokens; give at least {MIN_TOKENS}")
     seq_len = min(seq_len, ids.numel())
     # Evenly spread window starts; they overlap only when the text is shorter than n * seq_len.
     last = ids.numel() - seq_len
     starts = torch.linspace(0, last, n_samples).round().long() if n_samples > 1 else torch.zeros(1, dtype=torch.long)
-    return torch.stack([ids[s:s + seq_len] for s in starts.tolist()])  # (n_samples, seq_len)
+    windows = torch.stack([ids[s:s + seq_len] for s in starts.tolist()])  # (n_samples, seq_len)
+    bos = leading_bos(tokenizer)
+    if bos is not None:  # such models only ever saw BOS at position 0: calibrate on what they will run
+        windows[:, 0] = bos
+    return windows
