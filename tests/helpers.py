@@ -21,3 +21,12 @@ def tiny_llama(hidden: int = 128, intermediate: int = 256, layers: int = 2, head
 def random_tokens(n: int, length: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab, (n, length), generator=g)  # (n, length)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for serving the app in tests)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

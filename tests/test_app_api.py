@@ -6,20 +6,14 @@ the job manager's worker process, as in production.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+
+from tests.helpers import free_port
 
 gradio_client = pytest.importorskip("gradio_client")
 
 # The smallest evaluation the page allows: text tokens, context, arithmetic problems, new tokens.
 SMALL_EVAL = (128, 64, 8, 8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

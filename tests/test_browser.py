@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -24,12 +25,6 @@ PRESET = "int8"
 SMALL_EVAL = {"Text tokens scored": 128, "Context length": 64, "Arithmetic problems": 8,
               "New tokens per sample answer": 8}
 RUN_TIMEOUT_MS = 450_000  # generous: the CI machine may be shared
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
