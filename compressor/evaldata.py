@@ -13,6 +13,7 @@ from the generator below; the same held-out rule keeps them out of the demo mode
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import random
 import sysconfig
@@ -57,8 +58,11 @@ def _docstrings(path: Path) -> Iterator[str]:
                 yield doc.strip()
 
 
-def stdlib_docstrings(split: str) -> list[str]:
-    """Docstrings of the standard library, `split` = "train" or "eval" (disjoint by module)."""
+@functools.lru_cache(maxsize=2)
+def stdlib_docstrings(split: str) -> tuple[str, ...]:
+    """Docstrings of the standard library, `split` = "train" or "eval" (disjoint by module).
+
+    Parsing the library takes seconds, so each split is read once per process."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     want_eval = split == "eval"
@@ -66,18 +70,12 @@ def stdlib_docstrings(split: str) -> list[str]:
     for rel, path in _stdlib_sources():
         if _is_eval_path(rel) == want_eval:
             docs.extend(_docstrings(path))
-    return docs
-
-
-_HELD_OUT_CACHE: dict[int, str] = {}
+    return tuple(docs)
 
 
 def held_out_text(max_chars: int = 200_000) -> str:
-    """Evaluation text for perplexity and calibration: the eval split, in a fixed order."""
-    if max_chars not in _HELD_OUT_CACHE:
-        text = "\n\n".join(stdlib_docstrings("eval"))
-        _HELD_OUT_CACHE[max_chars] = text[:max_chars]
-    return _HELD_OUT_CACHE[max_chars]
+    """Evaluation text for perplexity: the eval split, in a fixed order (never used to calibrate)."""
+    return "\n\n".join(stdlib_docstrings("eval"))[:max_chars]
 
 
 # --- arithmetic ---------------------------------------------------------------------------------

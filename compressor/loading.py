@@ -26,6 +26,7 @@ import psutil
 import torch
 
 from .errors import ModelLoadError
+from .store import default_data_dir
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_MODEL = "lab-llama-7m"
@@ -48,17 +49,6 @@ class ModelInfo:
     architecture: str
     n_params: int
     weight_bytes_at_dtype: int
-
-
-def default_data_dir() -> Path:
-    """Where runs, caches and artifacts live: $LAB_DATA_DIR, else /data (a Space's persistent
-    storage) when writable, else ~/.cache/compression-lab."""
-    env = os.environ.get("LAB_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    if os.path.isdir("/data") and os.access("/data", os.W_OK):
-        return Path("/data/compression-lab")
-    return Path.home() / ".cache" / "compression-lab"
 
 
 def allowed_roots() -> list[Path]:
