@@ -184,3 +184,43 @@ def test_structured_stage_shrinks_model_and_generate_works(kv_heads):
     assert report.weight_bytes_after < report.weight_bytes_before
     out = model.generate(random_tokens(1, 5), max_new_tokens=6, do_sample=False)
     assert out.shape == (1, 11)
+
+
+def _rows_that_matter_downstream(model):
+    """Make a quarter of each MLP's intermediate rows tiny in gate/up but dominant through down_proj:
+    a whole-matrix ("layer") comparison prunes those rows away entirely, a per-row one keeps half."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            q = layer.mlp.gate_proj.out_features // 4
+            layer.mlp.gate_proj.weight[:q] *= 0.01
+            layer.mlp.up_proj.weight[:q] *= 0.01
+            layer.mlp.down_proj.weight[:, :q] *= 1e5
+    return model
+
+
+@pytest.mark.parametrize("construct, expected", [(_rows_that_matter_downstream, "output"), (lambda m: m, None)])
+def test_wanda_auto_comparison_keeps_the_group_with_smaller_layer_output_error(construct, expected):
+    calib = random_tokens(4, 32)
+    stage = {"method": "wanda", "sparsity": 0.5, "targets": r"mlp\.(gate|up)_proj"}
+    auto, report = compress(construct(tiny_llama()), [stage], calibration=calib)
+    rows = [r for r in report.layers if r.extra.get("comparison")]
+    assert len(rows) == 4
+    for r in rows:
+        errors = r.extra["auto_output_error"]
+        assert r.extra["comparison"] == min(errors, key=errors.get)
+        if expected:
+            assert r.extra["comparison"] == expected
+            assert errors["layer"] > 2 * errors["output"]
+    # The kept masks are exactly those of the chosen fixed group.
+    chosen = rows[0].extra["comparison"]
+    fixed, _ = compress(construct(tiny_llama()), [{**stage, "comparison": chosen}], calibration=calib)
+    for (name, a), b in zip(_linears(auto).items(), _linears(fixed).values(), strict=True):
+        assert torch.equal(a.weight, b.weight), name
+
+
+def test_magnitude_per_output_comparison_prunes_each_row_equally():
+    W = torch.randn(64, 128) * torch.linspace(0.1, 3, 64).reshape(-1, 1)  # rows of very different scale
+    per_row = magnitude_mask(W, 0.5, per_output=True)
+    assert (per_row.sum(dim=1) == 64).all()
+    per_layer = magnitude_mask(W, 0.5)
+    assert per_layer.sum() == W.numel() // 2 and per_layer[0].sum() > per_layer[-1].sum()
