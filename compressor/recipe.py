@@ -317,11 +317,16 @@ def load_recipe(x: Any) -> Recipe:
         if not text:
             raise RecipeError("recipe", x, f"empty: give a preset name ({', '.join(list_presets())}) or YAML/JSON")
         if text.startswith(("{", "[")):
-            return Recipe.from_json(text)
+            try:
+                return Recipe.from_dict(json.loads(text))
+            except json.JSONDecodeError:
+                pass  # YAML flow style, e.g. "{method: rtn, bits: 4}": YAML reads JSON and more
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            data = None
+        except yaml.YAMLError as e:
+            raise RecipeError("recipe", text[:80], f"not a preset name (known: {', '.join(list_presets())}), and "
+                              f"not valid JSON or YAML ({str(e).splitlines()[0]}): check brackets and "
+                              "'key: value' pairs") from None
         if isinstance(data, (dict, list)):
             return Recipe.from_dict(data)
         raise RecipeError("recipe", x, f"not a preset name (known: {', '.join(list_presets())}), "
