@@ -24,6 +24,7 @@ from torch import nn
 from compressor.errors import RecipeError
 from compressor.hessian import output_sqnr_db
 from compressor.recipe import StageConfig
+from compressor.serialize import register_module_type
 
 PATTERNS = ("unstructured", "2:4", "4:8")
 STORAGES = ("dense", "compact")
@@ -151,6 +152,21 @@ class Sparse24Linear(nn.Module):
         values, meta = pack_24(linear.weight.detach())
         return cls(values, meta, linear.bias)
 
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool = False, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "meta") -> Sparse24Linear:
+        """Allocate a module from its metadata (no memory on "meta"); fill it with
+        `load_state_dict(assign=True)`, which also gives the values their saved dtype."""
+        if in_features % 8:
+            raise ValueError(f"compact 2:4 storage needs in_features divisible by 8, got {in_features}")
+        values = torch.empty(out_features, in_features // 2, dtype=dtype, device=device)
+        meta = torch.empty(out_features, in_features // 8, dtype=torch.uint8, device=device)
+        return cls(values, meta, torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+
+    def metadata(self) -> dict:
+        """The integers `empty` needs to rebuild this module before `load_state_dict`."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
     def dense_weight(self) -> torch.Tensor:
         return unpack_24(self.values, self.meta)
 
@@ -172,6 +188,11 @@ class Sparse24Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, pattern=2:4 compact"
+
+
+# Saved models may name it. The CUDA semi-structured layout is runtime-only: a loaded model runs
+# "dense-decompress" until `to_semi_structured()` is called again.
+register_module_type(Sparse24Linear)
 
 
 def storage_note(pattern: str, storage: str) -> str:

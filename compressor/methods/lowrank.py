@@ -29,6 +29,7 @@ from compressor.hessian import output_sqnr_db
 from compressor.quant import sqnr_db
 from compressor.recipe import StageConfig
 from compressor.registry import register
+from compressor.serialize import register_module_type
 
 # Relative ridge added to H before the Cholesky factorisation (as GPTQ's percdamp), so that inputs
 # that never fired on the calibration tokens do not make L singular.
@@ -186,11 +187,30 @@ class LowRankLinear(nn.Module):
         if bias is not None:
             self.up.bias.data.copy_(bias)
 
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, rank: int, bias: bool = False,
+              dtype: torch.dtype = torch.float32, device: str | torch.device = "meta") -> LowRankLinear:
+        """Allocate a module from its metadata (no memory on "meta"); fill it with
+        `load_state_dict(assign=True)`, which also gives each factor its saved dtype."""
+        up = torch.empty(out_features, rank, dtype=dtype, device=device)
+        down = torch.empty(rank, in_features, dtype=dtype, device=device)
+        return cls(up, down, torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+
+    def metadata(self) -> dict:
+        """The integers `empty` needs to rebuild this module before `load_state_dict`."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
+                "bias": self.up.bias is not None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., r] -> [..., N]
         return self.up(self.down(x))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+# Saved models may name it; a later stage that quantizes its factors (svd -> rtn) saves them as
+# children of their own registered types.
+register_module_type(LowRankLinear)
 
 
 def saves_parameters(N: int, K: int, r: int) -> bool:
