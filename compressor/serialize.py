@@ -7,7 +7,9 @@
     }
 
 Loading builds the model skeleton from config.json with parameters on the meta device (no weight
-memory), puts an empty packed module of each listed type in place (`cls.empty(**metadata)`), and
+memory), gives structurally pruned layers their own shapes from config.json's "pruned_layout"
+(written by the "structured" stage), puts an empty packed module of each listed type in place
+(`cls.empty(**metadata)`, parents before the modules nested in them), and
 fills everything from model.safetensors with `load_state_dict(assign=True)`, so tensors keep the
 dtypes they were saved with and the logits are identical. Only module types registered here can be
 named by a config (a config never chooses arbitrary classes to import); pickle is never used.
@@ -143,7 +145,11 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    for name, meta in section["modules"].items():
+    layout = getattr(config, "pruned_layout", None)
+    if layout:
+        _resize_pruned_layers(model, layout, folder)
+    # Parents first: a factored layer (LowRankLinear) must exist before its quantized factors go in.
+    for name, meta in sorted(section["modules"].items(), key=lambda item: item[0].count(".")):
         meta = dict(meta)
         type_name = meta.pop("type")
         if type_name not in CODECS:
@@ -156,6 +162,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     # that repack in place (int8pack) crashed on them.
     for k in list(state):
         state[k] = state[k].clone()
+    _check_shapes(model, state, folder)
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
         raise ModelLoadError(f"{folder}: weights not in the model: {result.unexpected_keys[:5]}")
@@ -171,3 +178,26 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
 
         model.kv_cache_config = stage_from_dict(section["kv_cache"])
     return model.to(device).eval()
+
+
+def _resize_pruned_layers(model: nn.Module, layout: dict, folder: Path) -> None:
+    from .methods.prune_structured import resize_to_layout
+    from .sequential import find_decoder_layers
+
+    try:
+        resize_to_layout(find_decoder_layers(model)[1], layout)
+    except ValueError as e:
+        raise ModelLoadError(f"{folder}: config.json 'pruned_layout' does not fit this model: {e}; save the "
+                             "pruned model again with this version") from e
+
+
+def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Name the tensors whose saved shape differs from the rebuilt skeleton's, before torch's size error."""
+    expected = model.state_dict()
+    wrong = [f"{k} saved {tuple(t.shape)}, rebuilt {tuple(expected[k].shape)}" for k, t in state.items()
+             if k in expected and tuple(expected[k].shape) != tuple(t.shape)]
+    if wrong:
+        raise ModelLoadError(f"{folder}: {len(wrong)} saved tensors do not fit the model rebuilt from config.json "
+                             f"({'; '.join(wrong[:3])}): its structure was changed by something that left no "
+                             "record this version can rebuild (only registered module types and a structured "
+                             f"stage's 'pruned_layout' are); save it again with this version")
