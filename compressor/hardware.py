@@ -296,7 +296,8 @@ def warnings_for(profile: HardwareProfile, m: ModelFacts, batch: int) -> list[st
             w.append(f"{profile.name} has no fast low-bit weight kernel: weights are dequantized before the "
                      "matmul and decode may be slower than fp16.")
         if batch >= 16:
-            w.append(f"Weight-only int4 at batch {batch}: many int4 kernels lose their advantage over fp16 "
+            kind = "int4" if "int4-weight-only" in traits else "low-bit"
+            w.append(f"Weight-only {kind} at batch {batch}: many low-bit kernels lose their advantage over fp16 "
                      "beyond batch ~8-16 as decode turns compute-bound; Marlin keeps near-ideal speed-ups "
                      "to batch 16-32 (Frantar et al. 2024, arXiv:2408.11743).")
     if "fp8" in traits and not profile.features.get("fp8"):
