@@ -429,7 +429,39 @@ def metric_cards_html(report: dict) -> str:
     secs = report.get("compress_seconds")
     title = html.escape(f"{_model_label(report)} · {_recipe_label(report)}")
     took = f" · compressed in {secs:.1f} s" if isinstance(secs, int | float) else ""
-    return f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
+    return (f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
+            + attribution_html(report))
+
+
+def attribution_html(report: dict) -> str:
+    """A stacked recipe's quality after each stage and the change each stage caused ("" for one stage)."""
+    rows = report.get("attribution") or []
+    if not rows:
+        return ""
+    base = report.get("baseline") or {}
+
+    def cell(value, delta, kind: str, higher: bool) -> str:
+        if not isinstance(value, int | float):
+            return "<td>n/a</td>"
+        shown = _fmt(value, kind)
+        if isinstance(delta, int | float) and delta != 0:
+            better = (delta > 0) if higher else (delta < 0)
+            d = f"{100 * delta:+.1f} pts" if kind == "pct" else (f"{delta:+.4f}" if kind == "kl" else f"{delta:+.2f}")
+            shown += f' <span class="lab-delta {"good" if better else "bad"}">{d}</span>'
+        return f"<td>{shown}</td>"
+
+    body = [f'<tr><td>baseline</td><td>{_fmt(base.get("perplexity"), "ppl")}</td><td>0</td>'
+            f'<td>{_fmt(base.get("arithmetic_accuracy"), "pct")}</td></tr>']
+    for r in rows:
+        note = f'<div class="lab-note">{html.escape(r["note"])}</div>' if r.get("note") else ""
+        body.append(f'<tr><td>{r.get("index")}: {html.escape(str(r.get("method")))}{note}</td>'
+                    + cell(r.get("perplexity"), r.get("delta_perplexity"), "ppl", False)
+                    + cell(r.get("kld"), r.get("delta_kld"), "kl", False)
+                    + cell(r.get("arithmetic_accuracy"), r.get("delta_arithmetic_accuracy"), "pct", True) + "</tr>")
+    return ('<div class="lab-attribution" id="lab-attribution"><div class="lab-card-label">Quality after each stage '
+            "(change caused by the stage; measured on the same tokens and problems)</div><table><thead><tr>"
+            "<th>stage</th><th>perplexity</th><th>KL to baseline</th><th>arithmetic</th></tr></thead><tbody>"
+            + "".join(body) + "</tbody></table></div>")
 
 
 def _model_label(report: dict) -> str:

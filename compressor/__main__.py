@@ -74,6 +74,29 @@ ROWS = (("weight bytes", "weight_bytes", "bytes"), ("perplexity", "perplexity", 
         ("KV bytes per token", "kv_bytes_per_token", ""))
 
 
+def attribution_table(rows: list[dict], baseline: dict) -> str:
+    """Per-stage quality of a stacked recipe: value after each stage and the change it caused."""
+    def cell(r, key, kind):
+        v, dv = r.get(key), r.get(f"delta_{key}")
+        if v is None:
+            return "n/a"
+        if kind == "pct":
+            return f"{100 * v:.1f}%" + (f" ({100 * dv:+.1f})" if dv is not None else "")
+        return f"{v:.{kind}f}" + (f" ({dv:+.{kind}f})" if dv is not None else "")
+
+    lines = ["quality after each stage (change caused by the stage):",
+             f"  {'stage':<22}{'perplexity':>20}{'KL to baseline':>22}{'arithmetic':>18}",
+             f"  {'baseline':<22}{baseline.get('perplexity') or float('nan'):>20.3f}{0.0:>22.4f}"
+             f"{_fmt(baseline.get('arithmetic_accuracy'), 'pct'):>18}"]
+    for r in rows:
+        name = f"{r['index']} {r['method']}"
+        lines.append(f"  {name:<22}{cell(r, 'perplexity', 3):>20}{cell(r, 'kld', 4):>22}"
+                     f"{cell(r, 'arithmetic_accuracy', 'pct'):>18}")
+        if r.get("note"):
+            lines.append(f"    note: {r['note']}")
+    return "\n".join(lines)
+
+
 def format_report(d: dict) -> str:
     """The readable table printed after a run."""
     b, c = d["baseline"], d["compressed"]
@@ -91,6 +114,8 @@ def format_report(d: dict) -> str:
     q = c.get("quality", {})
     lines.append(f"perplexity over {q.get('n_tokens')} tokens, window {q.get('context')}, stride {q.get('stride')}; "
                  f"kernel paths: {c.get('kernel_paths') or 'dense torch'}")
+    if d.get("attribution"):
+        lines += ["", attribution_table(d["attribution"], b)]
     p = d["projection"]
     lines += ["", f"[{p['label']}] hardware {d['hardware']}"] + [f"  {t}" for t in p["text"]]
     for warning in p["compressed"]["warnings"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -137,7 +138,8 @@ def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionRe
 
 
 def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: ProgressFn | None = None, *,
-             tokenizer=None) -> tuple[nn.Module, CompressionReport]:
+             tokenizer=None, after_stage: Callable[[int, nn.Module], dict] | None = None
+             ) -> tuple[nn.Module, CompressionReport]:
     """Compress `model` in place with `recipe`; returns (model, CompressionReport).
 
     Args:
@@ -148,6 +150,9 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             `tokenizer` (default: the model's own, found from its config); None = "builtin" when a
             stage needs calibration (32 x 256 tokens).
         progress: called with compressor.progress.Progress events (stage, layer i/n, fraction, ETA).
+        after_stage: called as `after_stage(index, model)` once each stage is done; the dict it returns
+            is kept as `report.stages[index].quality`, so a stacked recipe's quality change can be
+            attributed to its stages (compressor.experiment measures perplexity, KL and arithmetic).
 
     A recipe with a `distill` stage keeps a frozen copy of the model as it was before stage 0 (the
     teacher) until compress returns: weight memory doubles while it runs.
@@ -196,6 +201,9 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
                     spec.apply(model, cfg, ctx)
             stage.seconds = time.perf_counter() - t0
             stage.n_modules = ctx.n_modules
+            if after_stage is not None:
+                emit(i, 1.0, "measuring the model after this stage", 0, 0)
+                stage.quality = after_stage(i, model) or {}
             emit(i, 1.0, "done", 0, 0)
         _sanity(model, tokens, report)
         # After the probe forward: kernels may adopt a runtime layout lazily, and that is what is held.

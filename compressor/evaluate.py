@@ -49,6 +49,9 @@ class EvalSettings:
         speed_batch: the larger batch for prefill/decode timing (batch 1 is always measured).
         repeats: timed repeats (median, min, max reported) after one warm-up.
         online_extras: try WikiText-2 / GSM8K / lm-eval when libraries and the hub are available.
+        attribute_stages: with a recipe of several stages, also measure perplexity, KL and
+            arithmetic after each stage but the last, so the report attributes the quality change to
+            each stage (one extra quality evaluation per stage, no speed runs).
     """
 
     ppl_tokens: int = 2048
@@ -62,6 +65,7 @@ class EvalSettings:
     speed_batch: int = 8
     repeats: int = 3
     online_extras: bool = True
+    attribute_stages: bool = True
 
     # (min, max) accepted for each integer setting: large enough to mean something, small enough
     # that one run cannot occupy a shared 2-core machine for an hour.
@@ -76,6 +80,9 @@ class EvalSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise LabError(f"eval setting {name}={value!r} is not valid: use an integer in [{lo}, {hi}].")
+        for name in ("online_extras", "attribute_stages"):
+            if not isinstance(getattr(self, name), bool):
+                raise LabError(f"eval setting {name}={getattr(self, name)!r} is not valid: use true or false.")
         if self.stride > self.context:
             raise LabError(f"eval setting stride={self.stride} is larger than context={self.context}: "
                            "use a stride <= context (half the context is usual).")

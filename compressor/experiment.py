@@ -59,6 +59,7 @@ class Report:
     stages: list[dict] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)
     compression: dict = field(default_factory=dict)
+    attribution: list[dict] = field(default_factory=list)  # stacked recipes: quality change per stage
     environment: dict = field(default_factory=dict)
     online: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -304,8 +305,17 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
 
     phases.emit("compress", 0.0, "compressing")
     t0 = time.perf_counter()
-    net, creport = compress(net, rec, progress=phases.engine_callback(), tokenizer=tokenizer)
-    compress_s = time.perf_counter() - t0
+    after_stage = None
+    if settings.attribute_stages and len(rec.stages) > 1:
+        last = len(rec.stages) - 1  # the last stage's model is the compressed model, measured below
+
+        def after_stage(index: int, model) -> dict:
+            return {} if index == last else stage_quality(model, tokenizer, tokens, settings, problems, reference)
+
+    net, creport = compress(net, rec, progress=phases.engine_callback(), tokenizer=tokenizer,
+                            after_stage=after_stage)
+    compress_s = time.perf_counter() - t0  # includes the per-stage quality checks (timings: stage_eval_s)
+    stage_eval_s = sum(s.quality.get("seconds", 0.0) for s in creport.stages)
     log(f"compressed in {compress_s:.1f} s")
     if save_dir is not None:
         from .serialize import save_compressed
@@ -344,6 +354,9 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     phases.emit("project", 1.0, "done")
 
     creport_d = creport.to_dict() if hasattr(creport, "to_dict") else dataclasses.asdict(creport)
+    if after_stage is not None:
+        creport_d["stages"][-1]["quality"] = _quality_summary(comp)
+    attribution = stage_attribution(base, creport_d["stages"]) if after_stage is not None else []
     env["kernel_paths"] = comp["kernel_paths"]
     samples = [{"prompt": p, "baseline": b, "compressed": c}
                for p, b, c in zip(prompts, base["samples"], comp["samples"], strict=True)]
@@ -353,12 +366,71 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
         recipe=rec.to_dict(), hardware=profile.id, settings=settings.to_dict(), baseline=base, compressed=comp,
         compress_seconds=compress_s, samples=samples, projection=projection,
         stages=creport_d.get("stages", []), layers=creport_d.get("layers", []), compression=creport_d,
+        attribution=attribution,
         environment=env, online={"baseline": base["online"], "compressed": comp["online"]},
         timings={"load_s": load_s, "baseline_eval_s": baseline_s, "baseline_cached": cached is not None,
-                 "compress_s": compress_s, "compressed_eval_s": compressed_s,
+                 "compress_s": compress_s, "stage_eval_s": stage_eval_s, "compressed_eval_s": compressed_s,
                  "total_s": time.perf_counter() - t_start},
         warnings=list(creport_d.get("warnings", [])),
     )
+
+
+QUALITY_KEYS = ("perplexity", "kld", "top1_agreement", "arithmetic_accuracy")
+
+
+def _quality_summary(section: dict) -> dict:
+    """The per-stage quality keys of a measured section (perplexity, KL, top-1, arithmetic)."""
+    q = section.get("quality") or {}
+    return {"perplexity": section.get("perplexity"), "kld": q.get("kld"), "top1_agreement": q.get("top1_agreement"),
+            "arithmetic_accuracy": section.get("arithmetic_accuracy")}
+
+
+def stage_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
+                  reference: ev.Reference) -> dict:
+    """Perplexity, KL and top-1 against the baseline, and arithmetic exact match, of an intermediate model.
+
+    The same tokens, windows and problems as the final evaluation, so the last stage's numbers and
+    the compressed column agree. Greedy samples, online extras and speed are not repeated.
+    """
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        quality, _ = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference,
+                                         bos_id=ev.leading_bos(tokenizer))
+        kv = kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext()
+        with kv:
+            arith = ev.evaluate_arithmetic(model, tokenizer, problems) if problems else {"accuracy": None}
+    finally:
+        model.train(was_training)
+    return {"perplexity": quality.perplexity, "kld": quality.kld, "top1_agreement": quality.top1_agreement,
+            "arithmetic_accuracy": arith["accuracy"], "seconds": time.perf_counter() - t0}
+
+
+def stage_attribution(baseline: dict, stages: list[dict]) -> list[dict]:
+    """Each stage's share of a stacked recipe's quality change: its metrics minus the previous stage's.
+
+    Row i: {"index", "method", "kind", <key>: value after stage i, "delta_<key>": change caused by
+    stage i} for the QUALITY_KEYS; the deltas of all rows sum to the whole recipe's change. The
+    baseline is stage -1 (KL 0, top-1 agreement 1). A None anywhere leaves that delta None.
+    """
+    prev = {"perplexity": baseline.get("perplexity"), "kld": 0.0, "top1_agreement": 1.0,
+            "arithmetic_accuracy": baseline.get("arithmetic_accuracy")}
+    rows = []
+    for s in stages:
+        q = s.get("quality") or {}
+        row = {"index": s.get("index"), "method": s.get("method"), "kind": s.get("kind")}
+        for key in QUALITY_KEYS:
+            now, before = q.get(key), prev.get(key)
+            row[key] = now
+            row[f"delta_{key}"] = now - before if isinstance(now, int | float) and isinstance(before, int | float) \
+                else None
+        if s.get("kind") == "kv":
+            row["note"] = ("a KV-cache stage changes generation only: perplexity windows run without a cache, "
+                           "arithmetic exact match is where it shows")
+        rows.append(row)
+        prev = row
+    return rows
 
 
 def _dtype_bits(model) -> float:

@@ -90,6 +90,7 @@ class StageReport:
     n_modules: int = 0
     decoder_layers: list[dict] = field(default_factory=list)  # calibrated stages: index, output_sqnr_db, seconds
     config: dict = field(default_factory=dict)
+    quality: dict = field(default_factory=dict)  # what `compress(after_stage=...)` measured after this stage
 
 
 @dataclass

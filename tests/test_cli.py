@@ -23,7 +23,7 @@ def test_presets_and_hardware_list(capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["run", "--model", "demo", "--recipe", "no-such-preset"], "no-such-preset"),
-    (["run", "--model", "demo", "--recipe", "{method: rtn, bits: 5}"], "bits"),
+    (["run", "--model", "demo", "--recipe", "{method: rtn, bits: 5}"], "bits=5 is not valid: choose one of"),
     (["run", "--model", "demo", "--recipe", "w4-g128", "--hardware", "h1000"], "h1000"),
     (["run", "--model", "demo", "--recipe", "w4-g128", "--context", "100000"], "context"),
     (["run", "--model", "/no/such/model", "--recipe", "w4-g128", "--hardware", "t4"], "/no/such/model"),
@@ -64,3 +64,25 @@ def test_end_to_end_rtn_run_writes_the_report(tmp_path, capsys):
     r2 = json.loads(out.read_text())
     assert r2["timings"]["baseline_cached"] and r2["baseline"]["perplexity"] == b["perplexity"]
     assert r2["compressed"]["kld"] == pytest.approx(c["kld"], rel=1e-3)
+
+
+def test_stacked_recipe_attributes_the_quality_change_to_each_stage(tmp_path, capsys):
+    small = ["--samples", "16", "--ppl-tokens", "512", "--max-new-tokens", "4", "--quiet"]
+    stacked, alone = tmp_path / "stacked.json", tmp_path / "alone.json"
+    recipe = "[{method: magnitude, sparsity: 0.6}, {method: rtn, bits: 4, group_size: 64}]"
+    assert main(["run", "--model", "demo", "--recipe", recipe, "--json", str(stacked), *small]) == 0
+    assert "quality after each stage" in capsys.readouterr().out
+    assert main(["run", "--model", "demo", "--recipe", "{method: magnitude, sparsity: 0.6}",
+                 "--json", str(alone), *small]) == 0
+    r, one = json.loads(stacked.read_text()), json.loads(alone.read_text())
+    rows = r["attribution"]
+    assert [row["method"] for row in rows] == ["magnitude", "rtn"]
+    # Stage 0's numbers are those of the same pruning run on its own; the last are the compressed column.
+    assert rows[0]["perplexity"] == pytest.approx(one["compressed"]["perplexity"], rel=1e-6)
+    assert rows[0]["kld"] == pytest.approx(one["compressed"]["kld"], rel=1e-6)
+    assert rows[1]["perplexity"] == r["compressed"]["perplexity"]
+    assert rows[0]["delta_perplexity"] > 0 and rows[1]["delta_perplexity"] != 0
+    total = sum(row["delta_perplexity"] for row in rows)
+    assert total == pytest.approx(r["compressed"]["perplexity"] - r["baseline"]["perplexity"])
+    assert r["timings"]["stage_eval_s"] > 0
+    assert one["attribution"] == []  # one stage: nothing to attribute, no extra evaluation

@@ -66,3 +66,22 @@ def test_skipped_layers_are_untouched_and_calibrated_stages_propagate():
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, ref_w)
     assert {r.name.split(".")[2] for r in report.layers} == {"1"}
     assert report.stages[0].decoder_layers[0]["output_sqnr_db"] is None  # layer 0 not modified
+
+
+def test_after_stage_measures_each_stage_in_order_and_keeps_what_it_returns():
+    model = tiny_llama()
+    seen = []
+
+    def after_stage(index, m):
+        assert m is model
+        seen.append((index, [type(mod).__name__ for mod in m.model.layers[0].mlp.children()]))
+        return {"zeros": float((m.model.layers[0].mlp.up_proj.weight == 0).float().mean())
+                if isinstance(m.model.layers[0].mlp.up_proj, torch.nn.Linear) else None}
+
+    recipe = [{"method": "magnitude", "sparsity": 0.5}, {"method": "rtn", "bits": 8, "group_size": -1}]
+    _, report = compress(model, recipe, after_stage=after_stage)
+    assert [i for i, _ in seen] == [0, 1]
+    assert "Linear" in seen[0][1] and "Linear" not in seen[1][1]  # measured after stage 0, before stage 1
+    assert report.stages[0].quality["zeros"] == pytest.approx(0.5, abs=0.005)
+    assert report.stages[1].quality == {"zeros": None}
+    assert CompressionReport.from_dict(report.to_dict()).stages[0].quality == report.stages[0].quality
