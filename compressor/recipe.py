@@ -16,8 +16,18 @@ Module selection (shared by every stage, resolved by `StageConfig.override_for`)
 
 Validation happens twice: field values in `__post_init__` (bits out of range, bad regex, ...), and
 against the model in `Recipe.check(model)` at compress time (group size vs each layer's in_features,
-regexes that match nothing, two weight quantizations of one module). Every problem is a RecipeError
-naming the field, the value and what would work.
+regexes that match nothing, a stage targeting modules an earlier stage left in a final format).
+Every problem is a RecipeError naming the field, the value and what would work.
+
+Stacking: stages find their targets as nn.Linear modules, so what a stage leaves in place of each
+linear decides what later stages can act on. Each config declares it, and Recipe.check reads the
+declarations without running anything:
+  - `final_format(kind)`: not None when the targets stop being nn.Linear (packed quantized weights,
+    compact 2:4); later weight and distill stages must not target them;
+  - `linear_children(kind)`: the nn.Linear children of the replacement module (low-rank: `down`,
+    `up`); later stages find `<name>.down` and `<name>.up`, not `<name>`.
+Everything else (dense-storage pruning, structured pruning's smaller linears, smoothing folded into
+weights, distillation) leaves nn.Linear under the same name.
 """
 
 from __future__ import annotations
@@ -39,6 +49,13 @@ from .registry import get_method, load_methods
 DEFAULT_IGNORE = (r"(^|\.)lm_head$", r"(^|\.)embed")
 # Kinds whose stages rewrite the weights of the linear layers they target.
 WEIGHT_KINDS = ("quantize", "prune", "lowrank")
+# Kinds whose stages find their modules as nn.Linear (distill trains them); "kv" acts on the cache.
+LINEAR_KINDS = (*WEIGHT_KINDS, "distill")
+# compressor.methods.lowrank.LowRankLinear: its nn.Linear factors, `down` [r, K] then `up` [N, r].
+LOWRANK_CHILDREN = ("down", "up")
+# How to stack on a quantized module (the default final format of the "quantize" kind).
+QUANTIZED = ("quantized weights", "they are already quantized: quantize each module once (use overrides "
+             "for mixed precision) and put prune, low-rank and distill stages before quantization")
 _SELECTION_FIELDS = ("targets", "ignore", "overrides")
 
 
@@ -129,6 +146,21 @@ class StageConfig:
 
     def check_module(self, name: str, module: nn.Linear) -> None:
         """Raise RecipeError when this (override-applied) config cannot act on `module`."""
+
+    def final_format(self, kind: str) -> tuple[str, str] | None:
+        """(what the targets are stored as, how to stack on it) when this stage leaves them as modules
+        that are not nn.Linear, which later stages would silently skip; None when they stay nn.Linear.
+
+        `kind` is the registered method's kind: "quantize" stages leave packed modules (QuantLinear,
+        Int8DynamicLinear, FP8Linear, bitsandbytes layers). Configs whose output depends on a field
+        override this (SparsityConfig: storage "compact").
+        """
+        return QUANTIZED if kind == "quantize" else None
+
+    def linear_children(self, kind: str) -> tuple[str, ...]:
+        """Names of the nn.Linear children of the module this stage puts in place of a target (later
+        stages find `<name>.<child>`), or () when the target itself stays an nn.Linear or is final."""
+        return LOWRANK_CHILDREN if kind == "lowrank" else ()
 
     def to_dict(self) -> dict:
         return {"method": self.method, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
@@ -254,29 +286,39 @@ class Recipe:
 
     # --- checks against a model -------------------------------------------------------------------
 
-    def check(self, model: nn.Module) -> list[dict[str, nn.Linear]]:
+    def check(self, model: nn.Module) -> list[dict[str, nn.Linear | None]]:
         """Validate every stage against `model`; returns each stage's targets (empty for kv/distill).
 
+        Targets are resolved on the linears as each stage will find them: the model's, plus the
+        nn.Linear children earlier stages declare (`linear_children`; their module is None here, the
+        shape being unknown until the stage runs). Nothing is run.
+
         Raises RecipeError for a targets/ignore/override regex that matches nothing, a group size
-        that does not divide a layer's in_features, or a module rewritten after it was quantized.
+        that does not divide a layer's in_features, or a stage (weight or distill) that targets
+        modules an earlier stage leaves in a final format or replaces by children it does not select.
         """
-        linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        linears: dict[str, nn.Linear | None] = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         all_names = [n for n, _ in model.named_modules()]
         example = ", ".join(list(linears)[:3])
-        quantized_by: dict[str, str] = {}
+        final: dict[str, tuple[str, tuple[str, str]]] = {}  # name -> (earlier stage, (format, fix))
+        parents: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (earlier stage, its nn.Linear children)
         out = []
         for i, cfg in enumerate(self.stages):
             spec = get_method(cfg.method, f"stage {i}")
             where = f"stage {i} ({cfg.method})"
-            if spec.kind not in WEIGHT_KINDS:
+            if spec.kind not in LINEAR_KINDS:
                 out.append({})
                 continue
-            targets = cfg.resolve(model)
+            targets = {n: m for n, m in linears.items() if cfg.override_for(n) is not None}
+            _check_stacking(cfg, where, targets, final, parents)
+            if spec.kind not in WEIGHT_KINDS:  # distill trains what it finds; its runtime check says so
+                out.append({})
+                continue
             if not targets:
                 raise RecipeError("targets", cfg.targets, "matches no linear layer of this model (after ignore and "
                                   f"skip overrides); names look like: {example}", where)
             for pattern in cfg.ignore:
-                if pattern not in DEFAULT_IGNORE and not any(re.search(pattern, n) for n in all_names):
+                if pattern not in DEFAULT_IGNORE and not any(re.search(pattern, n) for n in [*all_names, *linears]):
                     raise RecipeError("ignore", pattern, f"matches no module of this model; names look like: {example}",
                                       where)
             for o in cfg.overrides:
@@ -284,15 +326,38 @@ class Recipe:
                     raise RecipeError("overrides.pattern", o["pattern"],
                                       f"matches no linear layer of this model; names look like: {example}", where)
             for name, mod in targets.items():
-                cfg.override_for(name).check_module(name, mod)
-                if name in quantized_by:
-                    raise RecipeError("method", cfg.method, f"{name} is already quantized by {quantized_by[name]}: "
-                                      "quantize each module once (use overrides for mixed precision) and put "
-                                      "prune/low-rank stages before quantization", where)
-                if spec.kind == "quantize":
-                    quantized_by[name] = where
+                c = cfg.override_for(name)
+                if mod is not None:
+                    c.check_module(name, mod)
+                fmt, children = c.final_format(spec.kind), c.linear_children(spec.kind)
+                if fmt is not None:
+                    final.setdefault(name, (where, fmt))
+                elif children:
+                    parents.setdefault(name, (where, children))
+                    linears.update({f"{name}.{child}": None for child in children})
             out.append(targets)
         return out
+
+
+def _check_stacking(cfg: StageConfig, where: str, targets: dict, final: dict, parents: dict) -> None:
+    """RecipeError when `cfg` targets modules earlier stages made unreachable to it (see Recipe.check):
+    left in a final format (`final`), or replaced by a module with nn.Linear children that `cfg`
+    does not select, so it would act on fewer modules than it names (`parents`)."""
+    hit = [n for n in targets if n in final]
+    if hit:
+        earlier, (fmt, fix) = final[hit[0]]
+        more = f" and {len(hit) - 1} more" if len(hit) > 1 else ""
+        raise RecipeError("method", cfg.method, f"would find no nn.Linear at {hit[0]}{more}: {earlier} stores them "
+                          f"as {fmt}; {fix}; or leave them out of this stage with targets/ignore", where)
+    lost = [n for n in targets if n in parents
+            and not any(cfg.override_for(f"{n}.{child}") is not None for child in parents[n][1])]
+    if lost:
+        earlier, children = parents[lost[0]]
+        more = f" and {len(lost) - 1} more" if len(lost) > 1 else ""
+        factors = " and ".join(f"{lost[0]}.{child}" for child in children)
+        raise RecipeError("targets", cfg.targets, f"selects {lost[0]}{more} but not what {earlier} puts there: a "
+                          f"module whose nn.Linear children are {factors}, which this stage would skip; let "
+                          "targets/ignore/overrides match the children too (e.g. drop a '$' anchor)", where)
 
 
 def load_recipe(x: Any) -> Recipe:

@@ -259,6 +259,12 @@ class SparsityConfig(StageConfig):
         n, m = self.nm
         return n / m if m else self.sparsity
 
+    def final_format(self, kind: str) -> tuple[str, str] | None:
+        """Compact storage swaps in Sparse24Linear, which later stages cannot rewrite; dense stays nn.Linear."""
+        if self.storage == "compact":
+            return "compact 2:4 (storage: compact)", "use storage: dense to stack, or put the compact stage last"
+        return None
+
     def check_module(self, name: str, module: nn.Linear) -> None:
         _, m = self.nm
         k = module.in_features

@@ -1,0 +1,122 @@
+"""Stacked recipes: a stage never silently skips the modules an earlier stage turned into a final format.
+
+Recipe.check refuses such stacks from the configs alone (StageConfig.final_format / linear_children),
+before any work.
+"""
+
+import pytest
+from torch import nn
+
+from compressor import RecipeError, compress, load_recipe
+from compressor.methods.lowrank import LowRankLinear
+from compressor.registry import METHODS
+from tests.helpers import random_tokens, tiny_llama
+
+COMPACT = {"method": "wanda", "pattern": "2:4", "storage": "compact"}
+
+# (recipe, fragments the message must hold: both stages and the fix). Refused before any work.
+REFUSED = [
+    ([COMPACT, {"method": "rtn", "bits": 4, "group_size": 32}],
+     ["stage 1 (rtn)", "would find no nn.Linear", "stage 0 (wanda)", "compact 2:4", "storage: dense"]),
+    # Partial overlap: the compact stage only touches the MLP, gptq would skip those and quantize the rest.
+    ([{"method": "magnitude", "pattern": "2:4", "storage": "compact", "targets": r"mlp\."},
+      {"method": "gptq", "bits": 4, "group_size": 32}],
+     ["stage 1 (gptq)", "stage 0 (magnitude)", "mlp.gate_proj", "put the compact stage last"]),
+    ([{"method": "rtn", "bits": 8, "group_size": -1}, {"method": "wanda", "sparsity": 0.5}],
+     ["stage 1 (wanda)", "stage 0 (rtn)", "already quantized", "before quantization"]),
+    ([{"method": "fp8"}, {"method": "svd", "rank": 16}],
+     ["stage 1 (svd)", "stage 0 (fp8)", "already quantized"]),
+    # Distillation trains nn.Linear weights: after a final format there is nothing (or less) to train.
+    ([{"method": "hqq", "bits": 4, "group_size": 64}, {"method": "distill", "steps": 2}],
+     ["stage 1 (distill)", "stage 0 (hqq)", "already quantized"]),
+    ([COMPACT, {"method": "distill", "steps": 2}], ["stage 1 (distill)", "stage 0 (wanda)", "storage: dense"]),
+    # Low-rank leaves nn.Linear factors named `<name>.down` / `<name>.up`; `q_proj$` matches neither.
+    ([{"method": "svd", "rank": 16}, {"method": "rtn", "bits": 4, "group_size": 16, "targets": r"q_proj$"}],
+     ["stage 1 (rtn)", "stage 0 (svd)", "self_attn.q_proj.down", "targets"]),
+    # Three stages: the check remembers stage 0 at stage 2 too.
+    ([COMPACT, {"method": "kivi", "bits": 4, "group_size": 32}, {"method": "rtn", "bits": 4, "group_size": 32}],
+     ["stage 2 (rtn)", "stage 0 (wanda)"]),
+]
+
+
+@pytest.mark.parametrize(("recipe", "fragments"), REFUSED, ids=[str(i) for i in range(len(REFUSED))])
+def test_stack_onto_a_final_format_is_refused_before_any_work(recipe, fragments):
+    model = tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RecipeError) as info:
+        compress(model, recipe)  # no calibration given: the check must fire before it is needed
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all((before[k] == after[k]).all() for k in before)
+
+
+CALIB = random_tokens(4, 32)
+
+# Valid stacks: every stage acts on at least one module, and the modules a weight stage targets
+# are of the type the previous stage left.
+VALID = [
+    [{"method": "wanda", "pattern": "2:4"}, {"method": "rtn", "bits": 4, "group_size": 32}],  # dense storage
+    [{"method": "magnitude", "pattern": "2:4", "storage": "compact", "targets": r"mlp\."},
+     {"method": "rtn", "bits": 4, "group_size": 32, "targets": r"self_attn\."}],  # no overlap
+    [{"method": "smoothquant", "targets": r"self_attn\."}, {"method": "rtn", "bits": 4, "group_size": 32,
+                                                              "targets": r"mlp\."}],
+    [{"method": "magnitude", "sparsity": 0.5}, {"method": "distill", "steps": 2, "seq_len": 16},
+     {"method": "rtn", "bits": 8, "group_size": -1}],
+    [{"method": "rtn", "bits": 4, "group_size": 32}, {"method": "kivi", "bits": 4, "group_size": 32}],
+    [COMPACT, {"method": "streaming", "window": 16}],
+    # Structured pruning leaves smaller nn.Linear: group 32 divides the pruned widths (64, 192).
+    [{"method": "structured", "heads_fraction": 0.5, "mlp_fraction": 0.25}, {"method": "rtn", "bits": 4,
+                                                                             "group_size": 32}],
+    # Low-rank factors are nn.Linear: default targets find `<name>.down` and `<name>.up`.
+    [{"method": "svd", "rank": 16}, {"method": "rtn", "bits": 4, "group_size": 16}],
+    # ... and a regex may name the factors, which the model does not have before svd runs.
+    [{"method": "svd", "rank": 16}, {"method": "rtn", "bits": 4, "group_size": 16, "targets": r"\.(down|up)$"}],
+]
+
+
+@pytest.mark.parametrize("recipe", VALID, ids=lambda r: "->".join(s["method"] for s in r))
+def test_valid_stacks_run_every_stage(recipe):
+    model = tiny_llama()
+    load_recipe(recipe).check(model)
+    model, report = compress(model, recipe, calibration=CALIB)
+    assert len(report.stages) == len(recipe)
+    for stage in report.stages:
+        if stage.kind != "kv":
+            assert stage.n_modules > 0, f"stage {stage.index} ({stage.method}) acted on nothing"
+
+
+def test_low_rank_factors_are_the_declared_linear_children():
+    """Recipe.check predicts `<name>.down` / `<name>.up` from the config, without running svd."""
+    from compressor.methods.lowrank import SVDConfig
+
+    assert SVDConfig().linear_children("lowrank") == ("down", "up")
+    mod = LowRankLinear(up=nn.Linear(4, 8).weight.detach(), down=nn.Linear(16, 4).weight.detach())
+    assert {n for n, m in mod.named_children() if isinstance(m, nn.Linear)} == {"down", "up"}
+
+
+@pytest.mark.parametrize(("stage", "final"), [
+    ({"method": "rtn", "bits": 4, "group_size": 32}, True),
+    ({"method": "hqq", "bits": 4, "group_size": 32}, True),
+    ({"method": "fp8"}, True),
+    ({"method": "magnitude", "sparsity": 0.5}, False),
+    ({"method": "magnitude", "pattern": "2:4", "storage": "compact"}, True),
+    ({"method": "svd", "rank": 16}, False),
+])
+def test_declared_final_format_matches_what_the_stage_leaves(stage, final):
+    """The declaration Recipe.check reads agrees with the module types a real run leaves behind."""
+    model = tiny_llama()
+    recipe = load_recipe([stage])
+    cfg, kind = recipe.stages[0], METHODS[stage["method"]].kind
+    targets = list(cfg.resolve(model))
+    compress(model, recipe)
+    left = {n: model.get_submodule(n) for n in targets}
+    assert (cfg.final_format(kind) is not None) == final
+    if final:
+        assert not any(isinstance(m, nn.Linear) for m in left.values())
+    elif cfg.linear_children(kind):
+        for m in left.values():
+            assert isinstance(m, nn.Linear) or all(isinstance(getattr(m, c), nn.Linear)
+                                                   for c in cfg.linear_children(kind))
+    else:
+        assert all(isinstance(m, nn.Linear) for m in left.values())
