@@ -167,6 +167,15 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     if result.unexpected_keys:
         raise ModelLoadError(f"{folder}: weights not in the model: {result.unexpected_keys[:5]}")
     model.tie_weights()
+    # A missing tensor is fine only where tying made it share a loaded one (lm_head = embeddings);
+    # packed modules allocate real (uninitialised) buffers, which the meta check below cannot catch.
+    if result.missing_keys:
+        sd = model.state_dict()
+        loaded = {sd[k].data_ptr() for k in state if k in sd}
+        absent = [k for k in result.missing_keys if sd[k].device.type != "meta" and sd[k].data_ptr() not in loaded]
+        if absent:
+            raise ModelLoadError(f"{folder}: {len(absent)} tensors are missing from {WEIGHTS_FILE} "
+                                 f"({', '.join(absent[:3])}): the file is incomplete, save the model again")
     packed = tuple(section["modules"])
     for name, p in list(model.named_parameters()) + list(model.named_buffers()):
         if p.device.type == "meta":

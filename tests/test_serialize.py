@@ -40,3 +40,20 @@ def test_loader_opens_compressed_folders(tmp_path, monkeypatch):
     loaded, _ = load_model(str(tmp_path / "m"))
     assert torch.equal(loaded(tokens).logits, expected)
     assert not is_compressed_folder(DEMO_DIR)
+
+
+@pytest.mark.parametrize("recipe", ["w4-g128", "int8"])
+def test_a_missing_packed_tensor_is_an_error_not_uninitialised_memory(recipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from compressor.errors import ModelLoadError
+
+    model, report = compress(tiny_llama(), recipe)
+    save_compressed(model, None, tmp_path, report)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    victim = next(k for k in state if k.startswith("model.layers.1.mlp.down_proj."))
+    del state[victim]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="missing from model.safetensors") as info:
+        load_compressed(tmp_path)
+    assert victim in str(info.value)
