@@ -19,7 +19,7 @@ from torch import nn
 from .calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
 from .errors import RecipeError
 from .progress import EtaClock, Progress, ProgressFn, null_progress
-from .recipe import Recipe, StageConfig, load_recipe
+from .recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
 from .registry import MethodSpec, get_method
 from .report import CompressionReport, LayerReport, StageReport, module_row, weight_bytes
 from .sequential import run_sequential
@@ -137,6 +137,28 @@ def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionRe
             report.warnings.append(f"{r.name}: SQNR {r.sqnr_db:.1f} dB ({r.sqnr_basis}) is below {LOW_SQNR_DB} dB")
 
 
+def _check_targets_left(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int,
+                        report: CompressionReport) -> None:
+    """RecipeError when a weight stage is about to find no nn.Linear at all, instead of reporting success.
+
+    Recipe.check refuses the stacks it can foresee from the configs' declarations (final_format,
+    linear_children); this catches what it cannot: a method whose output format is undeclared.
+    """
+    if spec.kind not in WEIGHT_KINDS or cfg.resolve(model):
+        return
+    modules = dict(model.named_modules())
+    gone = [(r.name, r.stage, r.method) for r in report.layers if r.stage < index and r.name in modules
+            and not isinstance(modules[r.name], nn.Linear) and cfg.override_for(r.name) is not None]
+    seen = "earlier stages replaced them"
+    if gone:
+        name, stage, method = gone[0]
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        seen = f"{name} is a {type(modules[name]).__name__} made by stage {stage} ({method}){more}"
+    raise RecipeError("targets", cfg.targets, f"finds no nn.Linear left to act on: {seen}; put this stage before "
+                      "that one or remove it (the earlier stages have already changed the model in place)",
+                      f"stage {index} ({cfg.method})")
+
+
 def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: ProgressFn | None = None, *,
              tokenizer=None, after_stage: Callable[[int, nn.Module], dict] | None = None
              ) -> tuple[nn.Module, CompressionReport]:
@@ -194,6 +216,7 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             report.stages.append(stage)
             emit(i, 0.0, "starting", 0, 0)
             t0 = time.perf_counter()
+            _check_targets_left(model, cfg, spec, i, report)
             with torch.no_grad():
                 if spec.needs_calibration:
                     stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)

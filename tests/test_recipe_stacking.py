@@ -1,15 +1,18 @@
 """Stacked recipes: a stage never silently skips the modules an earlier stage turned into a final format.
 
 Recipe.check refuses such stacks from the configs alone (StageConfig.final_format / linear_children),
-before any work.
+before any work; the engine refuses a weight stage that finds no nn.Linear left at run time.
 """
+
+from dataclasses import dataclass
 
 import pytest
 from torch import nn
 
 from compressor import RecipeError, compress, load_recipe
 from compressor.methods.lowrank import LowRankLinear
-from compressor.registry import METHODS
+from compressor.recipe import StageConfig
+from compressor.registry import METHODS, MethodSpec
 from tests.helpers import random_tokens, tiny_llama
 
 COMPACT = {"method": "wanda", "pattern": "2:4", "storage": "compact"}
@@ -120,3 +123,41 @@ def test_declared_final_format_matches_what_the_stage_leaves(stage, final):
                                                    for c in cfg.linear_children(kind))
     else:
         assert all(isinstance(m, nn.Linear) for m in left.values())
+
+
+# --- the run-time guard: a method that does not declare its final format ---------------------------
+
+
+class _Opaque(nn.Module):
+    """Holds a linear's weight without being (or containing) an nn.Linear, and declares nothing."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+
+    def forward(self, x):  # x: [..., K] -> [..., N]
+        return nn.functional.linear(x, self.weight)
+
+
+@dataclass
+class _OpaqueConfig(StageConfig):
+    pass
+
+
+def _apply_opaque(model, cfg, ctx) -> None:
+    for name, linear in ctx.targets(model).items():
+        ctx.replace(name, _Opaque(linear))
+
+
+def test_a_weight_stage_that_finds_no_linear_at_run_time_fails_loudly(monkeypatch):
+    _OpaqueConfig.method = "opaque-test"
+    monkeypatch.setitem(METHODS, "opaque-test", MethodSpec("opaque-test", _OpaqueConfig, _apply_opaque, False,
+                                                           "prune"))
+    recipe = [{"method": "opaque-test"}, {"method": "rtn", "bits": 4, "group_size": 32}]
+    model = tiny_llama()
+    load_recipe(recipe).check(model)  # undeclared: the check cannot see it coming
+    with pytest.raises(RecipeError) as info:
+        compress(model, recipe)
+    msg = str(info.value)
+    assert "stage 1 (rtn)" in msg and "no nn.Linear" in msg
+    assert "_Opaque" in msg and "stage 0 (opaque-test)" in msg
