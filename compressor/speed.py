@@ -37,11 +37,21 @@ def _dtype_bytes(dtype) -> int:
 
 
 def kv_bytes_per_token_from_config(config, dtype=torch.float32) -> int:
-    """layers x kv_heads x head_dim x 2 (K and V) x bytes per element."""
+    """sum over layers of kv_heads[layer] x head_dim x 2 (K and V) x bytes per element.
+
+    Structured pruning removes whole KV groups per layer and lists what is left in
+    `config.pruned_layout["num_key_value_heads"]` (compressor/methods/prune_structured.py), keeping
+    head_dim and the global `num_key_value_heads`; without a layout every layer has the global count.
+    """
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers * kv_heads * head_dim * 2 * _dtype_bytes(dtype)
+    n_layers = config.num_hidden_layers
+    per_layer = (getattr(config, "pruned_layout", None) or {}).get("num_key_value_heads") or [kv_heads] * n_layers
+    if len(per_layer) != n_layers:
+        raise ValueError(f"config.pruned_layout lists KV heads for {len(per_layer)} layers but the config has "
+                         f"num_hidden_layers {n_layers}: the layout belongs to another model; drop it or re-prune")
+    return sum(per_layer) * head_dim * 2 * _dtype_bytes(dtype)
 
 
 def _trim_heap() -> None:
