@@ -501,8 +501,10 @@ def model_kv_bytes_per_token(model, cfg=None, context: int = 1024, **kw) -> floa
     config = _text_config(model)
     cfg = cfg if cfg is not None else (getattr(model, "kv_cache_config", None) or FP16)
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return kv_bytes_per_token(cfg, num_layers=config.num_hidden_layers, num_kv_heads=heads,
-                              head_dim=head_dim_of(config), context=context, **kw)
+    per_layer = (getattr(config, "pruned_layout", None) or {}).get("num_key_value_heads") \
+        or [heads] * config.num_hidden_layers  # structured pruning leaves each layer its own KV heads
+    return sum(kv_bytes_per_token(cfg, num_layers=per_layer.count(h), num_kv_heads=h, head_dim=head_dim_of(config),
+                                  context=context, **kw) for h in sorted(set(per_layer)))
 
 
 # --- long-context quality -----------------------------------------------------------------------

@@ -37,3 +37,13 @@ def test_a_layout_that_does_not_fit_the_config_is_refused():
     config.pruned_layout = {"num_key_value_heads": [1, 1, 1]}
     with pytest.raises(ValueError, match="3 layers .* num_hidden_layers 2"):
         kv_bytes_per_token_from_config(config, torch.float32)
+
+
+def test_compressed_kv_bytes_follow_the_per_layer_heads_too():
+    from compressor.kvcache import FP16, model_kv_bytes_per_token
+
+    model = tiny_llama(heads=4, kv_heads=2)
+    dense = model_kv_bytes_per_token(model, FP16, context=64)
+    model, _ = compress(model, [{**PRUNE, "overrides": [{"pattern": r"layers\.1\.", "heads_fraction": 0.0}]}],
+                        calibration=random_tokens(4, 32))
+    assert model_kv_bytes_per_token(model, FP16, context=64) == pytest.approx(dense * 3 / 4)  # KV heads [1, 2] of [2, 2]
