@@ -137,6 +137,26 @@ def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionRe
             report.warnings.append(f"{r.name}: SQNR {r.sqnr_db:.1f} dB ({r.sqnr_basis}) is below {LOW_SQNR_DB} dB")
 
 
+def _check_shapes_now(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int) -> None:
+    """Run each target's check_module on the module as earlier stages left it.
+
+    Recipe.check sees the original shapes; structured pruning and low-rank change in_features (a
+    group size of 128 cannot divide the 64 channels a pruned down_proj keeps), and without this the
+    stage would fail deep in a kernel with a bare ValueError.
+    """
+    if index == 0 or spec.kind not in WEIGHT_KINDS:
+        return
+    for name, module in cfg.resolve(model).items():
+        c = cfg.override_for(name)
+        if c is None:
+            continue
+        try:
+            c.check_module(name, module)
+        except RecipeError as e:
+            raise RecipeError(e.field, e.value, f"{e.hint} (after the earlier stages changed its shape)",
+                              f"stage {index} ({cfg.method})") from None
+
+
 def _check_targets_left(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int,
                         report: CompressionReport) -> None:
     """RecipeError when a weight stage is about to find no nn.Linear at all, instead of reporting success.
@@ -217,6 +237,7 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             emit(i, 0.0, "starting", 0, 0)
             t0 = time.perf_counter()
             _check_targets_left(model, cfg, spec, i, report)
+            _check_shapes_now(model, cfg, spec, i)
             with torch.no_grad():
                 if spec.needs_calibration:
                     stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)

@@ -311,6 +311,15 @@ class Recipe:
                 continue
             targets = {n: m for n, m in linears.items() if cfg.override_for(n) is not None}
             _check_stacking(cfg, where, targets, final, parents)
+            if spec.kind == "distill":
+                quantized = [j for j, earlier in enumerate(self.stages[:i])
+                             if get_method(earlier.method).kind == "quantize"]
+                if quantized:
+                    j = quantized[0]
+                    raise RecipeError("method", cfg.method, f"cannot follow stage {j} ({self.stages[j].method}): "
+                                      "distillation backpropagates through every layer and packed low-bit layers "
+                                      "have no backward pass; put distill before quantization (prune -> distill "
+                                      "-> quantize)", where)
             if spec.kind not in WEIGHT_KINDS:  # distill trains what it finds; its runtime check says so
                 out.append({})
                 continue

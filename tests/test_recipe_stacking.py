@@ -7,6 +7,7 @@ before any work; the engine refuses a weight stage that finds no nn.Linear left 
 from dataclasses import dataclass
 
 import pytest
+import torch
 from torch import nn
 
 from compressor import RecipeError, compress, load_recipe
@@ -161,3 +162,25 @@ def test_a_weight_stage_that_finds_no_linear_at_run_time_fails_loudly(monkeypatc
     msg = str(info.value)
     assert "stage 1 (rtn)" in msg and "no nn.Linear" in msg
     assert "_Opaque" in msg and "stage 0 (opaque-test)" in msg
+
+
+def test_distill_after_quantization_of_other_modules_is_refused_before_any_work():
+    """Distillation backpropagates through the packed layers too (no backward there), so even a
+    non-overlapping quantize stage before it cannot work: refused by Recipe.check, not mid-run."""
+    model = tiny_llama()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recipe = [{"method": "rtn", "bits": 4, "group_size": 32, "targets": r"mlp\."},
+              {"method": "distill", "steps": 2, "seq_len": 16, "targets": r"self_attn\."}]
+    with pytest.raises(RecipeError, match=r"stage 1 \(distill\).*cannot follow stage 0 \(rtn\).*before quantization"):
+        compress(model, recipe, calibration=random_tokens(4, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("recipe, where", [
+    ([{"method": "structured", "heads_fraction": 0.0, "mlp_fraction": 0.25}, {"method": "rtn", "group_size": 128}],
+     "down_proj"),
+    ([{"method": "svd", "rank": 32, "targets": r"mlp\.up_proj"}, {"method": "rtn", "group_size": 64}], "up_proj.up"),
+])
+def test_a_group_size_that_no_longer_divides_after_a_shape_change_names_the_module(recipe, where):
+    with pytest.raises(RecipeError, match=rf"stage 1 \(rtn\).*{where}.*after the earlier stages changed its shape"):
+        compress(tiny_llama(), recipe, calibration=random_tokens(4, 32))
