@@ -14,6 +14,7 @@ methods and for calibrated ones on the built-in calibration set).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ MAX_NEW_TOKENS = (1, 128)
 def answer(payload: dict, ctx=None) -> dict:
     """Greedy answers of the baseline model and of the compressed artifact to the same prompt."""
     from .evaluate import greedy_generate
+    from .kvcache import kv_cache_in_generate
     from .loading import load_model
 
     prompt = str(payload.get("prompt") or "")
@@ -52,13 +54,18 @@ def answer(payload: dict, ctx=None) -> dict:
     if saved:
         _step(ctx, "generate-compressed", 0.5, "compressed: loading the saved model")
         del model
-        model, tokenizer = load_model(str(artifact))
+        # the folder comes from the run store, not from the user: allow exactly it, wherever the app keeps
+        # its data (a data folder given to the app need not be one of loading.allowed_roots)
+        model, tokenizer = load_model(str(artifact), roots=[Path(artifact).resolve()])
     else:
         from .engine import compress
 
         _step(ctx, "compress", 0.5, "compressed: compressing again with the run's recipe")
         model, _ = compress(model, payload["recipe"])
-    out["compressed"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
+    # a KV stage (attached by compress, or restored by load_model) changes generation only through its cache
+    kv = kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext()
+    with kv:
+        out["compressed"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
     out["seconds"]["compressed"] = round(time.perf_counter() - t0, 3)
     return out
 
