@@ -168,11 +168,11 @@ def recipe_yaml(source: object) -> str:
     return recipe_mod.load_recipe(source).to_yaml()
 
 
-def check_recipe(parsed: object):
-    """The engine's Recipe (None without the recipe module); raises the engine's RecipeError (field,
-    value and fix) for a recipe that cannot work."""
+def check_recipe(parsed: object) -> None:
+    """Raises the engine's RecipeError (field, value and fix) for a recipe that cannot work."""
     recipe_mod = _engine("recipe")
-    return recipe_mod.load_recipe(parsed) if recipe_mod is not None else None
+    if recipe_mod is not None:
+        recipe_mod.load_recipe(parsed)
 
 
 def method_specs() -> dict:
@@ -430,7 +430,7 @@ def metric_cards_html(report: dict) -> str:
     title = html.escape(f"{_model_label(report)} · {_recipe_label(report)}")
     took = f" · compressed in {secs:.1f} s" if isinstance(secs, int | float) else ""
     return (f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
-            + attribution_html(report) + kv_window_note_html(report))
+            + attribution_html(report))
 
 
 def attribution_html(report: dict) -> str:
@@ -462,38 +462,6 @@ def attribution_html(report: dict) -> str:
             "(change caused by the stage; measured on the same tokens and problems)</div><table><thead><tr>"
             "<th>stage</th><th>perplexity</th><th>KL to baseline</th><th>arithmetic</th></tr></thead><tbody>"
             + "".join(body) + "</tbody></table></div>")
-
-
-# Tokens beyond the characters of an arithmetic prompt and its answer: BOS, a tokenizer's leading-space
-# piece, the answer's space and the 2 spare new tokens of evaluate.arithmetic_max_new_tokens.
-ARITH_EXTRA_TOKENS = 8
-
-
-def kv_window_note_html(report: dict) -> str:
-    """A note when a KV stage keeps every arithmetic token uncompressed, so arithmetic cannot change."""
-    n = _get(report, "settings", "arithmetic_samples", default=0)
-    evaldata = _engine("evaldata")
-    if not n or evaldata is None:
-        return ""
-    # ASCII problems: at most one token per character, so this bounds prompt + answer in tokens
-    longest = max((len(p["prompt"]) + len(p["answer"]) for p in evaldata.load_arithmetic()[:n]), default=0)
-    longest += ARITH_EXTRA_TOKENS
-    notes = []
-    for s in report.get("stages") or []:
-        if not isinstance(s, dict) or s.get("kind") != "kv":
-            continue
-        cfg, method = s.get("config") or {}, html.escape(str(s.get("method")))
-        if isinstance(cfg.get("residual"), int) and cfg["residual"] >= longest:
-            notes.append(f"{method} keeps the last residual={cfg['residual']} tokens in fp16, and an "
-                         f"arithmetic problem (prompt and answer) is at most {longest} tokens, so its cache is never "
-                         "compressed during arithmetic: that accuracy is unchanged by construction. Set <code>residual: 0</code> "
-                         "to stress-test the compressed cache.")
-        elif isinstance(cfg.get("window"), int) and cfg["window"] + (cfg.get("sinks") or 0) >= longest:
-            kept = cfg["window"] + (cfg.get("sinks") or 0)
-            notes.append(f"{method} keeps sinks + window = {kept} tokens, and an arithmetic problem (prompt and "
-                         f"answer) is at most {longest} tokens, so nothing is evicted during arithmetic. Make "
-                         f"sinks + window smaller than {longest} to stress-test eviction.")
-    return "".join(f'<div class="lab-note lab-kv-note">{n}</div>' for n in notes)
 
 
 def _model_label(report: dict) -> str:
@@ -647,15 +615,14 @@ def memory_plot(report: dict) -> go.Figure:
     ctx_len = _get(report, "settings", "context") or 0
     x = ["baseline", "compressed"]
     sections = [report.get(side) or {} for side in x]
-    mib = [(s.get("weight_bytes") or 0) / 2**20 for s in sections]
+    mb = [(s.get("weight_bytes") or 0) / 2**20 for s in sections]
     kv = [(s.get("kv_bytes_per_token") or 0) * ctx_len / 2**20 for s in sections]
     peak = [None if s.get("peak_memory_bytes") is None else s["peak_memory_bytes"] / 2**20 for s in sections]
-    fig.add_bar(name="weights", x=x, y=mib, marker_color=COMP_COLOR, row=1, col=1)
+    fig.add_bar(name="weights", x=x, y=mb, marker_color=COMP_COLOR, row=1, col=1)
     fig.add_bar(name=f"KV cache ({ctx_len} tokens)", x=x, y=kv, marker_color="#22c55e", row=1, col=1)
     fig.add_bar(name="peak RSS", x=x, y=peak, marker_color="#cbd5e1", row=1, col=2)
-    fig.update_yaxes(title_text="MiB", row=1, col=1)
-    fig.update_yaxes(title_text="MiB", row=1, col=2)
-    return _layout(fig, "Memory (MiB)", barmode="stack")
+    fig.update_yaxes(title_text="MB", row=1, col=1)
+    return _layout(fig, "Memory (MB)", barmode="stack")
 
 
 def throughput_plot(report: dict, projected: bool = False) -> go.Figure:
@@ -779,13 +746,13 @@ def pareto_plot(runs: list[dict], quality: str, x_axis: str, selected: list[str]
             best = p[1]
     fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
                     line=dict(color="#22c55e", dash="dot"))
-    xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MiB)"
+    xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MB)"
     return _layout(fig, "Pareto: memory vs quality over the history", xaxis_title=xt, yaxis_title=quality)
 
 
 # -- history ----------------------------------------------------------------------------------------
 
-HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MiB", "weights x",
+HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MB", "weights x",
                    "perplexity", "KL", "top-1 %", "arith %", "decode tok/s", "error"]
 
 
@@ -862,12 +829,7 @@ def describe_progress(p: dict | None, position: int | None, started: float) -> t
 
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions; `ask_manager` answers free prompts
-    (target compressor.ask:answer).
-
-    The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
-    check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps
-    the page in step (forms, notes, plots) and is api_visibility="private": hidden and refused to clients.
-    """
+    (target compressor.ask:answer)."""
     presets = preset_choices()
     names = [v for _, v in presets]
     default_preset = DEFAULT_PRESET if DEFAULT_PRESET in names else (names[0] if names else None)
@@ -1013,7 +975,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return f"`{spec}` is downloaded from the Hugging Face Hub on the first run (needs internet)."
             return f"`{spec}` is neither 'demo', a hub id like org/name, nor a local folder path."
 
-        model.change(on_model, model, model_note, show_progress="hidden", api_visibility="private")
+        model.change(on_model, model, model_note, show_progress="hidden")
 
         # ---------------- recipe ----------------
         def on_preset(name: str):
@@ -1024,7 +986,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             except Exception as e:
                 return gr.update(), f"Preset {name!r} cannot be loaded: {e}"
 
-        preset.input(on_preset, preset, [recipe_box, recipe_status], api_visibility="private")
+        preset.input(on_preset, preset, [recipe_box, recipe_status])
 
         method_names = sorted(methods)
         all_form_inputs = [f.component for name in method_names for f in forms[name]]
@@ -1037,9 +999,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             return [help_text] + [gr.update(visible=(n == name)) for n in method_names]
 
         if method_names:
-            method_outputs = [method_help] + [groups[n] for n in method_names]
-            method.change(on_method, method, method_outputs, api_visibility="private")
-            demo.load(on_method, method, method_outputs, api_visibility="private")
+            method.change(on_method, method, [method_help] + [groups[n] for n in method_names])
+            demo.load(on_method, method, [method_help] + [groups[n] for n in method_names])
 
         def on_add_stage(name: str, text: str, *values):
             if name not in methods:
@@ -1055,10 +1016,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             return new_text, f"Added a **{name}** stage. The recipe now has " \
                 f"{len(stages_of(parse_recipe_text(new_text)))} stage(s)."
 
-        add_stage.click(on_add_stage, [method, recipe_box] + all_form_inputs, [recipe_box, recipe_status],
-                        api_visibility="private")
+        add_stage.click(on_add_stage, [method, recipe_box] + all_form_inputs, [recipe_box, recipe_status])
         clear_stages.click(lambda: ("stages: []\n", "Empty recipe: add stages with the builder."),
-                           None, [recipe_box, recipe_status], api_visibility="private")
+                           None, [recipe_box, recipe_status])
 
         def on_upload(file):
             if file is None:
@@ -1076,7 +1036,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return text if "text" in locals() else gr.update(), f"Uploaded, but: {e}"
             return text, f"Uploaded **{path.name}**: recipe is valid."
 
-        upload.upload(on_upload, upload, [recipe_box, recipe_status], api_visibility="private")
+        upload.upload(on_upload, upload, [recipe_box, recipe_status])
 
         def on_download_yaml(text: str):
             name = "recipe"
@@ -1090,21 +1050,19 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             path.write_text(text or "", encoding="utf-8")
             return str(path)
 
-        recipe_box.change(on_download_yaml, recipe_box, download_yaml, show_progress="hidden",
-                          api_visibility="private")
-        demo.load(on_download_yaml, recipe_box, download_yaml, api_visibility="private")
+        recipe_box.change(on_download_yaml, recipe_box, download_yaml, show_progress="hidden")
+        demo.load(on_download_yaml, recipe_box, download_yaml)
 
         def on_check(text: str):
             try:
                 parsed = parse_recipe_text(text)
-                recipe = check_recipe(parsed)
+                check_recipe(parsed)
             except LabError as e:
                 return f"**Recipe problem:** {e}"
-            # a preset name has its stages in the engine's Recipe only
-            n = len(recipe.stages) if recipe is not None else len(stages_of(parsed))
+            n = len(stages_of(parsed))
             return f"Recipe is valid: {n} stage(s)."
 
-        check_btn.click(on_check, recipe_box, recipe_status, api_name="check_recipe")
+        check_btn.click(on_check, recipe_box, recipe_status)
 
         # ---------------- run ----------------
         def make_payload(spec, text, hw, *eval_values) -> dict:
@@ -1182,25 +1140,18 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         cancel_btn.click(cancel_clicked, run_id_state, status, api_name="cancel")
 
         # ---------------- free prompt ----------------
-        def ask_clicked(run_id, text):
+        def ask_clicked(run_id, text, spec):
             if ask_manager is None:
-                raise gr.Error("Free prompts are off in this app instance.", print_exception=False)
+                raise gr.Error("Free prompts are off in this app instance.")
             if not run_id:
                 raise gr.Error("Run a comparison first (or pick a run in History): the prompt goes to its "
                                "compressed model.", print_exception=False)
-            if not (text or "").strip():  # refused here too, so no worker starts for nothing
-                raise gr.Error("The prompt is empty: type a few words (e.g. 27+58=) for both models to continue.",
-                               print_exception=False)
             run = manager.get_run(run_id) or {}
             if run.get("status") != SUCCEEDED:
-                raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.",
-                               print_exception=False)
+                raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.")
             payload = {"model": run.get("model_spec") or "demo", "recipe": run.get("recipe"),
-                       "artifact": run.get("artifact_path"), "prompt": text, "max_new_tokens": 32}
-            try:
-                ask_id = ask_manager.submit(payload, owner="prompt-box")
-            except LabError as e:
-                raise gr.Error(f"Cannot ask: {e}", print_exception=False) from None
+                       "artifact": run.get("artifact_path"), "prompt": text or "", "max_new_tokens": 32}
+            ask_id = ask_manager.submit(payload, owner="prompt-box")
             try:
                 done = ask_manager.wait(ask_id, timeout=ASK_TIMEOUT_S)
             except TimeoutError:
@@ -1211,8 +1162,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             rep = done["report"]
             return rep.get("baseline", ""), rep.get("compressed", "")
 
-        ask_btn.click(ask_clicked, [run_id_state, prompt], [ans_base, ans_comp], api_name="ask")
-        prompt.submit(ask_clicked, [run_id_state, prompt], [ans_base, ans_comp], api_visibility="private")
+        ask_btn.click(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp], api_name="ask")
+        prompt.submit(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp])
 
         # ---------------- history ----------------
         def all_runs() -> list[dict]:
@@ -1231,11 +1182,11 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
 
         history_outputs = [history, compare_pick, compare_table, pareto, show_run, model_pick]
         history_inputs = [compare_pick, pareto_quality, pareto_x]
-        refresh.click(refresh_history, history_inputs, history_outputs, api_name="history")
-        demo.load(refresh_history, history_inputs, history_outputs, api_visibility="private")
-        run_event.then(refresh_history, history_inputs, history_outputs, api_visibility="private")
+        refresh.click(refresh_history, history_inputs, history_outputs)
+        demo.load(refresh_history, history_inputs, history_outputs)
+        run_event.then(refresh_history, history_inputs, history_outputs)
         for comp in (compare_pick, pareto_quality, pareto_x):
-            comp.input(refresh_history, history_inputs, history_outputs, api_visibility="private")
+            comp.input(refresh_history, history_inputs, history_outputs)
 
         def on_show_run(run_id, projected):
             run = manager.get_run(run_id) if run_id else None
@@ -1243,7 +1194,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return [gr.update()] * (1 + len(result_outputs))
             return [run_id] + results_for(run["report"], projected)
 
-        show_run.input(on_show_run, [show_run, show_projected], [run_id_state] + result_outputs, api_name="show_run")
+        show_run.input(on_show_run, [show_run, show_projected], [run_id_state] + result_outputs)
 
         def on_projected(run_id, projected):
             run = manager.get_run(run_id) if run_id else None
@@ -1251,7 +1202,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return gr.update()
             return throughput_plot(run["report"], projected)
 
-        show_projected.change(on_projected, [run_id_state, show_projected], thr_plot, api_visibility="private")
+        show_projected.change(on_projected, [run_id_state, show_projected], thr_plot)
 
         export_dir = Path(tempfile.mkdtemp(prefix="lab-export-"))
 
@@ -1266,8 +1217,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 path.write_text(json.dumps([{k: r.get(k) for k in keep} for r in runs], indent=1), encoding="utf-8")
             return str(path)
 
-        export_csv.click(lambda: on_export("csv"), None, export_csv, api_name="export_csv")
-        export_json.click(lambda: on_export("json"), None, export_json, api_name="export_json")
+        export_csv.click(lambda: on_export("csv"), None, export_csv)
+        export_json.click(lambda: on_export("json"), None, export_json)
 
         def on_model_pick(run_id):
             run = manager.get_run(run_id) if run_id else None
@@ -1278,7 +1229,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             base = export_dir / f"compressed-{run_id}"
             return shutil.make_archive(str(base), "zip", root_dir=folder)
 
-        model_pick.input(on_model_pick, model_pick, model_file, api_name="download_model")
+        model_pick.input(on_model_pick, model_pick, model_file)
     return demo
 
 
