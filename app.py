@@ -615,14 +615,15 @@ def memory_plot(report: dict) -> go.Figure:
     ctx_len = _get(report, "settings", "context") or 0
     x = ["baseline", "compressed"]
     sections = [report.get(side) or {} for side in x]
-    mb = [(s.get("weight_bytes") or 0) / 2**20 for s in sections]
+    mib = [(s.get("weight_bytes") or 0) / 2**20 for s in sections]
     kv = [(s.get("kv_bytes_per_token") or 0) * ctx_len / 2**20 for s in sections]
     peak = [None if s.get("peak_memory_bytes") is None else s["peak_memory_bytes"] / 2**20 for s in sections]
-    fig.add_bar(name="weights", x=x, y=mb, marker_color=COMP_COLOR, row=1, col=1)
+    fig.add_bar(name="weights", x=x, y=mib, marker_color=COMP_COLOR, row=1, col=1)
     fig.add_bar(name=f"KV cache ({ctx_len} tokens)", x=x, y=kv, marker_color="#22c55e", row=1, col=1)
     fig.add_bar(name="peak RSS", x=x, y=peak, marker_color="#cbd5e1", row=1, col=2)
-    fig.update_yaxes(title_text="MB", row=1, col=1)
-    return _layout(fig, "Memory (MB)", barmode="stack")
+    fig.update_yaxes(title_text="MiB", row=1, col=1)
+    fig.update_yaxes(title_text="MiB", row=1, col=2)
+    return _layout(fig, "Memory (MiB)", barmode="stack")
 
 
 def throughput_plot(report: dict, projected: bool = False) -> go.Figure:
@@ -746,13 +747,13 @@ def pareto_plot(runs: list[dict], quality: str, x_axis: str, selected: list[str]
             best = p[1]
     fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
                     line=dict(color="#22c55e", dash="dot"))
-    xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MB)"
+    xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MiB)"
     return _layout(fig, "Pareto: memory vs quality over the history", xaxis_title=xt, yaxis_title=quality)
 
 
 # -- history ----------------------------------------------------------------------------------------
 
-HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MB", "weights x",
+HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MiB", "weights x",
                    "perplexity", "KL", "top-1 %", "arith %", "decode tok/s", "error"]
 
 
