@@ -430,7 +430,7 @@ def metric_cards_html(report: dict) -> str:
     title = html.escape(f"{_model_label(report)} · {_recipe_label(report)}")
     took = f" · compressed in {secs:.1f} s" if isinstance(secs, int | float) else ""
     return (f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
-            + attribution_html(report))
+            + attribution_html(report) + kv_window_note_html(report))
 
 
 def attribution_html(report: dict) -> str:
@@ -462,6 +462,38 @@ def attribution_html(report: dict) -> str:
             "(change caused by the stage; measured on the same tokens and problems)</div><table><thead><tr>"
             "<th>stage</th><th>perplexity</th><th>KL to baseline</th><th>arithmetic</th></tr></thead><tbody>"
             + "".join(body) + "</tbody></table></div>")
+
+
+# Tokens beyond the characters of an arithmetic prompt and its answer: BOS, a tokenizer's leading-space
+# piece, the answer's space and the 2 spare new tokens of evaluate.arithmetic_max_new_tokens.
+ARITH_EXTRA_TOKENS = 8
+
+
+def kv_window_note_html(report: dict) -> str:
+    """A note when a KV stage keeps every arithmetic token uncompressed, so arithmetic cannot change."""
+    n = _get(report, "settings", "arithmetic_samples", default=0)
+    evaldata = _engine("evaldata")
+    if not n or evaldata is None:
+        return ""
+    # ASCII problems: at most one token per character, so this bounds prompt + answer in tokens
+    longest = max((len(p["prompt"]) + len(p["answer"]) for p in evaldata.load_arithmetic()[:n]), default=0)
+    longest += ARITH_EXTRA_TOKENS
+    notes = []
+    for s in report.get("stages") or []:
+        if not isinstance(s, dict) or s.get("kind") != "kv":
+            continue
+        cfg, method = s.get("config") or {}, html.escape(str(s.get("method")))
+        if isinstance(cfg.get("residual"), int) and cfg["residual"] >= longest:
+            notes.append(f"{method} keeps the last residual={cfg['residual']} tokens in fp16, and an "
+                         f"arithmetic problem (prompt and answer) is at most {longest} tokens, so its cache is never "
+                         "compressed during arithmetic: that accuracy is unchanged by construction. Set <code>residual: 0</code> "
+                         "to stress-test the compressed cache.")
+        elif isinstance(cfg.get("window"), int) and cfg["window"] + (cfg.get("sinks") or 0) >= longest:
+            kept = cfg["window"] + (cfg.get("sinks") or 0)
+            notes.append(f"{method} keeps sinks + window = {kept} tokens, and an arithmetic problem (prompt and "
+                         f"answer) is at most {longest} tokens, so nothing is evicted during arithmetic. Make "
+                         f"sinks + window smaller than {longest} to stress-test eviction.")
+    return "".join(f'<div class="lab-note lab-kv-note">{n}</div>' for n in notes)
 
 
 def _model_label(report: dict) -> str:
