@@ -168,11 +168,11 @@ def recipe_yaml(source: object) -> str:
     return recipe_mod.load_recipe(source).to_yaml()
 
 
-def check_recipe(parsed: object) -> None:
-    """Raises the engine's RecipeError (field, value and fix) for a recipe that cannot work."""
+def check_recipe(parsed: object):
+    """The engine's Recipe (None without the recipe module); raises the engine's RecipeError (field,
+    value and fix) for a recipe that cannot work."""
     recipe_mod = _engine("recipe")
-    if recipe_mod is not None:
-        recipe_mod.load_recipe(parsed)
+    return recipe_mod.load_recipe(parsed) if recipe_mod is not None else None
 
 
 def method_specs() -> dict:
@@ -1089,13 +1089,14 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         def on_check(text: str):
             try:
                 parsed = parse_recipe_text(text)
-                check_recipe(parsed)
+                recipe = check_recipe(parsed)
             except LabError as e:
                 return f"**Recipe problem:** {e}"
-            n = len(stages_of(parsed))
+            # a preset name has its stages in the engine's Recipe only
+            n = len(recipe.stages) if recipe is not None else len(stages_of(parsed))
             return f"Recipe is valid: {n} stage(s)."
 
-        check_btn.click(on_check, recipe_box, recipe_status)
+        check_btn.click(on_check, recipe_box, recipe_status, api_name="check_recipe")
 
         # ---------------- run ----------------
         def make_payload(spec, text, hw, *eval_values) -> dict:
@@ -1179,12 +1180,19 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             if not run_id:
                 raise gr.Error("Run a comparison first (or pick a run in History): the prompt goes to its "
                                "compressed model.", print_exception=False)
+            if not (text or "").strip():  # refused here too, so no worker starts for nothing
+                raise gr.Error("The prompt is empty: type a few words (e.g. 27+58=) for both models to continue.",
+                               print_exception=False)
             run = manager.get_run(run_id) or {}
             if run.get("status") != SUCCEEDED:
-                raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.")
+                raise gr.Error(f"Run {run_id} is {run.get('status')}: only a finished run can answer.",
+                               print_exception=False)
             payload = {"model": run.get("model_spec") or "demo", "recipe": run.get("recipe"),
-                       "artifact": run.get("artifact_path"), "prompt": text or "", "max_new_tokens": 32}
-            ask_id = ask_manager.submit(payload, owner="prompt-box")
+                       "artifact": run.get("artifact_path"), "prompt": text, "max_new_tokens": 32}
+            try:
+                ask_id = ask_manager.submit(payload, owner="prompt-box")
+            except LabError as e:
+                raise gr.Error(f"Cannot ask: {e}", print_exception=False) from None
             try:
                 done = ask_manager.wait(ask_id, timeout=ASK_TIMEOUT_S)
             except TimeoutError:
@@ -1195,8 +1203,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             rep = done["report"]
             return rep.get("baseline", ""), rep.get("compressed", "")
 
-        ask_btn.click(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp], api_name="ask")
-        prompt.submit(ask_clicked, [run_id_state, prompt, model], [ans_base, ans_comp])
+        ask_btn.click(ask_clicked, [run_id_state, prompt], [ans_base, ans_comp], api_name="ask")
+        prompt.submit(ask_clicked, [run_id_state, prompt], [ans_base, ans_comp], api_visibility="private")
 
         # ---------------- history ----------------
         def all_runs() -> list[dict]:
@@ -1215,11 +1223,11 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
 
         history_outputs = [history, compare_pick, compare_table, pareto, show_run, model_pick]
         history_inputs = [compare_pick, pareto_quality, pareto_x]
-        refresh.click(refresh_history, history_inputs, history_outputs)
-        demo.load(refresh_history, history_inputs, history_outputs)
-        run_event.then(refresh_history, history_inputs, history_outputs)
+        refresh.click(refresh_history, history_inputs, history_outputs, api_name="history")
+        demo.load(refresh_history, history_inputs, history_outputs, api_visibility="private")
+        run_event.then(refresh_history, history_inputs, history_outputs, api_visibility="private")
         for comp in (compare_pick, pareto_quality, pareto_x):
-            comp.input(refresh_history, history_inputs, history_outputs)
+            comp.input(refresh_history, history_inputs, history_outputs, api_visibility="private")
 
         def on_show_run(run_id, projected):
             run = manager.get_run(run_id) if run_id else None
