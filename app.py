@@ -862,7 +862,12 @@ def describe_progress(p: dict | None, position: int | None, started: float) -> t
 
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions; `ask_manager` answers free prompts
-    (target compressor.ask:answer)."""
+    (target compressor.ask:answer).
+
+    The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
+    check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps
+    the page in step (forms, notes, plots) and is api_visibility="private": hidden and refused to clients.
+    """
     presets = preset_choices()
     names = [v for _, v in presets]
     default_preset = DEFAULT_PRESET if DEFAULT_PRESET in names else (names[0] if names else None)
@@ -1008,7 +1013,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return f"`{spec}` is downloaded from the Hugging Face Hub on the first run (needs internet)."
             return f"`{spec}` is neither 'demo', a hub id like org/name, nor a local folder path."
 
-        model.change(on_model, model, model_note, show_progress="hidden")
+        model.change(on_model, model, model_note, show_progress="hidden", api_visibility="private")
 
         # ---------------- recipe ----------------
         def on_preset(name: str):
@@ -1019,7 +1024,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             except Exception as e:
                 return gr.update(), f"Preset {name!r} cannot be loaded: {e}"
 
-        preset.input(on_preset, preset, [recipe_box, recipe_status])
+        preset.input(on_preset, preset, [recipe_box, recipe_status], api_visibility="private")
 
         method_names = sorted(methods)
         all_form_inputs = [f.component for name in method_names for f in forms[name]]
@@ -1032,8 +1037,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             return [help_text] + [gr.update(visible=(n == name)) for n in method_names]
 
         if method_names:
-            method.change(on_method, method, [method_help] + [groups[n] for n in method_names])
-            demo.load(on_method, method, [method_help] + [groups[n] for n in method_names])
+            method_outputs = [method_help] + [groups[n] for n in method_names]
+            method.change(on_method, method, method_outputs, api_visibility="private")
+            demo.load(on_method, method, method_outputs, api_visibility="private")
 
         def on_add_stage(name: str, text: str, *values):
             if name not in methods:
@@ -1049,9 +1055,10 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             return new_text, f"Added a **{name}** stage. The recipe now has " \
                 f"{len(stages_of(parse_recipe_text(new_text)))} stage(s)."
 
-        add_stage.click(on_add_stage, [method, recipe_box] + all_form_inputs, [recipe_box, recipe_status])
+        add_stage.click(on_add_stage, [method, recipe_box] + all_form_inputs, [recipe_box, recipe_status],
+                        api_visibility="private")
         clear_stages.click(lambda: ("stages: []\n", "Empty recipe: add stages with the builder."),
-                           None, [recipe_box, recipe_status])
+                           None, [recipe_box, recipe_status], api_visibility="private")
 
         def on_upload(file):
             if file is None:
@@ -1069,7 +1076,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return text if "text" in locals() else gr.update(), f"Uploaded, but: {e}"
             return text, f"Uploaded **{path.name}**: recipe is valid."
 
-        upload.upload(on_upload, upload, [recipe_box, recipe_status])
+        upload.upload(on_upload, upload, [recipe_box, recipe_status], api_visibility="private")
 
         def on_download_yaml(text: str):
             name = "recipe"
@@ -1083,8 +1090,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             path.write_text(text or "", encoding="utf-8")
             return str(path)
 
-        recipe_box.change(on_download_yaml, recipe_box, download_yaml, show_progress="hidden")
-        demo.load(on_download_yaml, recipe_box, download_yaml)
+        recipe_box.change(on_download_yaml, recipe_box, download_yaml, show_progress="hidden",
+                          api_visibility="private")
+        demo.load(on_download_yaml, recipe_box, download_yaml, api_visibility="private")
 
         def on_check(text: str):
             try:
@@ -1174,9 +1182,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         cancel_btn.click(cancel_clicked, run_id_state, status, api_name="cancel")
 
         # ---------------- free prompt ----------------
-        def ask_clicked(run_id, text, spec):
+        def ask_clicked(run_id, text):
             if ask_manager is None:
-                raise gr.Error("Free prompts are off in this app instance.")
+                raise gr.Error("Free prompts are off in this app instance.", print_exception=False)
             if not run_id:
                 raise gr.Error("Run a comparison first (or pick a run in History): the prompt goes to its "
                                "compressed model.", print_exception=False)
@@ -1235,7 +1243,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return [gr.update()] * (1 + len(result_outputs))
             return [run_id] + results_for(run["report"], projected)
 
-        show_run.input(on_show_run, [show_run, show_projected], [run_id_state] + result_outputs)
+        show_run.input(on_show_run, [show_run, show_projected], [run_id_state] + result_outputs, api_name="show_run")
 
         def on_projected(run_id, projected):
             run = manager.get_run(run_id) if run_id else None
@@ -1243,7 +1251,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return gr.update()
             return throughput_plot(run["report"], projected)
 
-        show_projected.change(on_projected, [run_id_state, show_projected], thr_plot)
+        show_projected.change(on_projected, [run_id_state, show_projected], thr_plot, api_visibility="private")
 
         export_dir = Path(tempfile.mkdtemp(prefix="lab-export-"))
 
@@ -1258,8 +1266,8 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 path.write_text(json.dumps([{k: r.get(k) for k in keep} for r in runs], indent=1), encoding="utf-8")
             return str(path)
 
-        export_csv.click(lambda: on_export("csv"), None, export_csv)
-        export_json.click(lambda: on_export("json"), None, export_json)
+        export_csv.click(lambda: on_export("csv"), None, export_csv, api_name="export_csv")
+        export_json.click(lambda: on_export("json"), None, export_json, api_name="export_json")
 
         def on_model_pick(run_id):
             run = manager.get_run(run_id) if run_id else None
@@ -1270,7 +1278,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             base = export_dir / f"compressed-{run_id}"
             return shutil.make_archive(str(base), "zip", root_dir=folder)
 
-        model_pick.input(on_model_pick, model_pick, model_file)
+        model_pick.input(on_model_pick, model_pick, model_file, api_name="download_model")
     return demo
 
 

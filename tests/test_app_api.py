@@ -1,10 +1,13 @@
-"""The app through its HTTP API (gradio_client): a preset on the demo model, and bad input.
+"""The app through its HTTP API (gradio_client): a stacked recipe on the demo model, the prompt box,
+the list of public endpoints, and bad input.
 
 The app is launched in this process on a free port with its own data folder; the job itself runs in
 the job manager's worker process, as in production.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -14,6 +17,12 @@ gradio_client = pytest.importorskip("gradio_client")
 
 # The smallest evaluation the page allows: text tokens, context, arithmetic problems, new tokens.
 SMALL_EVAL = (128, 64, 8, 8)
+# Two stages, so the report attributes the change to each; the KV stage keeps its default residual
+# window, which holds a whole arithmetic problem (the page says so).
+TWO_STAGES = "stages:\n- {method: rtn, bits: 4, group_size: 128}\n- {method: kivi, bits: 2}\n"
+# What a script may call; every other listener is UI-only and hidden.
+PUBLIC_ENDPOINTS = {"/run", "/cancel", "/ask", "/show_run", "/check_recipe", "/history", "/export_csv",
+                    "/export_json", "/download_model"}
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +33,24 @@ def lab(tmp_path_factory):
                                     quiet=True)
     try:
         # download_files=False: the report JSON holds local paths (the model's folder) that are data, not files.
-        yield gradio_client.Client(url, verbose=False, download_files=False), managers[0]
+        yield gradio_client.Client(url, verbose=False, download_files=False), *managers
     finally:
         app.stop(demo, managers)
 
 
-def test_preset_runs_on_demo_model(lab):
-    client, manager = lab
-    out = client.predict("demo", "w4-g128", "this-machine", False, *SMALL_EVAL, api_name="/run")
+@pytest.fixture(scope="module")
+def finished(lab):
+    """The outputs of /run for one finished run of TWO_STAGES (one run shared by the tests that need it)."""
+    client, manager, _ = lab
+    out = client.predict("demo", TWO_STAGES, "this-machine", False, *SMALL_EVAL, api_name="/run")
+    assert "finished" in out[1], out[1]
+    run_id = next(r["id"] for r in manager.list_runs() if r["status"] == "succeeded")
+    return run_id, out
+
+
+def test_stacked_recipe_runs_on_demo_model(lab, finished):
+    client, manager, _ = lab
+    run_id, out = finished
     progress, status, log, cards, samples, *plots, hw, details, report = out
     assert "finished" in status, status
     base, comp = report["baseline"], report["compressed"]
@@ -42,8 +61,48 @@ def test_preset_runs_on_demo_model(lab):
     assert report["samples"][0]["prompt"] in samples
     assert all(p and p.get("type") == "plotly" for p in plots), plots
     assert "projection" in hw and "Weight memory" in cards
-    runs = manager.list_runs()
-    assert runs[0]["status"] == "succeeded"
+    assert manager.get_run(run_id)["status"] == "succeeded"
+    # Each stage's share of the change, under the cards: the baseline row, then both stages.
+    assert 'id="lab-attribution"' in cards and len(report["attribution"]) == 2
+    assert "<td>baseline</td>" in cards and "0: rtn" in cards and "1: kivi" in cards
+    # The default residual window holds every arithmetic problem: the page says so and names the fix.
+    assert "lab-kv-note" in cards and "residual: 0" in cards
+    # Memory is divided by 2**20, so it is labelled MiB, in the plot and in the history table.
+    memory = json.loads(plots[0]["plot"])["layout"]
+    assert memory["title"]["text"] == "Memory (MiB)"
+    assert {memory[k]["title"]["text"] for k in ("yaxis", "yaxis2")} == {"MiB"}
+    table = client.predict([], "KL to baseline (lower better)", "Weight memory", api_name="/history")[0]
+    assert "weights MiB" in table["headers"] and run_id in [row[0] for row in table["data"]]
+
+
+def test_prompt_box_answers_with_both_models(lab, finished):
+    client, _, ask_manager = lab
+    run_id, _ = finished
+    client.predict(run_id, False, api_name="/show_run")  # picks the run for this session's prompt box
+    baseline, compressed = client.predict("27+58=", api_name="/ask")
+    assert isinstance(baseline, str) and baseline.strip() and isinstance(compressed, str) and compressed.strip()
+    # Both answers came from the prompt-box worker, with the demo model and the run's saved compressed model.
+    job = ask_manager.list_runs(limit=1)[0]
+    assert job["status"] == "succeeded" and job["model_spec"] == "demo"
+    assert job["report"]["source"] == "artifact"
+    assert (job["report"]["baseline"], job["report"]["compressed"]) == (baseline, compressed)
+
+    with pytest.raises(gradio_client.exceptions.AppError, match="prompt is empty") as empty:
+        client.predict("  ", api_name="/ask")
+    assert "Traceback" not in str(empty.value)
+    fresh = gradio_client.Client(client.src, verbose=False, download_files=False)  # a new session: no run yet
+    with pytest.raises(gradio_client.exceptions.AppError, match="Run a comparison first"):
+        fresh.predict("27+58=", api_name="/ask")
+
+
+def test_api_shows_only_the_public_endpoints(lab):
+    client = lab[0]
+    api = client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) == PUBLIC_ENDPOINTS, sorted(api["named_endpoints"])
+    assert not api["unnamed_endpoints"]
+    assert "Recipe is valid" in client.predict("int8", api_name="/check_recipe")
+    with pytest.raises(ValueError):  # a UI-only listener is refused to a client, not just undocumented
+        client.predict("demo", api_name="/on_model")
 
 
 @pytest.mark.parametrize("recipe, expected", [
@@ -52,7 +111,7 @@ def test_preset_runs_on_demo_model(lab):
     ("no-such-preset", "preset name"),
 ])
 def test_bad_recipe_is_a_readable_message(lab, recipe, expected):
-    client, _ = lab
+    client = lab[0]
     out = client.predict("demo", recipe, "this-machine", False, *SMALL_EVAL, api_name="/run")
     status = out[1]
     assert "Cannot start" in status and expected in status, status
@@ -60,9 +119,9 @@ def test_bad_recipe_is_a_readable_message(lab, recipe, expected):
 
 
 def test_bad_model_fails_the_job_not_the_app(lab):
-    client, _ = lab
+    client = lab[0]
     out = client.predict("./no/such/folder", "int8", "this-machine", False, *SMALL_EVAL, api_name="/run")
     status = out[1]
     assert "failed" in status and "Traceback" not in status, status
     # The app still answers.
-    assert "offline" in client.predict("demo", api_name="/on_model")
+    assert "Recipe is valid" in client.predict("int8", api_name="/check_recipe")
