@@ -166,11 +166,13 @@ def cmd_run(args) -> int:
 def cmd_presets(_args) -> int:
     from .presets import get_preset, list_presets
 
-    for name in list_presets():
+    shown = ("bits", "group_size", "sparsity", "pattern", "steps", "heads_fraction", "mlp_fraction")
+    for name, about in list_presets().items():
         stages = get_preset(name).to_dict()["stages"]
-        desc = " + ".join(", ".join([s["method"]] + [f"{k}={s[k]}" for k in ("bits", "group_size") if k in s])
+        desc = " + ".join(", ".join([s["method"]] + [f"{k}={s[k]}" for k in shown if k in s
+                                                     and not (k == "pattern" and s[k] == "unstructured")])
                           for s in stages)
-        print(f"{name:<24} {desc}")
+        print(f"{name:<26} {desc}\n{'':<26} {about}")
     return EXIT_OK
 
 

@@ -26,6 +26,18 @@ PRESETS: dict[str, tuple[str, list[dict]]] = {
     "nf4": ("bitsandbytes NF4 4-bit weights", [{"method": "bnb-nf4"}]),
     "llm-int8": ("bitsandbytes LLM.int8() with outlier decomposition", [{"method": "llm-int8"}]),
     "fp8": ("FP8 E4M3 weights with per-channel scales", [{"method": "fp8"}]),
+    # Pruning: zeros stored densely save nothing by themselves (the report says so); the stack and the
+    # structured preset are the ones that end smaller. Stacked presets show per-stage attribution.
+    "sparsegpt-50": ("SparseGPT 50% unstructured pruning, zeros stored densely: quality cost only (needs calibration)",
+                     [{"method": "sparsegpt", "sparsity": 0.5}]),
+    "sparsegpt-50-distill-int8": ("Prune -> distil -> quantize: SparseGPT 50%, 60 steps of logit distillation "
+                                  "against the original, then RTN int8 (needs calibration; per-stage table)",
+                                  [{"method": "sparsegpt", "sparsity": 0.5},
+                                   {"method": "distill", "steps": 60, "seq_len": 256},
+                                   {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}]),
+    "structured-25": ("Structured pruning: 25% of KV-head groups and 25% of MLP channels physically removed "
+                      "(smaller and faster; needs calibration)",
+                      [{"method": "structured", "heads_fraction": 0.25, "mlp_fraction": 0.25}]),
 }
 
 

@@ -66,6 +66,7 @@ def test_presets_exist_and_build():
     for name in presets:
         recipe = get_preset(name)
         assert recipe.stages and all(s.method for s in recipe.stages)
+        recipe.check(tiny_llama(kv_heads=2))  # every preset stacks validly on a Llama (nothing is run)
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
