@@ -351,6 +351,8 @@ def stages_of(parsed: object) -> list:
 def with_stage(text: str, stage: dict) -> str:
     """The recipe text with one stage appended (an empty editor starts a new recipe)."""
     parsed = parse_recipe_text(text) if text and text.strip() else {"stages": []}
+    if isinstance(parsed, str):  # a preset name: append to its stages
+        parsed = yaml.safe_load(recipe_yaml(parsed))
     if isinstance(parsed, list) or "stages" not in parsed:
         parsed = {"stages": parsed if isinstance(parsed, list) else [parsed]}
     parsed = dict(parsed)

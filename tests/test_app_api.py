@@ -125,3 +125,12 @@ def test_bad_model_fails_the_job_not_the_app(lab):
     assert "failed" in status and "Traceback" not in status, status
     # The app still answers.
     assert "Recipe is valid" in client.predict("int8", api_name="/check_recipe")
+
+
+def test_adding_a_stage_to_a_preset_name_extends_the_preset():
+    import yaml
+
+    import app
+
+    stages = yaml.safe_load(app.with_stage("int8", {"method": "kivi", "bits": 2}))["stages"]
+    assert [s["method"] for s in stages] == ["rtn", "kivi"] and stages[0]["bits"] == 8
