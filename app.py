@@ -95,6 +95,11 @@ HOW_TO_READ = """
 - The **hardware panel is a projection** from a roofline model of the chosen profile (memory
   bandwidth and peak compute), not a measurement, unless the profile is *this machine*.
 - Deltas are compressed minus baseline; green means better, red worse.
+- A recipe of several stages (e.g. prune -> distil -> quantize) also gets a **per-stage table**: the
+  quality after each stage and the change that stage caused, on the same tokens and problems.
+- **Pruning** zeros stored densely save no memory or time by themselves (the report says so per
+  module); compact 2:4 storage saves bytes, structured pruning saves bytes and time. Watch the
+  arithmetic card: pruning can cost it far more than perplexity suggests.
 """
 
 
