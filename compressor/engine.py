@@ -22,7 +22,7 @@ from .progress import EtaClock, Progress, ProgressFn, null_progress
 from .recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
 from .registry import MethodSpec, get_method
 from .report import CompressionReport, LayerReport, StageReport, module_row, weight_bytes
-from .sequential import run_sequential
+from .sequential import find_decoder_layers, run_sequential
 
 # A module whose SQNR falls below this gets a warning in the report.
 LOW_SQNR_DB = 10.0
@@ -84,6 +84,12 @@ class StageContext:
                 setattr(row, key, value)
             elif key != "sqnr_basis":
                 row.extra[key] = value
+
+    def warn(self, message: str) -> None:
+        """A report warning for something the stage did not do as asked (shown with the run)."""
+        text = f"stage {self.index} ({self.spec.name}): {message}"
+        if text not in self._report.warnings:
+            self._report.warnings.append(text)
 
     def progress(self, done: float, total: float, message: str = "") -> None:
         self._emit(self.index, done / total if total else 1.0, message, done, total)
@@ -155,6 +161,23 @@ def _check_shapes_now(model: nn.Module, cfg: StageConfig, spec: MethodSpec, inde
         except RecipeError as e:
             raise RecipeError(e.field, e.value, f"{e.hint} (after the earlier stages changed its shape)",
                               f"stage {index} ({cfg.method})") from None
+
+
+def _check_inside_decoder(model: nn.Module, cfg: StageConfig, ctx: StageContext, index: int) -> None:
+    """Calibrated stages run layer by layer inside the decoder layers and cannot reach other modules:
+    a RecipeError when every target is outside them, a report warning naming the skipped ones otherwise."""
+    prefix, _ = find_decoder_layers(model)
+    targets = list(cfg.resolve(model))
+    outside = [n for n in targets if not n.startswith(f"{prefix}.")]
+    if not outside:
+        return
+    fix = ("calibrated methods work layer by layer inside the decoder layers; quantize it in its own stage with "
+           "a calibration-free method (rtn, hqq), or leave it out with ignore")
+    if len(outside) == len(targets):
+        raise RecipeError("targets", cfg.targets, f"selects only modules outside the decoder layers "
+                          f"({', '.join(outside[:3])}): {fix}", f"stage {index} ({cfg.method})")
+    ctx.warn(f"{len(outside)} targeted module(s) outside the decoder layers were left as they are "
+             f"({', '.join(outside[:3])}): {fix}")
 
 
 def _check_targets_left(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int,
@@ -240,6 +263,7 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             _check_shapes_now(model, cfg, spec, i)
             with torch.no_grad():
                 if spec.needs_calibration:
+                    _check_inside_decoder(model, cfg, ctx, i)
                     stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)
                 else:
                     spec.apply(model, cfg, ctx)

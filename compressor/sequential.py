@@ -208,6 +208,10 @@ class LayerContext:
         """Per-module report entries: sqnr_db, bits, group_size, seconds, sparsity, anything else."""
         self._stage.record(name, **metrics)
 
+    def warn(self, message: str) -> None:
+        """A report warning (see StageContext.warn)."""
+        self._stage.warn(message)
+
     def progress(self, fraction: float, message: str = "") -> None:
         """Progress within this layer, 0..1."""
         self._stage.progress(self.index + min(max(fraction, 0.0), 1.0), self.n_layers, message)

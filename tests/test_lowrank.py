@@ -98,3 +98,14 @@ def test_stage_leaves_layer_dense_when_factoring_is_larger():
     assert not any(isinstance(m, LowRankLinear) for m in model.modules())
     assert all(r.extra.get("kept_dense") for r in report.layers)
     assert report.weight_bytes_after == report.weight_bytes_before
+
+
+def test_svd_llm_scaling_can_be_overridden_per_module():
+    from compressor import compress
+    from tests.helpers import random_tokens, tiny_llama
+
+    stage = {"method": "svd_llm", "rank": 32, "targets": r"mlp\.", "overrides": [{"pattern": "down_proj",
+                                                                                   "scaling": "asvd"}]}
+    _, report = compress(tiny_llama(), [stage], calibration=random_tokens(4, 32))
+    used = {r.name.rsplit(".", 1)[-1]: r.extra["scaling"] for r in report.layers}
+    assert used == {"gate_proj": "whiten", "up_proj": "whiten", "down_proj": "asvd"}

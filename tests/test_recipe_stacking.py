@@ -184,3 +184,36 @@ def test_distill_after_quantization_of_other_modules_is_refused_before_any_work(
 def test_a_group_size_that_no_longer_divides_after_a_shape_change_names_the_module(recipe, where):
     with pytest.raises(RecipeError, match=rf"stage 1 \(rtn\).*{where}.*after the earlier stages changed its shape"):
         compress(tiny_llama(), recipe, calibration=random_tokens(4, 32))
+
+
+def test_a_calibrated_stage_cannot_reach_modules_outside_the_decoder_layers():
+    calib = random_tokens(4, 32)
+    with pytest.raises(RecipeError, match=r"stage 0 \(gptq\).*only modules outside the decoder layers.*lm_head"):
+        compress(tiny_llama(), [{"method": "gptq", "targets": "lm_head", "ignore": []}], calibration=calib)
+    model, report = compress(tiny_llama(), [{"method": "wanda", "sparsity": 0.5, "ignore": [r"embed"]}],
+                             calibration=calib)
+    assert any("outside the decoder layers were left as they are (lm_head)" in w for w in report.warnings)
+    assert float((model.lm_head.weight == 0).float().mean()) == 0.0  # untouched, and the report says so
+
+
+def test_structured_pruning_refuses_projections_an_earlier_stage_replaced():
+    recipe = [{"method": "svd", "rank": 16, "targets": r"q_proj"}, {"method": "structured", "heads_fraction": 0.5}]
+    with pytest.raises(RecipeError, match=r"q_proj is a LowRankLinear: structured pruning slices plain nn.Linear"):
+        compress(tiny_llama(kv_heads=2), recipe, calibration=random_tokens(4, 32))
+
+
+def test_structured_rounding_that_misses_the_fraction_is_reported():
+    _, report = compress(tiny_llama(heads=4, kv_heads=2), [{"method": "structured", "heads_fraction": 0.25,
+                                                              "mlp_fraction": 0.0}], calibration=random_tokens(4, 32))
+    assert any("heads_fraction 0.25 removed 0 of 2 KV groups (0%)" in w for w in report.warnings)
+
+
+def test_structured_pruning_names_fused_projections_instead_of_crashing():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(Phi3Config(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       pad_token_id=0, bos_token_id=0, eos_token_id=0)).eval()
+    with pytest.raises(RecipeError, match=r"fuses its projections \(qkv_proj\).*use unstructured or N:M"):
+        compress(model, [{"method": "structured", "heads_fraction": 0.5}], calibration=random_tokens(4, 32))

@@ -102,7 +102,8 @@ def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, cfg: D
     """
     if tokens.dim() != 2 or tokens.shape[1] < 2:
         raise RecipeError("calibration", tuple(tokens.shape), "distillation needs token windows [n, L>=2]", "distill")
-    tokens = tokens[:, :cfg.seq_len]
+    device = next(student.parameters()).device
+    tokens = tokens[:, :cfg.seq_len].to(device)  # calibration tokens come on the CPU; the model may not be
     linears = trainable_linears(student, cfg)
     if not linears:
         raise RecipeError("targets", cfg.targets, "matches no float nn.Linear left to train (quantized layers "
@@ -131,7 +132,7 @@ def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, cfg: D
         student.train()  # Llama has no dropout; train() only matters for models that do
         g = torch.Generator().manual_seed(0)
         for step in range(cfg.steps):
-            idx = torch.randint(0, tokens.shape[0], (min(cfg.batch_size, tokens.shape[0]),), generator=g)
+            idx = torch.randint(0, tokens.shape[0], (min(cfg.batch_size, tokens.shape[0]),), generator=g).to(device)
             ids = tokens[idx]  # (B, L)
             with torch.no_grad():
                 t_out = teacher(ids, output_hidden_states=use_hidden)

@@ -250,19 +250,20 @@ def apply(model, cfg: SVDConfig, ctx) -> None:
 @register("svd_llm", ActivationSVDConfig, needs_calibration=True, kind="lowrank")
 def apply_activation_aware(layer_ctx, cfg: ActivationSVDConfig) -> None:
     targets = layer_ctx.targets()
-    if cfg.scaling == "whiten":
-        Hs = layer_ctx.hessians(list(targets))
-    else:
-        acts = layer_ctx.input_activations(list(targets))
+    configs = {name: layer_ctx.override_for(name) for name in targets}  # overrides may set `scaling` per module
+    whiten = [n for n, c in configs.items() if c.scaling == "whiten"]
+    scaled = [n for n, c in configs.items() if c.scaling != "whiten"]
+    Hs = layer_ctx.hessians(whiten) if whiten else {}
+    acts = layer_ctx.input_activations(scaled) if scaled else {}
     for name, linear in targets.items():
-        c = layer_ctx.override_for(name)
+        c = configs[name]
         t0 = time.perf_counter()
         W = linear.weight.detach().float()
-        if cfg.scaling == "whiten":
+        if c.scaling == "whiten":
             up, down, S = whitened_svd(W, Hs[name], **c.rank_args())
             sq = output_sqnr_db(W, up @ down, Hs[name])
         else:
             X = acts[name]  # (n_tokens, K)
             up, down, S = asvd(W, X.abs().mean(dim=0), **c.rank_args(), alpha=c.alpha)
             sq = sqnr_db(X @ W.T, X @ (up @ down).T)
-        _commit(layer_ctx, name, linear, up, down, S, c, t0, output_sqnr_db=sq, scaling=cfg.scaling)
+        _commit(layer_ctx, name, linear, up, down, S, c, t0, output_sqnr_db=sq, scaling=c.scaling)

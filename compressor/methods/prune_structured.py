@@ -20,6 +20,7 @@ in the empty skeleton that `compressor.serialize.load_compressed` builds from co
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -103,9 +104,10 @@ def kv_group_slices(attn: nn.Module, keep: torch.Tensor) -> dict[str, nn.Linear]
     """Smaller q/k/v/o_proj of a Llama-style attention module keeping only the KV groups `keep`."""
     hd = attn.head_dim
     n_rep = attn.num_key_value_groups
-    kv_rows = (keep.reshape(-1, 1) * hd + torch.arange(hd)).flatten()  # (n_keep * hd,)
-    q_heads = (keep.reshape(-1, 1) * n_rep + torch.arange(n_rep)).flatten()  # (n_keep * n_rep,)
-    q_rows = (q_heads.reshape(-1, 1) * hd + torch.arange(hd)).flatten()  # (n_keep * n_rep * hd,)
+    dev = keep.device
+    kv_rows = (keep.reshape(-1, 1) * hd + torch.arange(hd, device=dev)).flatten()  # (n_keep * hd,)
+    q_heads = (keep.reshape(-1, 1) * n_rep + torch.arange(n_rep, device=dev)).flatten()  # (n_keep * n_rep,)
+    q_rows = (q_heads.reshape(-1, 1) * hd + torch.arange(hd, device=dev)).flatten()  # (n_keep * n_rep * hd,)
     return {"q_proj": _sliced(attn.q_proj, rows=q_rows), "k_proj": _sliced(attn.k_proj, rows=kv_rows),
             "v_proj": _sliced(attn.v_proj, rows=kv_rows), "o_proj": _sliced(attn.o_proj, cols=q_rows)}
 
@@ -132,11 +134,20 @@ def prune_mlp_channels(mlp: nn.Module, keep: torch.Tensor) -> None:
 
 
 def n_to_keep(total: int, prune_fraction: float, multiple: int = 1) -> int:
-    """Units left after removing `prune_fraction` of `total`, rounded to a multiple, at least one unit."""
+    """Units left after removing `prune_fraction` of `total`, rounded half up to a multiple, at least one unit.
+
+    When `multiple` is too coarse for `total` (rounding would keep everything or nothing) the count is
+    rounded to single units instead; callers compare the result with what was asked and say so.
+    """
     if not 0.0 <= prune_fraction < 1.0:
         raise ValueError(f"prune fraction {prune_fraction} must be in [0, 1)")
-    keep = round(total * (1.0 - prune_fraction) / multiple) * multiple
-    return max(min(keep, total), multiple if multiple <= total else total)
+    if multiple < 1:
+        raise ValueError(f"multiple {multiple} must be >= 1")
+    wanted = total * (1.0 - prune_fraction)
+    keep = math.floor(wanted / multiple + 0.5) * multiple
+    if prune_fraction > 0 and (keep >= total or keep == 0):
+        keep = math.floor(wanted + 0.5)
+    return max(1, min(keep, total))
 
 
 def _layout(config, n_layers: int) -> dict[str, list[int]]:
@@ -199,6 +210,42 @@ def resize_to_layout(layers: nn.ModuleList, layout: dict) -> None:
                 mlp.intermediate_size = n_ch
 
 
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+
+
+def _check_layout(layer_ctx, module: nn.Module | None, children: tuple[str, ...], where: str,
+                  fused: tuple[str, ...]) -> None:
+    """RecipeError unless `module` has every projection in `children` as a plain nn.Linear.
+
+    Structured pruning slices all of them together; a fused projection (Phi-3's qkv_proj /
+    gate_up_proj) or one an earlier stage replaced (low-rank, quantized) cannot be sliced.
+    """
+    if module is None:
+        return
+    stage = f"stage structured, layer {layer_ctx.index}"
+    have_fused = [f for f in fused if hasattr(module, f)]
+    if have_fused:
+        raise RecipeError("method", "structured", f"{where} fuses its projections ({have_fused[0]}): structured "
+                          f"pruning needs separate {', '.join(children)} (the Llama / Mistral / Qwen2 layout); use "
+                          "unstructured or N:M pruning for this model", stage)
+    for child in children:
+        lin = getattr(module, child, None)
+        if type(lin) is not nn.Linear:
+            found = "missing" if lin is None else f"a {type(lin).__name__}"
+            raise RecipeError("method", "structured", f"{layer_ctx.prefix}.{where}.{child} is {found}: structured "
+                              "pruning slices plain nn.Linear projections; put the structured stage before "
+                              "stages that replace them (low-rank, quantization)", stage)
+
+
+def _say_if_off(layer_ctx, field: str, fraction: float, before: int, kept: int, unit: str) -> None:
+    """A report warning when rounding made the removed share differ from the asked one by over 10 points."""
+    removed = (before - kept) / before
+    if abs(removed - fraction) > 0.10:
+        layer_ctx.warn(f"layer {layer_ctx.index}: {field} {fraction} removed {before - kept} of {before} {unit} "
+                       f"({removed:.0%}): whole units cannot match the fraction at this size")
+
+
 @register("structured", StructuredConfig, needs_calibration=True, kind="prune")
 def apply(layer_ctx, cfg: StructuredConfig) -> None:
     layer, p = layer_ctx.layer, layer_ctx.prefix
@@ -213,6 +260,8 @@ def apply(layer_ctx, cfg: StructuredConfig) -> None:
     names = [n for n, c in ((o_name, c_attn), (down_name, c_mlp)) if c is not None]
     if not names:
         return
+    _check_layout(layer_ctx, attn if c_attn is not None else None, ATTN_PROJ, "self_attn", ("qkv_proj",))
+    _check_layout(layer_ctx, mlp if c_mlp is not None else None, MLP_PROJ, "mlp", ("gate_up_proj",))
     t0 = time.perf_counter()
     # ||X_j||^2 up to a shared factor: diag of the shared Hessian (2/n X^T X).
     x_sq = {n: torch.diag(H) for n, H in layer_ctx.hessians(names).items()}
@@ -223,6 +272,7 @@ def apply(layer_ctx, cfg: StructuredConfig) -> None:
         n_kv = attn.k_proj.out_features // attn.head_dim
         scores = kv_group_scores(attn.o_proj.weight, x_sq[o_name], n_kv, attn.head_dim)
         keep = channels_to_keep(scores, n_to_keep(n_kv, c_attn.heads_fraction))
+        _say_if_off(layer_ctx, "heads_fraction", c_attn.heads_fraction, n_kv, int(keep.numel()), "KV groups")
         for child, lin in kv_group_slices(attn, keep).items():
             layer_ctx.replace(f"{p}.self_attn.{child}", lin)
         n_heads = int(keep.numel()) * attn.num_key_value_groups
@@ -237,6 +287,7 @@ def apply(layer_ctx, cfg: StructuredConfig) -> None:
         n_ch = mlp.down_proj.in_features
         scores = column_importance(mlp.down_proj.weight, x_sq[down_name])
         keep = channels_to_keep(scores, n_to_keep(n_ch, c_mlp.mlp_fraction, c_mlp.channel_multiple))
+        _say_if_off(layer_ctx, "mlp_fraction", c_mlp.mlp_fraction, n_ch, int(keep.numel()), "MLP channels")
         for child, lin in mlp_channel_slices(mlp, keep).items():
             layer_ctx.replace(f"{p}.mlp.{child}", lin)
         if hasattr(mlp, "intermediate_size"):
