@@ -173,6 +173,7 @@ class LayerContext:
                 seen.clear()
                 outs.append(_run_layer(self.layer, h, a, k))
         self._keep_reference(outs)
+        self._check_reached([n for n in names if n not in acc and n not in alias])
         return {n: (acc[alias[n]].H.clone() if n in alias else acc[n].H) for n in names}
 
     @torch.no_grad()
@@ -191,7 +192,18 @@ class LayerContext:
         with hooks(mods, keep):
             outs = [_run_layer(self.layer, h, a, k) for h, a, k in self._inputs]
         self._keep_reference(outs)
+        self._check_reached([n for n, c in chunks.items() if not c])
         return {n: torch.cat(c) for n, c in chunks.items()}
+
+    def _check_reached(self, unreached: list[str]) -> None:
+        """A calibrated method needs inputs for every module it acts on; a module the calibration
+        tokens never reach (an MoE expert no token was routed to) cannot be calibrated."""
+        if unreached:
+            from .errors import RecipeError
+
+            raise RecipeError("calibration", f"{self.n_tokens} tokens", f"{len(unreached)} targeted module(s) received "
+                              f"no calibration input ({', '.join(unreached[:3])}): use more calibration samples, "
+                              "or leave those modules out with ignore / a calibration-free method", self.prefix)
 
     def _keep_reference(self, outs: list[torch.Tensor]) -> None:
         if not self._modified and self.reference_outputs is None:

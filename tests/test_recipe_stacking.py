@@ -217,3 +217,12 @@ def test_structured_pruning_names_fused_projections_instead_of_crashing():
                                        pad_token_id=0, bos_token_id=0, eos_token_id=0)).eval()
     with pytest.raises(RecipeError, match=r"fuses its projections \(qkv_proj\).*use unstructured or N:M"):
         compress(model, [{"method": "structured", "heads_fraction": 0.5}], calibration=random_tokens(4, 32))
+
+
+def test_a_module_the_calibration_never_reaches_is_a_clear_error():
+    from torch import nn as tnn
+
+    model = tiny_llama()
+    model.model.layers[0].mlp.unused_expert = tnn.Linear(128, 128)  # never called in forward, like a cold MoE expert
+    with pytest.raises(RecipeError, match=r"received no calibration input \(model\.layers\.0\.mlp\.unused_expert\)"):
+        compress(model, [{"method": "gptq", "bits": 4, "group_size": 32}], calibration=random_tokens(4, 32))
