@@ -458,13 +458,39 @@ ALIASES = {"samples": "arithmetic_samples", "context": "context", "max_new_token
 
 
 def settings_from_payload(payload: dict) -> ev.EvalSettings:
-    d = dict(payload.get("eval") or {})
+    evald = payload.get("eval")
+    if evald is not None and not isinstance(evald, dict):
+        raise LabError(f"payload 'eval'={evald!r} must be a mapping of eval settings, e.g. {{\"ppl_tokens\": 512}}.")
+    d = dict(evald or {})
     for short, name in ALIASES.items():
         if payload.get(short) is not None:
             d[name] = payload[short]
-    if "context" in d and "stride" not in d:
-        d["stride"] = max(8, d["context"] // 2)
+    if isinstance(d.get("context"), int) and not isinstance(d["context"], bool) and "stride" not in d:
+        d["stride"] = max(8, d["context"] // 2)  # a non-integer context is refused by EvalSettings below
     return ev.EvalSettings.from_dict(d)
+
+
+def _payload_flag(payload: dict, key: str) -> bool:
+    """A JSON boolean only: bool("false") is True, and these flags unlock remote code and pickles."""
+    value = payload.get(key, False)
+    if not isinstance(value, bool):
+        raise LabError(f"payload {key!r}={value!r} must be true or false (a JSON boolean, not a string or number).")
+    return value
+
+
+def _payload_int(payload: dict, key: str, default: int) -> int:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LabError(f"payload {key!r}={value!r} must be a positive integer, e.g. {default}.")
+    return value
+
+
+def _payload_str(payload: dict, key: str, default: str | None = None) -> str:
+    value = payload.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        example = f", e.g. {default!r}" if default else ""
+        raise LabError(f"payload {key!r}={value!r} must be a non-empty string{example}.")
+    return value.strip()
 
 
 def run_job(payload: dict, ctx) -> dict:
@@ -476,13 +502,17 @@ def run_job(payload: dict, ctx) -> dict:
         raise LabError(f"unknown payload key(s) {unknown}: known are {sorted(PAYLOAD_KEYS)}.")
     if not payload.get("model") or payload.get("recipe") in (None, ""):
         raise LabError("payload needs 'model' (e.g. 'demo') and 'recipe' (a preset name, YAML or a dict).")
+    if not isinstance(payload["recipe"], str | dict | list):
+        raise LabError(f"payload 'recipe'={payload['recipe']!r} must be a preset name, YAML/JSON text, a mapping "
+                       "or a list of stages.")
     report = run_experiment(
-        payload["model"], payload["recipe"], payload.get("hardware") or hw.THIS_MACHINE,
+        _payload_str(payload, "model"), payload["recipe"], _payload_str(payload, "hardware", hw.THIS_MACHINE)
+        if payload.get("hardware") is not None else hw.THIS_MACHINE,
         settings_from_payload(payload), cache=ctx.cache, progress=ctx.progress, log=ctx.log,
-        device=payload.get("device", "cpu"), allow_pickle=bool(payload.get("allow_pickle", False)),
-        trust_remote_code=bool(payload.get("trust_remote_code", False)),
-        projection_context=int(payload.get("projection_context", PROJECTION_CONTEXT)),
-        projection_batch=int(payload.get("projection_batch", 1)),
+        device=_payload_str(payload, "device", "cpu"), allow_pickle=_payload_flag(payload, "allow_pickle"),
+        trust_remote_code=_payload_flag(payload, "trust_remote_code"),
+        projection_context=_payload_int(payload, "projection_context", PROJECTION_CONTEXT),
+        projection_batch=_payload_int(payload, "projection_batch", 1),
         save_dir=getattr(ctx, "artifact_dir", None),
     )
     out = report.to_dict()

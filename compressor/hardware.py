@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,12 +73,16 @@ def load_profile_file(path: Path) -> HardwareProfile:
     return HardwareProfile(**{k: v for k, v in data.items() if k in known})
 
 
+_PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
 def get_profile(profile_id: str) -> HardwareProfile:
     """A bundled profile by id, or "this-machine" (probed, see `this_machine`)."""
     if profile_id == THIS_MACHINE:
         return this_machine()
-    path = HARDWARE_DIR / f"{profile_id}.json"
-    if not path.is_file():
+    path = HARDWARE_DIR / f"{profile_id}.json" if isinstance(profile_id, str) and _PROFILE_ID.match(profile_id) \
+        else None  # ids are file stems: no paths, so '../x' cannot name another JSON file
+    if path is None or not path.is_file():
         ids = ", ".join([THIS_MACHINE] + [p.stem for p in sorted(HARDWARE_DIR.glob("*.json"))])
         raise LabError(f"hardware={profile_id!r} is not a known profile: use one of {ids}.")
     return load_profile_file(path)

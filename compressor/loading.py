@@ -61,7 +61,9 @@ def allowed_roots() -> list[Path]:
 
 
 def _looks_local(spec: str) -> bool:
-    return spec.startswith(("/", "./", "../", "~")) or (os.path.sep in spec and os.path.exists(spec))
+    # An existing folder counts as local even when its name could be a hub id ("mymodel", "org/name"):
+    # transformers would load it in preference to the hub, so it must pass the allowed-folders check.
+    return spec.startswith(("/", "./", "../", "~")) or os.path.exists(spec)
 
 
 def _check_allowed(path: Path, roots: list[Path]) -> None:
@@ -180,6 +182,24 @@ def check_fits(info: ModelInfo, available: int | None = None) -> None:
         )
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch.device for `device`, or ModelLoadError naming what this machine has (before any loading)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device={device!r} is not a device: use 'cpu' or 'cuda' (or 'cuda:N').") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelLoadError(f"device={device!r}: this machine has no CUDA GPU (or this torch build has no "
+                                 "CUDA): use 'cpu'.")
+        if dev.index is not None and dev.index >= n:
+            raise ModelLoadError(f"device={device!r}: this machine has {n} CUDA GPU(s): use cuda:0..cuda:{n - 1}.")
+    elif dev.type != "cpu":
+        raise ModelLoadError(f"device={device!r} is not supported: use 'cpu' or 'cuda'.")
+    return dev
+
+
 def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                roots: list[Path] | None = None):
@@ -189,6 +209,9 @@ def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load clutters the CLI and worker logs
+    check_device(device)
+    if not isinstance(spec, str):
+        raise ModelLoadError(f"model={spec!r} must be a string: 'demo', a local folder or a hub id like 'org/name'.")
     info = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                    roots=roots)
     check_fits(info)

@@ -119,3 +119,27 @@ def test_demo_arithmetic_above_recorded_floor(demo):
     problems = [p for p in load_arithmetic(kinds=("add2",)) if p["style"] == "plain"][:200]
     result = evaluate_arithmetic(model, tok, problems)
     assert result["accuracy"] >= 0.70, result["examples"]
+
+
+def test_a_bare_folder_name_in_the_working_directory_is_a_local_folder(tmp_path, monkeypatch):
+    """'mymodel' looks like a hub id, but transformers would load ./mymodel: it must pass the folder check."""
+    _save_tiny(tmp_path / "mymodel")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("compressor.loading.hub_reachable", lambda: True)  # the online case
+    with pytest.raises(ModelLoadError, match="outside the allowed folders"):
+        resolve("mymodel", roots=[tmp_path / "elsewhere"])
+    assert resolve("mymodel", roots=[tmp_path]).source == "local"
+
+
+@pytest.mark.parametrize("device, match", [("cuda", "no CUDA GPU|CUDA GPU"), ("banana", "not a device"),
+                                           ("meta", "not supported"), (None, "not a device")])
+def test_a_device_this_machine_cannot_use_is_refused_before_loading(device, match):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match=match):
+        load_model("demo", device=device)
+
+
+def test_a_non_string_model_spec_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match="must be a string"):
+        load_model(42)
