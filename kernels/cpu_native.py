@@ -3,7 +3,8 @@
     cpu-int4pack  aten._weight_int4pack_mm_for_cpu(x_bf16, w_native [N, K/2], G', scale_and_zero [K/G', N, 2])
                   computes w = (q - 8) * scale + zero, so zero = (8 - zeros) * scales for our (q - zeros) * scales.
                   G' must be 32/64/128/256: a larger group (per channel included) is repeated into G' = 256 ... 32.
-    cpu-int8pack  aten._weight_int8pack_mm(x_bf16, w_int8 [N, K], scale [N]), per channel only (G = K).
+    cpu-int8pack  aten._weight_int8pack_mm(x_bf16, w_int8 [N, K], scale [N]), per channel only (G = K),
+                  K a multiple of 16.
                   q - zeros = (q - 128) + (128 - zeros), so an asymmetric zero folds into a rank-1 term:
                   y += rowsum(x) * (128 - zeros) * scales.
 
@@ -40,7 +41,9 @@ def native_kind(bits: int, group_size: int, in_features: int, out_features: int)
     if bits == 4 and _has("_weight_int4pack_mm_for_cpu") and out_features % 32 == 0 and in_features % 2 == 0:
         if any(group_size % g == 0 for g in _INT4_GROUPS):
             return INT4PACK
-    if bits == 8 and group_size == in_features and _has("_weight_int8pack_mm"):
+    # _weight_int8pack_mm reads K in blocks of 16 and segfaults (SIGSEGV, nothing to catch) when
+    # K % 16 != 0 (torch 2.13: K = 8, 24, 40, 100 crash; 16, 48, 64, 96 run): such layers take the reference.
+    if bits == 8 and group_size == in_features and in_features % 16 == 0 and _has("_weight_int8pack_mm"):
         return INT8PACK
     return None
 
@@ -99,19 +102,21 @@ def to_int4pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
 def int4pack_mm(x: torch.Tensor, native: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
     """x [..., K] -> y [..., N] in x's dtype, computed with bf16 activations."""
     lead, k = x.shape[:-1], x.shape[-1]
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, k).to(torch.bfloat16), native, nw.group_size,
-                                                   nw.scale)  # (M, N)
+    x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()  # the op needs a contiguous A; a slice may not be
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, native, nw.group_size, nw.scale)  # (M, N)
     return y.to(x.dtype).reshape(*lead, -1)
 
 
-# --- int8pack layout: q - 128 as int8, converted in place (no second copy) -----------------------
+# --- int8pack layout: q - 128 as int8 ----------------------------------------------------------------
 
 def to_int8pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> tuple[torch.Tensor, NativeWeight]:
-    """Canonical 8-bit per-channel uint8 [N, K] -> (int8 [N, K] sharing qweight's memory, NativeWeight).
+    """Canonical 8-bit per-channel uint8 [N, K] -> (int8 [N, K], NativeWeight); `from_int8pack` inverts it.
 
-    qweight is modified in place (q ^ 0x80 == q - 128 as int8); `from_int8pack` undoes it exactly.
+    A new tensor (q ^ 0x80 == q - 128 as int8), never qweight modified in place: a state dict or any
+    other reference taken before the first forward must keep the canonical values. The module drops
+    its canonical copy when it adopts this one, so the extra memory is one layer's, for a moment.
     """
-    w8 = qweight.bitwise_xor_(0x80).view(torch.int8)
+    w8 = (qweight ^ 0x80).view(torch.int8)
     s = scales.float().reshape(-1)  # (N,)
     z = zeros.float().reshape(-1)
     offset = None if bool((z == 128).all()) else (128.0 - z) * s  # (N,)
@@ -119,15 +124,15 @@ def to_int8pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
 
 
 def from_int8pack(w8: torch.Tensor) -> torch.Tensor:
-    """Inverse of `to_int8pack`, in place: int8 [N, K] -> canonical uint8 [N, K]."""
-    return w8.view(torch.uint8).bitwise_xor_(0x80)
+    """Inverse of `to_int8pack` (a new tensor): int8 [N, K] -> canonical uint8 [N, K]."""
+    return w8.view(torch.uint8) ^ 0x80
 
 
 def int8pack_mm(x: torch.Tensor, w8: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
     """x [..., K] -> y [..., N] in x's dtype, computed with bf16 activations plus the fp32 zero correction."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)  # (M, K)
-    y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16), w8, nw.scale).float()  # (M, N)
+    y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), w8, nw.scale).float()  # (M, N)
     if nw.offset is not None:
         y = y + x2.float().sum(dim=-1, keepdim=True) * nw.offset  # rank-1 zero term
     return y.to(x.dtype).reshape(*lead, -1)

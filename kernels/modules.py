@@ -27,7 +27,7 @@ class QuantLinear(nn.Module):
         perm int32 [K] (only with act-order), bias [N] (only with bias).
 
     Runtime layout: on its first CPU forward the module replaces `qweight` by the layout of a native
-    CPU kernel when one supports it (same bytes for int4pack, in place for int8pack), keeping fp16
+    CPU kernel when one supports it (same bytes for int4pack; for int8pack a new tensor replaces the canonical one), keeping fp16
     scales/zeros for the state dict; the native scales are a non-persistent buffer `native_scale`.
     Moving the module (`.to`, `.cuda`, `.half`) or saving/loading converts back to canonical.
     """

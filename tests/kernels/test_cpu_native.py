@@ -64,3 +64,40 @@ def test_unsupported_group_falls_back_to_reference():
     mod = QuantLinear.from_quantized(q, scales, zeros, bits=4, group_size=16)
     mod(torch.randn(1, 128))
     assert mod.kernel_path == "reference"
+
+
+def test_int8_per_channel_with_k_not_a_multiple_of_16_takes_the_reference_path():
+    """_weight_int8pack_mm segfaults when K % 16 != 0 (torch 2.13): such layers must never reach it."""
+    q, scales, zeros, _ = _quantized(32, 40, 8, 40, seed=5)
+    mod = QuantLinear.from_quantized(q, scales, zeros, bits=8, group_size=40)
+    x = torch.randn(2, 40)
+    y = mod(x)
+    assert mod.kernel_path == "reference"
+    ref = qmatmul_ref(x, pack(q, 8), scales, zeros, bits=8, group_size=40, in_features=40)
+    torch.testing.assert_close(y, ref)
+
+
+@needs_int4
+@pytest.mark.parametrize("bits,g", [(4, 128), (8, 256)])
+def test_a_state_dict_taken_before_the_first_forward_keeps_canonical_weights(bits, g):
+    q, scales, zeros, _ = _quantized(64, 256, bits, g, seed=11)
+    mod = QuantLinear.from_quantized(q, scales, zeros, bits=bits, group_size=g)
+    early = mod.state_dict()  # shares storage with the module's buffers
+    mod(torch.randn(1, 256))  # adopts the native layout
+    assert mod.kernel_path in ("cpu-int4pack", "cpu-int8pack")
+    assert torch.equal(early["qweight"], pack(q, bits))
+
+
+@needs_int4
+@pytest.mark.parametrize("bits,g", [(4, 128), (8, 256)])
+@pytest.mark.parametrize("layout", ["column slice", "every other column", "transposed"])
+def test_native_paths_accept_non_contiguous_inputs(bits, g, layout):
+    q, scales, zeros, _ = _quantized(64, 256, bits, g, seed=13)
+    mod = QuantLinear.from_quantized(q, scales, zeros, bits=bits, group_size=g)
+    base = torch.randn(4, 512)
+    x = {"column slice": base[:, :256], "every other column": base[:, ::2],
+         "transposed": torch.randn(256, 4).t()}[layout]
+    assert not x.is_contiguous()
+    y = mod(x)
+    assert mod.kernel_path in ("cpu-int4pack", "cpu-int8pack")
+    torch.testing.assert_close(y, mod(x.contiguous()))
