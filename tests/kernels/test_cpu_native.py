@@ -94,10 +94,12 @@ def test_a_state_dict_taken_before_the_first_forward_keeps_canonical_weights(bit
 def test_native_paths_accept_non_contiguous_inputs(bits, g, layout):
     q, scales, zeros, _ = _quantized(64, 256, bits, g, seed=13)
     mod = QuantLinear.from_quantized(q, scales, zeros, bits=bits, group_size=g)
-    base = torch.randn(4, 512)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 512, generator=gen)
     x = {"column slice": base[:, :256], "every other column": base[:, ::2],
-         "transposed": torch.randn(256, 4).t()}[layout]
+         "transposed": torch.randn(256, 4, generator=gen).t()}[layout]
     assert not x.is_contiguous()
     y = mod(x)
     assert mod.kernel_path in ("cpu-int4pack", "cpu-int8pack")
-    torch.testing.assert_close(y, mod(x.contiguous()))
+    # int8's fp32 zero term sums x in memory order: a strided sum rounds differently in the last bits
+    torch.testing.assert_close(y, mod(x.contiguous()), rtol=1e-4, atol=1e-4)
