@@ -224,3 +224,32 @@ def test_awq_override_skips_a_group_member_exactly():
     assert layer.mlp.down_proj.bits == 4 and layer.mlp.up_proj.bits == 8
     with torch.no_grad():
         assert sqnr_db(ref, model(ids).logits) > 20.0
+
+
+def test_awq_reports_the_sqnr_of_layers_whose_outputs_carry_the_next_groups_scale():
+    """v_proj and up_proj feed o_proj / down_proj, so AWQ divides their rows by that group's scale;
+    their SQNR must be measured against the scaled original (8-bit: every layer near 43 dB)."""
+    from compressor import compress
+    from tests.helpers import random_tokens, tiny_llama
+
+    torch.manual_seed(0)
+    model = tiny_llama(layers=1)
+    with torch.no_grad():  # outlier channels into o_proj / down_proj, so their groups get real scales
+        model.model.layers[0].self_attn.v_proj.weight[:4] *= 20
+        model.model.layers[0].mlp.up_proj.weight[:4] *= 20
+    _, report = compress(model, {"method": "awq", "bits": 8, "group_size": 128, "clip": False},
+                         calibration=random_tokens(4, 64, seed=1))
+    sqnr = {r.name.rsplit(".", 1)[-1]: r.sqnr_db for r in report.layers}
+    assert min(sqnr.values()) > 35, sqnr
+
+
+def test_hqq_keeps_a_constant_group_far_from_zero_finite():
+    """Its min-max step would be tiny and its zero beyond fp16 (stored as inf): the range includes 0 instead."""
+    W = torch.randn(32, 128, generator=torch.Generator().manual_seed(0)) * 0.02
+    W[0, :64] = 4.0
+    q, scales, zeros = hqq_quantize(W, 4, 64)
+    assert torch.isfinite(zeros.half()).all()
+    W_hat = (q.float().reshape(32, 2, 64) - zeros.half().float()[..., None]) * scales.half().float()[..., None]
+    assert torch.allclose(W_hat.reshape(32, 128)[0, :64], torch.full((64,), 4.0), atol=0.3)
+    ordinary, _, _ = hqq_quantize(W[1:], 4, 64)  # other groups are untouched by the fallback
+    assert torch.equal(q[1:], ordinary)

@@ -199,7 +199,9 @@ def apply(layer_ctx, cfg: AWQConfig) -> None:
     local = {n: (n[len(prefix) + 1:] if prefix else n) for n in targets}
     X = layer_ctx.input_activations(list(targets))  # {name: [T, K]}, before any scaling
     W0 = {n: m.weight.detach().float().clone() for n, m in targets.items()}
+    b0 = {n: m.bias.detach().float().clone() for n, m in targets.items() if m.bias is not None}
     s_in = {}  # accumulated input scale of each target (inputs become X / s)
+    s_out = {}  # output scale of a target that is the `prev` of a later group (v_proj, up_proj): rows / s
 
     def fq_for(name: str) -> FakeQuant:
         c = layer_ctx.override_for(full(name))
@@ -215,6 +217,9 @@ def apply(layer_ctx, cfg: AWQConfig) -> None:
         s, alpha, _ = awq_search_scale(X[targeted[0]], [m.weight for m in linears], [fq_for(n) for n in names],
                                        n_grid=cfg.n_grid)
         fold_scale(prev, linears, s)
+        prev_name = next((n for n, m in targets.items() if m is prev), None)
+        if prev_name is not None:
+            s_out[prev_name] = s  # its outputs are now Y / s by design: the SQNR reference must be too
         for n in names:
             s_in[full(n)] = s
         layer_ctx.record(targeted[0], awq_alpha=alpha)
@@ -230,12 +235,15 @@ def apply(layer_ctx, cfg: AWQConfig) -> None:
                                               max_shrink=c.max_shrink))
         q, scales, zeros = quantize(W, c.bits, G, c.symmetric)
         module = pack_linear(q, scales, zeros, bits=c.bits, group_size=G, bias=linear.bias)
-        # Output SQNR on calibration inputs: the original layer vs the packed one on scaled inputs.
+        # Output SQNR on calibration inputs: the original layer (with the output scale a later group
+        # folded into it, which the next layer undoes) vs the packed one on scaled inputs.
         x_s = _subsample(x, SCALE_SEARCH_TOKENS)
         ref = _subsample(X[name].float(), SCALE_SEARCH_TOKENS) @ W0[name].T
         with torch.no_grad():
             out = module(x_s.to(linear.weight.dtype)).float()
-        if linear.bias is not None:
-            ref = ref + linear.bias.float()
+        if name in b0:
+            ref = ref + b0[name]
+        if name in s_out:
+            ref = ref / s_out[name].float()
         layer_ctx.replace(name, module)
         layer_ctx.record(name, sqnr_db=sqnr_db(ref, out), bits=c.bits, group_size=G, awq_scaled=s is not None)

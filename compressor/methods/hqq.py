@@ -28,6 +28,7 @@ HQQ_BETA = 10.0
 HQQ_KAPPA = 1.01
 # Inverse scales above this come from constant groups (max == min); HQQ clamps them the same way.
 MAX_INV_SCALE = 2e4
+ZERO_LIMIT = 1e4  # |zero| beyond this is refitted (fp16 tops out at 65504; iterations move it a little)
 
 
 @dataclass
@@ -91,10 +92,18 @@ def hqq_quantize(W: torch.Tensor, bits: int, group_size: int, *, iters: int = 20
     w_max = W_f.max(dim=1, keepdim=True).values
     # HQQ's convention: W_q = round(W * scale + zero) with scale the *inverse* step size. The step
     # is rounded through fp16 first so q is optimal for the scale actually stored.
-    step = ((w_max - w_min) / max_q).clamp(min=1.0 / MAX_INV_SCALE, max=65504.0)
-    step = step.to(STORE_DTYPE).float()
+    step = ((w_max - w_min) / max_q).clamp(min=1.0 / MAX_INV_SCALE, max=65504.0).to(STORE_DTYPE).float()
+    zero = -w_min * (1.0 / step)
+    # A (near-)constant group far from 0 gets a tiny step and a zero beyond fp16's range (stored as inf).
+    # Such groups take their range widened to include 0, as RTN's always is: the zero then lies in
+    # [0, max_q] and the constant is represented to within half a step.
+    wide = zero.abs() > ZERO_LIMIT
+    if bool(wide.any()):
+        step_w = ((w_max.clamp(min=0.0) - w_min.clamp(max=0.0)) / max_q).clamp(
+            min=1.0 / MAX_INV_SCALE, max=65504.0).to(STORE_DTYPE).float()
+        step = torch.where(wide, step_w, step)
+        zero = torch.where(wide, -w_min.clamp(max=0.0) * (1.0 / step_w), zero)
     scale = 1.0 / step  # (N * K/G, 1)
-    zero = -w_min * scale
     best_zero, best_err = zero.clone(), torch.full_like(zero, float("inf"))
     for _ in range(iters):
         W_q = torch.round(W_f * scale + zero).clamp(0, max_q)
