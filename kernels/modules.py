@@ -19,6 +19,22 @@ from kernels.pack import pack, packed_cols
 from kernels.reference import check_qweight
 
 
+def _keep_stored_dtypes(module: nn.Module, names: tuple[str, ...], fn, apply):
+    """Run nn.Module._apply (`.to`, `.half`, `.cuda`, ...) but keep the named buffers in their format's dtype.
+
+    `model.to(torch.bfloat16)` would otherwise cast every floating buffer: fp16 scales/zeros to bf16 (HQQ's
+    fractional zeros lose most of their bits), fp32 per-channel scales to bf16, FP8 weights to bf16 (no
+    longer FP8 at all). The named buffers sit out the cast and only follow the device `fn` moves to
+    (read off an empty slice); the bias follows the model's dtype as any parameter does.
+    """
+    held = {n: module._buffers.pop(n) for n in names if module._buffers.get(n) is not None}
+    try:
+        return apply()
+    finally:
+        for n, t in held.items():
+            module._buffers[n] = t.to(fn(t[:0]).device)
+
+
 class QuantLinear(nn.Module):
     """Weight-only quantized linear: W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G].
 
@@ -131,7 +147,7 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._to_canonical()
-        return super()._apply(fn, recurse)
+        return _keep_stored_dtypes(self, ("scales", "zeros"), fn, lambda: super(QuantLinear, self)._apply(fn, recurse))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -184,6 +200,10 @@ class _ScaledWeightLinear(nn.Module):
 
     def metadata(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None}
+
+    def _apply(self, fn, recurse=True):
+        return _keep_stored_dtypes(self, ("weight", "weight_scale"), fn,
+                                   lambda: super(_ScaledWeightLinear, self)._apply(fn, recurse))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -103,3 +103,25 @@ def test_native_paths_accept_non_contiguous_inputs(bits, g, layout):
     assert mod.kernel_path in ("cpu-int4pack", "cpu-int8pack")
     # int8's fp32 zero term sums x in memory order: a strided sum rounds differently in the last bits
     torch.testing.assert_close(y, mod(x.contiguous()), rtol=1e-4, atol=1e-4)
+
+
+def test_casting_a_model_keeps_the_packed_formats_dtypes():
+    """model.to(bfloat16) must not cast fp16 scales/zeros, fp32 per-channel scales or FP8 weights."""
+    from kernels.modules import FP8Linear, Int8DynamicLinear
+
+    q, scales, zeros, _ = _quantized(32, 128, 4, 64, seed=7)  # fractional zeros, as HQQ stores them
+    ql = QuantLinear.from_quantized(q, scales, zeros, bits=4, group_size=64, bias=torch.randn(32))
+    w = torch.randn(32, 128)
+    s = w.abs().amax(dim=1) / 127
+    i8 = Int8DynamicLinear.from_quantized(torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8), s)
+    f8 = FP8Linear.from_quantized((w / s[:, None] / 4).clamp(-448, 448).to(torch.float8_e4m3fn), s * 4)
+    x = torch.randn(2, 128)
+    before = [m(x) for m in (ql, i8, f8)]
+    for m in (ql, i8, f8):
+        m.to(torch.bfloat16)
+    assert ql.scales.dtype == ql.zeros.dtype == torch.float16 and torch.equal(ql.zeros, zeros)
+    assert ql.bias.dtype == torch.bfloat16  # the bias follows the model like any parameter
+    assert i8.weight.dtype == torch.int8 and i8.weight_scale.dtype == torch.float32
+    assert f8.weight.dtype == torch.float8_e4m3fn and f8.weight_scale.dtype == torch.float32
+    for m, y in zip((ql, i8, f8), before, strict=True):
+        assert sqnr_db(m(x.bfloat16()).float(), y) > 30  # bf16 activations only
