@@ -3,7 +3,7 @@
 Run:  python -m scripts.demo_model_card [--json assets/models/lab-llama-7m/card_metrics.json]
 
 Measures on this machine: size on disk, load time, held-out perplexity, arithmetic exact match (all
-800 held-out problems, 95% bootstrap intervals), greedy samples, and the sensitivity sweep the card
+800 held-out problems, 95% Wilson intervals), greedy samples, and the sensitivity sweep the card
 promises: RTN at 8/4/3/2 bits, per channel and group 128, on the decoder layers only and with the
 embeddings and lm_head included. The sweep quantizes weights in place (quantize, then dequantize to
 fp32: the same numbers the packed kernels compute with, up to fp16 scale rounding), because the
