@@ -68,21 +68,47 @@ LIVE_FINISHED_KEPT = 200  # finished runs whose in-memory events stay readable
 STARTUP_FAILURES_FATAL = 3  # workers dying before "ready" this many times in a row fail the next run
 
 _PROGRESS_FIELDS = {f.name for f in fields(Progress)}
+# Progress's annotations ("int | None", ...) as (plain type, None allowed), to check each value.
+_PROGRESS_TYPES = {f.name: ({"str": str, "int": int, "float": float}[f.type.split(" |")[0]], "None" in f.type)
+                   for f in fields(Progress)}
+
+
+def _plain_field(name: str, value: object) -> object:
+    """One progress value as the plain Python type its Progress field names. numpy and 0-d torch
+    scalars are unwrapped (`.item()`): the store writes JSON, which knows neither."""
+    kind, optional = _PROGRESS_TYPES[name]
+    if value is None and optional:
+        return None
+    if hasattr(value, "item") and not isinstance(value, str):
+        with contextlib.suppress(ValueError, RuntimeError, TypeError):  # several values: refused below
+            value = value.item()
+    if kind is str:
+        ok = isinstance(value, str)
+    else:  # an int is a fine float; a bool is neither
+        ok = isinstance(value, int | float) if kind is float else isinstance(value, int)
+        ok = ok and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"progress field {name}={value!r} ({type(value).__name__}) must be a {kind.__name__}"
+                         + (" or None" if optional else ""))
+    return float(value) if kind is float else value
 
 
 def progress_dict(event: Progress | dict) -> dict:
-    """A Progress (or a dict of its fields) as a plain dict; names unknown or missing fields."""
+    """A Progress (or a dict of its fields) as a dict of plain Python values (JSON-ready); names
+    unknown or missing fields and values of the wrong type."""
     if isinstance(event, Progress):
-        return event.to_dict()
-    if not isinstance(event, dict):
+        d = event.to_dict()
+    elif not isinstance(event, dict):
         raise TypeError(f"progress event must be a Progress or a dict, got {type(event).__name__}")
-    unknown = set(event) - _PROGRESS_FIELDS
-    if unknown:
-        raise ValueError(f"progress event has unknown fields {sorted(unknown)}; known: {sorted(_PROGRESS_FIELDS)}")
-    try:
-        return Progress(**event).to_dict()
-    except TypeError as e:
-        raise ValueError(f"progress event {event!r} is incomplete: {e} (stage and fraction are required)") from e
+    else:
+        unknown = set(event) - _PROGRESS_FIELDS
+        if unknown:
+            raise ValueError(f"progress event has unknown fields {sorted(unknown)}; known: {sorted(_PROGRESS_FIELDS)}")
+        try:
+            d = Progress(**event).to_dict()
+        except TypeError as e:
+            raise ValueError(f"progress event {event!r} is incomplete: {e} (stage and fraction are required)") from e
+    return {k: _plain_field(k, v) for k, v in d.items()}
 
 
 def dict_json(value: object, what: str) -> str:
@@ -722,18 +748,28 @@ class JobManager:
         self._event(live, {"kind": "log", "message": line, "time": t or time.time()})
 
     def _finish(self, live: _Live, status: str, report: dict | None = None, error: str | None = None) -> None:
-        live.status = status
         artifact = self._settle_artifact(live, status)
-        self.store.update_run(
-            live.run_id,
-            status=status,
-            finished_at=time.time(),
-            report=report,
-            error=error,
-            progress=live.progress,
-            log="\n".join(live.log_lines),
-            artifact_path=artifact,
-        )
+        row = {"status": status, "finished_at": time.time(), "report": report, "error": error,
+               "progress": live.progress, "log": "\n".join(live.log_lines), "artifact_path": artifact}
+        try:
+            self.store.update_run(live.run_id, **row)
+        except Exception as e:  # a value that is not JSON, a full disk: the row must still end
+            log.exception("run %s: storing its end (%s) failed; recording it as failed without its report",
+                          live.run_id, status)
+            if artifact is not None:  # only succeeded runs keep one, and pruning looks at those alone
+                shutil.rmtree(self.artifact_root / live.run_id, ignore_errors=True)
+            status = FAILED
+            error = (f"the run ended ({row['status']}) but its result could not be stored: "
+                     f"{type(e).__name__}: {e}" + (f"; the run's own error: {error}" if error else ""))
+            row.update(status=status, report=None, error=error, progress=None, artifact_path=None)
+            artifact = None
+            try:
+                self.store.update_run(live.run_id, **row)
+            except Exception:
+                log.exception("run %s: the store refused the failure record too; the next start marks it "
+                              "interrupted", live.run_id)
+        # set after the store write, so that in-memory and stored status agree when it falls back
+        live.status = status
         self._event(live, {"kind": "status", "status": status, "error": error})
         self._finished_order.append(live.run_id)
         while len(self._finished_order) > LIVE_FINISHED_KEPT:
