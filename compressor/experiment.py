@@ -261,6 +261,36 @@ def recipe_traits(stages: list[dict]) -> tuple[list[str], float]:
     return sorted(traits), bits
 
 
+def check_positions(model, tokenizer, settings: ev.EvalSettings, n_tokens: int, prompts: list[str]) -> None:
+    """Refuse evaluation lengths beyond the positions the model was trained for, whose numbers would
+    measure extrapolation (RoPE) or fail (learned positions), not the model.
+
+    Checked: the longest perplexity window (min(context, n_tokens) tokens, plus the BOS that
+    window_logprobs prepends when the tokenizer leads with one), the speed test's prompt + new
+    tokens, and the longest sample prompt + max_new_tokens.
+    """
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(max_pos, int) or max_pos < 1:
+        return  # no learned limit to check against
+    where = f"the model's max_position_embeddings={max_pos}"
+    lead = 0 if ev.leading_bos(tokenizer) is None else 1
+    window = min(settings.context, n_tokens) + lead
+    if window > max_pos:
+        bos = " (with the BOS token prepended to each window)" if lead else ""
+        raise LabError(f"eval setting context={settings.context} feeds {window} positions per window{bos}, beyond "
+                       f"{where}: use context <= {max_pos - lead}.")
+    speed = settings.speed_prompt_tokens + settings.speed_new_tokens
+    if speed > max_pos:
+        raise LabError(f"eval settings speed_prompt_tokens={settings.speed_prompt_tokens} + speed_new_tokens="
+                       f"{settings.speed_new_tokens} = {speed} positions, beyond {where}: use speed_prompt_tokens "
+                       f"<= {max_pos - settings.speed_new_tokens}.")
+    longest = max((len(tokenizer(p)["input_ids"]) for p in prompts), default=0)
+    if prompts and longest + settings.max_new_tokens > max_pos:
+        raise LabError(f"eval setting max_new_tokens={settings.max_new_tokens} after a sample prompt of {longest} "
+                       f"tokens reaches {longest + settings.max_new_tokens} positions, beyond {where}: use "
+                       f"max_new_tokens <= {max_pos - longest}.")
+
+
 # --- measuring one model ------------------------------------------------------------------------
 
 
@@ -366,6 +396,7 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
         tokens = ev.eval_tokens(tokenizer, text, settings.ppl_tokens)
     problems = load_arithmetic()[: settings.arithmetic_samples]
     prompts = load_prompts()
+    check_positions(net, tokenizer, settings, tokens.numel(), prompts)
 
     if cache is not None and not fingerprint["identified"]:
         log(f"{model}: no local files or hub revision identify these weights; the baseline is measured again")
