@@ -222,6 +222,25 @@ def _n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weight_bytes_at(model, float_bytes: int) -> int:
+    """Bytes of parameters and persistent buffers with every floating-point tensor counted at
+    `float_bytes` per element: what the model holds once converted to that float width. Integer
+    (packed) tensors and `extra_weight_bytes` keep their real size. Non-persistent buffers are left
+    out: a CPU kernel's runtime layout (QuantLinear.native_scale) and tables rebuilt on load (rotary
+    inv_freq), not what another device would hold. Shared tensors count once."""
+    tensors = list(model.parameters())
+    for module in model.modules():
+        tensors += [b for name, b in module._buffers.items()
+                    if b is not None and name not in module._non_persistent_buffers_set]
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * (float_bytes if torch.is_floating_point(t) else t.element_size())
+    return total + sum(m.extra_weight_bytes() for m in model.modules() if hasattr(m, "extra_weight_bytes"))
+
+
 def _model_facts(model, n_params: int, w_bytes: int, kv_per_token: float, traits: list[str],
                  bits: float) -> hw.ModelFacts:
     cfg = model.config
@@ -397,6 +416,11 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     problems = load_arithmetic()[: settings.arithmetic_samples]
     prompts = load_prompts()
     check_positions(net, tokenizer, settings, tokens.numel(), prompts)
+    # A profile that runs 16-bit floats (a GPU) is projected with the baseline as it would run
+    # there, not as the fp32 copy loaded here; counted now, before compression changes `net`.
+    run_dtype = hw.run_float_dtype(profile) if profile is not None else None
+    float_size = next(net.parameters()).element_size()
+    base_bytes16 = weight_bytes_at(net, 2) if run_dtype else None
 
     if cache is not None and not fingerprint["identified"]:
         log(f"{model}: no local files or hub revision identify these weights; the baseline is measured again")
@@ -447,9 +471,20 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     profile = profile or hw.this_machine()
     stages = [s.to_dict() for s in rec.stages]
     traits, bits = recipe_traits(stages)
-    base_facts = _model_facts(net, n_params, base["weight_bytes"], base["kv_bytes_per_token"], [],
-                              _dtype_bits(net))
-    comp_facts = _model_facts(net, n_params, comp["weight_bytes"], comp["kv_bytes_per_token"], traits, bits)
+    measured_dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
+    if run_dtype:
+        # floats (weights, scales, KV cache) at 16 bits; a compressed KV cache keeps its measured bytes
+        kv16 = 2 / float_size
+        w_bytes = {"baseline": base_bytes16, "compressed": weight_bytes_at(net, 2)}
+        kv = {"baseline": base["kv_bytes_per_token"] * kv16,
+              "compressed": comp["kv_bytes_per_token"] * (1 if getattr(net, "kv_cache_config", None) else kv16)}
+        base_bits, dtype_label = 16.0, f"{run_dtype} (projected)"
+    else:
+        w_bytes = {name: section["weight_bytes"] for name, section in (("baseline", base), ("compressed", comp))}
+        kv = {name: section["kv_bytes_per_token"] for name, section in (("baseline", base), ("compressed", comp))}
+        base_bits, dtype_label = _dtype_bits(net), f"{measured_dtype} (as measured)"
+    base_facts = _model_facts(net, n_params, w_bytes["baseline"], kv["baseline"], [], base_bits)
+    comp_facts = _model_facts(net, n_params, w_bytes["compressed"], kv["compressed"], traits, bits)
     # a model cannot be projected beyond the positions it was trained for
     context = min(projection_context, base_facts.max_context)
     projection = {
@@ -457,10 +492,14 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
         "hardware": profile.to_dict(),
         "context": context, "batch": projection_batch,
         "context_clamped_from": projection_context if context < projection_context else None,
+        "baseline_dtype": dtype_label, "weight_bytes": w_bytes, "kv_bytes_per_token": kv,
         "baseline": hw.project(profile, base_facts, context, projection_batch),
         "compressed": hw.project(profile, comp_facts, context, projection_batch),
     }
-    projection["text"] = [f"{name}: {hw.projection_text(projection[name])}" for name in ("baseline", "compressed")]
+    floats = (f" (floats as {run_dtype}, as {profile.name} runs them; measured here in {measured_dtype})"
+              if run_dtype else "")
+    projection["text"] = [f"{name}{floats}: {hw.projection_text(projection[name])}"
+                          for name in ("baseline", "compressed")]
     if profile.id == hw.THIS_MACHINE and device == "cpu":
         projection["check_against_measured"] = _check(profile, base_facts, comp_facts, base, comp, settings)
     phases.emit("project", 1.0, "done")

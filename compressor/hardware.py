@@ -249,6 +249,16 @@ class ModelFacts:
         return asdict(self)
 
 
+# Profile compute dtypes that hold floats in 16 bits, by torch's name.
+FLOAT16_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def run_float_dtype(profile: HardwareProfile) -> str | None:
+    """The 16-bit float dtype a profile runs models in (GPUs and Apple chips: fp16 or bf16), or None
+    when it computes in fp32 (CPU profiles, "this machine"), where the measured bytes stand."""
+    return FLOAT16_DTYPES.get(profile.default_compute_dtype)
+
+
 def _compute_flops(profile: HardwareProfile, dtype: str | None = None) -> float:
     dtype = dtype or profile.default_compute_dtype
     tflops = profile.peak_tflops.get(dtype) or profile.peak_tflops.get("fp16") or profile.peak_tflops["fp32"]

@@ -131,7 +131,8 @@ def test_cache_key_changes_with_the_eval_data():
 
 @pytest.fixture
 def tiny_folder(tmp_path, monkeypatch):
-    """A 2-layer Llama with the demo's tokenizer, in the data folder (where local models may live)."""
+    """A 2-layer Llama with 256 positions and the demo's tokenizer (which prepends BOS), in the data
+    folder (where local models may live). Also used by test_eval_positions and test_projection_dtype."""
     data = tmp_path / "data"
     monkeypatch.setenv("LAB_DATA_DIR", str(data))
     folder = data / "tiny"

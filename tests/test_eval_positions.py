@@ -3,34 +3,20 @@ the setting, the model's max_position_embeddings and the largest allowed value i
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from compressor import evaluate as ev
 from compressor import experiment
 from compressor.errors import LabError
 from compressor.evaldata import load_prompts
-from compressor.loading import DEMO_DIR, load_model
-from tests.helpers import tiny_llama
+from compressor.loading import load_model
+from tests.test_cache_key import tiny_folder as _tiny_folder
 
 BASE = {"ppl_tokens": 512, "stride": 64, "arithmetic_samples": 0, "max_new_tokens": 2, "repeats": 1,
         "speed_prompt_tokens": 8, "speed_new_tokens": 2, "speed_batch": 1, "online_extras": False,
         "attribute_stages": False}
 
-
-@pytest.fixture
-def tiny_folder(tmp_path, monkeypatch):
-    """A Llama with 256 positions and the demo's tokenizer (which prepends BOS), in the data folder."""
-    data = tmp_path / "data"
-    monkeypatch.setenv("LAB_DATA_DIR", str(data))
-    folder = data / "tiny"
-    model = tiny_llama(vocab=4096)
-    assert model.config.max_position_embeddings == 256
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(DEMO_DIR / name, folder / name)
-    return folder
+tiny_folder = _tiny_folder  # the fixture: a tiny Llama (256 positions) in the data folder
 
 
 @pytest.fixture
