@@ -356,7 +356,7 @@ def _wilson(k: int, n: int, z: float) -> tuple[float, float]:
     return (0.0 if k == 0 else max(0.0, centre - half), 1.0 if k == n else min(1.0, centre + half))
 
 
-def paired_bootstrap_diff(a, b, alpha: float = 0.05) -> tuple[float, float]:
+def paired_diff_ci(a, b, alpha: float = 0.05) -> tuple[float, float]:
     """Interval for mean(b) - mean(a), where a[i] and b[i] are 0/1 outcomes on the same item i.
 
     Newcombe's hybrid score interval for the difference of paired proportions (method 10 of
@@ -364,7 +364,7 @@ def paired_bootstrap_diff(a, b, alpha: float = 0.05) -> tuple[float, float]:
     based on paired data", Statistics in Medicine 17:2635-2650): the Wilson intervals of both rates,
     combined by "square and add" with the estimated correlation phi between them. It stays honest with
     few discordant pairs, where a bootstrap collapses: identical outcomes on 8 items give
-    [-0.32, 0.32], not [0, 0]. (The name is kept for existing callers; it is no longer a bootstrap.)
+    [-0.32, 0.32], not [0, 0].
 
     With counts n11 (both right), n12 (only b right), n21 (only a right), n22 (both wrong):
     theta = (n12 - n21) / n; phi = (n11 n22 - n12 n21) / sqrt(product of the four margins), set to 0

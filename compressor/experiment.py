@@ -463,7 +463,7 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     emit = lambda f, m: phases.emit("evaluate-compressed", f, m)  # noqa: E731
     comp, _ = measure_quality(net, tokenizer, tokens, settings, problems, prompts, reference=reference, emit=emit)
     comp |= measure_performance(net, settings, emit=emit)
-    comp["arithmetic_diff_ci95"] = list(ev.paired_bootstrap_diff(base["arithmetic"]["correct"],
+    comp["arithmetic_diff_ci95"] = list(ev.paired_diff_ci(base["arithmetic"]["correct"],
                                                                   comp["arithmetic"]["correct"]))
     compressed_s = time.perf_counter() - t0
 

@@ -125,16 +125,16 @@ def _paired(n11, n12, n21, n22):
 ])
 def test_paired_difference_is_newcombes_score_interval(table, expected):
     a, b = _paired(*table)
-    lo, hi = ev.paired_bootstrap_diff(a, b)
+    lo, hi = ev.paired_diff_ci(a, b)
     assert lo == pytest.approx(expected[0], abs=5e-5) and hi == pytest.approx(expected[1], abs=5e-5)
 
 
 def test_paired_difference_is_oriented_b_minus_a_and_brackets_the_estimate():
     a, b = _paired(36, 12, 2, 0)  # b right 48 times, a right 38 times: b - a = +0.2
-    lo, hi = ev.paired_bootstrap_diff(a, b)
+    lo, hi = ev.paired_diff_ci(a, b)
     assert 0 < lo < 0.2 < hi < 1
-    assert ev.paired_bootstrap_diff(b, a) == pytest.approx((-hi, -lo))
-    assert all(math.isnan(v) for v in ev.paired_bootstrap_diff([1, 0], [1]))
+    assert ev.paired_diff_ci(b, a) == pytest.approx((-hi, -lo))
+    assert all(math.isnan(v) for v in ev.paired_diff_ci([1, 0], [1]))
 
 
 def test_arithmetic_exact_match_on_a_tiny_model_runs_and_counts():
