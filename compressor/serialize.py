@@ -182,6 +182,10 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
             raise ModelLoadError(f"{folder}: {name} has no saved weights: the file is incomplete, save it again")
         if p.is_floating_point() and p.dtype != dtype and not name.startswith(packed):
             p.data = p.data.to(dtype)
+    if (folder / "generation_config.json").is_file():  # saved beside the weights: read it back, not a default
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(folder)
     if section.get("kv_cache"):
         from .recipe import stage_from_dict
 

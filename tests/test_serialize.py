@@ -57,3 +57,12 @@ def test_a_missing_packed_tensor_is_an_error_not_uninitialised_memory(recipe, tm
     with pytest.raises(ModelLoadError, match="missing from model.safetensors") as info:
         load_compressed(tmp_path)
     assert victim in str(info.value)
+
+
+def test_the_saved_generation_config_is_read_back(tmp_path):
+    model, report = compress(tiny_llama(), "int8")
+    model.generation_config.max_new_tokens = 77
+    model.generation_config.repetition_penalty = 1.3
+    save_compressed(model, None, tmp_path, report)
+    loaded = load_compressed(tmp_path)
+    assert loaded.generation_config.max_new_tokens == 77 and loaded.generation_config.repetition_penalty == 1.3
