@@ -348,26 +348,53 @@ class SinkWindowLayer(_KVLayerBase):
 
     The states keep their original rotary positions. `get_mask_sizes` returns an offset of
     `seen - stored`, so every stored token is visible and new tokens stay causal among themselves.
-    Left-padded batches are not supported once tokens are evicted (the padding mask would shift).
+    With left padding (`pad`: [B] leading pad tokens per row), a row's sinks are its first real tokens,
+    and a row with at most `sinks + window` real tokens keeps its last `sinks + window` positions as they
+    are: either way stored index i stands for position `offset + i` wherever the padding mask is read.
     """
 
-    def __init__(self, sinks: int, window: int):
+    def __init__(self, sinks: int, window: int, pad: torch.Tensor | None = None):
         super().__init__()
         self.sinks, self.window = sinks, window
+        self.pad = pad
+
+    def lazy_initialization(self, key_states, value_states):
+        super().lazy_initialization(key_states, value_states)
+        B = key_states.shape[0]
+        if self.pad is not None:
+            if B % self.pad.shape[0]:
+                raise ValueError(f"padding given for {self.pad.shape[0]} rows, states have batch {B}: build the "
+                                 f"cache with the attention_mask of this batch")
+            # generate() expands the batch (beams, num_return_sequences) with repeat_interleave
+            self.pad = self.pad.to(key_states.device).repeat_interleave(B // self.pad.shape[0])
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         stored = self.keys.shape[-2] if self.is_initialized else 0
         return stored + query_length, self.seen - stored
 
     def _evict(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] <= self.sinks + self.window:
+        B, H, L, D = x.shape
+        S, W = self.sinks, self.window
+        if L <= S + W:
             return x
-        return torch.cat([x[..., : self.sinks, :], x[..., x.shape[-2] - self.window :, :]], dim=-2)
+        if self.pad is None:
+            return torch.cat([x[..., :S, :], x[..., L - W :, :]], dim=-2)
+        # Slot j of x holds position seen - L + j (slots before a row's kept sinks are padding or evicted), so
+        # a row's first real token is at slot pad - (seen - L); one with few real tokens keeps slots L-S-W..L-1.
+        start = (self.pad - (self.seen - L)).clamp(0, L - S - W)  # (B,)
+        idx = torch.cat([start[:, None] + torch.arange(S, device=x.device),
+                         torch.arange(L - W, L, device=x.device).expand(B, W)], dim=1)  # (B, S+W)
+        return x.gather(2, idx[:, None, :, None].expand(B, H, S + W, D))
 
     def store(self, key_states, value_states):
         self.seen += key_states.shape[-2]
         self.keys = self._evict(torch.cat([self.keys, key_states.to(KV_STORE_DTYPE)], dim=-2))
         self.values = self._evict(torch.cat([self.values, value_states.to(KV_STORE_DTYPE)], dim=-2))
+
+    def _batch_op(self, fn) -> None:
+        super()._batch_op(fn)
+        if self.is_initialized and self.pad is not None:
+            self.pad = fn(self.pad)
 
 
 class CompressedKVCache(Cache):
@@ -403,8 +430,15 @@ def check_cache_config(cfg, head_dim: int) -> None:
                           f"group size must divide it: try {', '.join(map(str, divs))}", method)
 
 
-def make_layer(cfg, head_dim: int | None = None) -> _KVLayerBase:
-    """One cache layer for a KV stage config (method kivi, gear, streaming or fp16)."""
+def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Leading pad tokens per row [B] of a left-padded attention_mask [B, T] (None when there is none)."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    return (attention_mask.cumsum(-1) == 0).sum(-1)  # (B,)
+
+
+def make_layer(cfg, head_dim: int | None = None, pad: torch.Tensor | None = None) -> _KVLayerBase:
+    """One cache layer for a KV stage config (method kivi, gear, streaming or fp16); `pad` as `left_padding`."""
     method = getattr(cfg, "method", None)
     if head_dim is not None:
         check_cache_config(cfg, head_dim)
@@ -414,23 +448,25 @@ def make_layer(cfg, head_dim: int | None = None) -> _KVLayerBase:
         return QuantizedLayer(cfg.bits, cfg.group_size, cfg.residual, rank=cfg.rank,
                               outlier_ratio=cfg.outliers / 100, key_chunk=cfg.chunk, value_chunk=cfg.chunk)
     if method == "streaming":
-        return SinkWindowLayer(cfg.sinks, cfg.window)
+        return SinkWindowLayer(cfg.sinks, cfg.window, pad)
     if method == "fp16":
         return Fp16Layer()
     raise RecipeError("method", method, "a KV cache config has method kivi, gear, streaming or fp16")
 
 
-def make_cache(model, cfg=None) -> CompressedKVCache:
+def make_cache(model, cfg=None, attention_mask: torch.Tensor | None = None) -> CompressedKVCache:
     """A fresh cache for one generate() call or one evaluation pass.
 
     `cfg` defaults to the config a KV stage attached to the model (`model.kv_cache_config`); without
-    either, the fp16 baseline. Pass it as `model.generate(..., past_key_values=make_cache(model))`.
+    either, the fp16 baseline. Pass it as `model.generate(..., past_key_values=make_cache(model))`, with
+    the batch's `attention_mask` when it is left-padded (eviction keeps each row's own first tokens).
     """
     cfg = cfg if cfg is not None else getattr(model, "kv_cache_config", None)
     cfg = cfg if cfg is not None else FP16
     config = _text_config(model)
     head_dim = head_dim_of(config)
-    return CompressedKVCache([make_layer(cfg, head_dim) for _ in range(config.num_hidden_layers)], cfg)
+    pad = left_padding(attention_mask)
+    return CompressedKVCache([make_layer(cfg, head_dim, pad) for _ in range(config.num_hidden_layers)], cfg)
 
 
 def kv_cache_for(model) -> CompressedKVCache | None:
@@ -552,8 +588,7 @@ def kv_cache_in_generate(model, cfg=None):
 
     The hook for generation-based tests under KV compression (the arithmetic stress test):
     `with kv_cache_in_generate(model, cfg): evaluate_arithmetic(model, tokenizer, problems)`.
-    `cfg` defaults to `model.kv_cache_config`. The streaming cache assumes unpadded prompts once it
-    evicts (prompt + new tokens beyond sinks + window).
+    `cfg` defaults to `model.kv_cache_config`. The call's `attention_mask` tells the cache the left padding.
     """
     cfg = cfg if cfg is not None else getattr(model, "kv_cache_config", None) or FP16
     had_own = "generate" in vars(model)
@@ -561,7 +596,7 @@ def kv_cache_in_generate(model, cfg=None):
 
     def generate(*args, **kwargs):
         if kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = make_cache(model, cfg)
+            kwargs["past_key_values"] = make_cache(model, cfg, kwargs.get("attention_mask"))
         return original(*args, **kwargs)
 
     model.generate = generate
