@@ -219,10 +219,17 @@ class RunStore:
 
     @staticmethod
     def _row(row: sqlite3.Row) -> dict:
+        # One damaged cell (a torn write, a hand edit) must not hide the whole history: it reads as
+        # None and the run's error says which column could not be read.
         out = dict(row)
         for key in _JSON_COLUMNS:
             if out.get(key) is not None:
-                out[key] = json.loads(out[key])
+                try:
+                    out[key] = json.loads(out[key])
+                except ValueError:
+                    out[key] = None
+                    note = f"the stored {key} of this run is not valid JSON and was ignored"
+                    out["error"] = f"{out['error']}; {note}" if out.get("error") else note
         return out
 
     # -- baseline cache --------------------------------------------------------------------------
@@ -230,7 +237,12 @@ class RunStore:
     def cache_get(self, key: str) -> dict | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM baseline_cache WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:  # a damaged entry is a miss: the caller measures again and overwrites it
+            return None
 
     def cache_put(self, key: str, value: dict) -> None:
         if not isinstance(value, dict):
