@@ -502,6 +502,11 @@ class JobManager:
             shutil.rmtree(self.artifact_root / run_id, ignore_errors=True)
             return self.store.delete_run(run_id)
 
+    def prune_artifacts(self) -> None:
+        """Applies the artifact policy now: for runs recorded outside the queue (the app's ZeroGPU path)."""
+        with self._cond:
+            self._prune_artifacts()
+
     def warm_up(self, timeout: float | None = None) -> bool:
         """Waits until all `concurrency` workers have started and can take a run at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -799,6 +804,8 @@ class JobManager:
     def _prune_artifacts(self) -> None:
         """Keeps the newest `keep_last` artifacts within `max_total_bytes`; deletes strays."""
         busy = {rid for rid, r in self._live.items() if r.status not in FINAL_STATUSES}
+        # runs recorded in the store by another path (the app's ZeroGPU runs) write their folder too
+        busy |= {r["id"] for r in self.store.list_runs(status=(QUEUED, RUNNING), limit=None, include_report=False)}
         kept = {r["id"]: r for r in self.store.list_runs(status=SUCCEEDED, limit=None, include_report=False)
                 if r["artifact_path"]}
         total, count = 0, 0

@@ -16,8 +16,10 @@ Pipe protocol (tuples of plain values; reports travel as JSON text, never pickle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
 import json
 import logging
 import os
@@ -66,6 +68,35 @@ class _ForwardLogs(logging.Handler):
             self.ctx.log(f"{record.levelname.lower()}: {record.getMessage()}")
         except Exception:  # a log line must never fail the job
             self.handleError(record)
+
+
+class _LogLines(io.TextIOBase):
+    """A text stream whose complete lines go to the running job's log: what a target (or a library
+    it calls) prints reaches the user, not only the app's console. A carriage return (a progress bar
+    redrawing its line) keeps the last redraw only."""
+
+    def __init__(self, ctx: JobContext):
+        self.ctx, self.buf = ctx, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf:
+            self._emit(self.buf)
+            self.buf = ""
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
+        if line:
+            self.ctx.log(line)
 
 
 def _watch_parent() -> None:
@@ -117,12 +148,20 @@ def _run_one(send, cache: BaselineCache, run_id: str, target: str, payload: dict
     old_level = engine_log.level
     if engine_log.getEffectiveLevel() > logging.INFO:
         engine_log.setLevel(logging.INFO)
+    out = _LogLines(ctx)
     try:
         artifact_dir.mkdir(parents=True, exist_ok=True)
-        report = resolve_target(target)(payload, ctx)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                report = resolve_target(target)(payload, ctx)
+            finally:
+                out.flush()
         report_json = dict_json(report, f"the report returned by job target {target!r}")
     except LabError as e:
         send("error", run_id, str(e), traceback.format_exc())
+    except MemoryError as e:  # str(MemoryError()) is empty: say what happened and what to change
+        send("error", run_id, f"the job ran out of memory (MemoryError{f': {e}' if str(e) else ''}); "
+             "try a smaller model, a shorter context or fewer samples", traceback.format_exc())
     except BaseException as e:  # noqa: B036 - SystemExit/KeyboardInterrupt in a target still end only the job
         send("error", run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
     else:
