@@ -24,6 +24,7 @@ import html  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -130,10 +131,12 @@ def run_inline_on_gpu(manager: JobManager, payload: dict, owner: str) -> str:
     try:
         report = _run_job_on_gpu(payload, str(manager.data_dir), str(art))
     except Exception as e:  # the page shows the message; the app goes on
+        shutil.rmtree(art, ignore_errors=True)  # as the job manager does: only succeeded runs keep files
         store.update_run(run_id, status=FAILED, error=f"{type(e).__name__}: {e}", finished_at=time.time())
     else:
         store.update_run(run_id, status=SUCCEEDED, report=report, finished_at=time.time(),
                          artifact_path=str(art) if art.exists() else None)
+        manager.prune_artifacts()  # keep-last applies to these runs too, or a Space's disk fills up
     return run_id
 
 
@@ -376,15 +379,23 @@ def _get(d: dict | None, *path, default=None):
     return d if d is not None else default
 
 
+def _finite(v) -> bool:
+    """A number a card can show and compare: int or float, not bool, not NaN or infinite."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def fmt_bytes(n: float | None) -> str:
     # binary units, labelled as such (the engine's formatter, so the page and the CLI agree)
     from compressor.hardware import human_bytes
 
-    return "n/a" if n is None else human_bytes(n)
+    return human_bytes(n) if _finite(n) else _fmt(n, "bytes")
 
 
 def _fmt(value, kind: str) -> str:
-    if value is None:
+    # a diverged model's perplexity is inf (shown as such); NaN, None or a stray string is no number
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if not _finite(value):
         return "n/a"
     if kind == "bytes":
         return fmt_bytes(value)
@@ -414,10 +425,11 @@ def metric_cards_html(report: dict) -> str:
     for label, key, kind, higher in CARDS:
         b, c = base.get(key), comp.get(key)
         delta, cls = "", "neutral"
-        if isinstance(b, int | float) and isinstance(c, int | float):
-            if b:
-                rel = (c - b) / abs(b)
-                delta = f"{rel:+.1%}" if kind != "pct" else f"{100 * (c - b):+.1f} pts"
+        if _finite(b) and _finite(c):
+            if kind == "pct":  # points: defined from a 0 % baseline too
+                delta = f"{100 * (c - b):+.1f} pts"
+            elif b:
+                delta = f"{(c - b) / abs(b):+.1%}"
             better = (c > b) if higher else (c < b)
             cls = "neutral" if abs(c - b) <= 1e-12 else ("good" if better else "bad")
         cards.append(
@@ -448,10 +460,8 @@ def attribution_html(report: dict) -> str:
     base = report.get("baseline") or {}
 
     def cell(value, delta, kind: str, higher: bool) -> str:
-        if not isinstance(value, int | float):
-            return "<td>n/a</td>"
         shown = _fmt(value, kind)
-        if isinstance(delta, int | float) and delta != 0:
+        if _finite(value) and _finite(delta) and delta != 0:
             better = (delta > 0) if higher else (delta < 0)
             d = f"{100 * delta:+.1f} pts" if kind == "pct" else (f"{delta:+.4f}" if kind == "kl" else f"{delta:+.2f}")
             shown += f' <span class="lab-delta {"good" if better else "bad"}">{d}</span>'
@@ -510,6 +520,8 @@ def _model_label(report: dict) -> str:
 
 def _recipe_label(report: dict) -> str:
     r = report.get("recipe")
+    if isinstance(r, list):  # a bare list of stages
+        return " + ".join(_stage_label(s) for s in r if isinstance(s, dict))
     if isinstance(r, dict):
         stages = r.get("stages") if isinstance(r.get("stages"), list) else [r]
         return str(r.get("name") or " + ".join(_stage_label(s) for s in stages if isinstance(s, dict)))
@@ -612,8 +624,9 @@ def details_markdown(report: dict) -> str:
                      + (f", sparsity {100 * sp:.1f} %" if isinstance(sp, int | float) else ""))
     for s in report.get("stages") or []:
         if isinstance(s, dict):
+            secs = s.get("seconds")
             lines.append(f"- stage {s.get('index')}: **{s.get('method')}** ({s.get('kind')}), "
-                         f"{s.get('n_modules')} modules, {s.get('seconds', 0):.1f} s")
+                         f"{s.get('n_modules')} modules" + (f", {secs:.1f} s" if _finite(secs) else ""))
     paths = (report.get("environment") or {}).get("kernel_paths")
     if paths:
         shown = ", ".join(f"{k}: {v}" for k, v in paths.items()) if isinstance(paths, dict) else str(paths)
@@ -626,7 +639,7 @@ def details_markdown(report: dict) -> str:
     if t:
         cached = " (baseline from cache)" if t.get("baseline_cached") else ""
         lines.append("**Timings:** " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items()
-                                                 if isinstance(v, float)) + cached)
+                                                 if _finite(v)) + cached)
     for w in report.get("warnings") or []:
         lines.append(f"- warning: {w}")
     return "\n\n".join(lines) or "No details in this report."
@@ -762,7 +775,7 @@ def pareto_plot(runs: list[dict], quality: str, x_axis: str, selected: list[str]
         else:
             x = _get(rep, "compressed", "weight_bytes")
             x = None if x is None else x / 2**20
-        if x is None or y is None:
+        if not (_finite(x) and _finite(y)):  # NaN/inf cannot be placed, and NaN breaks every comparison
             continue
         pts.append((x, y, run["id"], f"{run.get('model_spec')} · {_recipe_label(rep)}"))
     fig = go.Figure()
@@ -777,17 +790,26 @@ def pareto_plot(runs: list[dict], quality: str, x_axis: str, selected: list[str]
         marker=dict(size=[14 if p[2] in sel else 9 for p in pts],
                     color=[COMP_COLOR if p[2] in sel else BASE_COLOR for p in pts]),
     )
-    lower_better = "lower" in quality
-    lower_x_better = not x_axis.startswith("Projected")
-    front, best = [], None
-    for p in sorted(pts, key=lambda p: p[0], reverse=not lower_x_better):
-        if best is None or (p[1] < best if lower_better else p[1] > best):
-            front.append(p)
-            best = p[1]
+    front = pareto_front(pts, lower_x=not x_axis.startswith("Projected"), lower_y="lower" in quality)
     fig.add_scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines", name="Pareto front",
                     line=dict(color="#22c55e", dash="dot"))
     xt = "Projected decode tokens/s (projection)" if x_axis.startswith("Projected") else "Weight memory (MiB)"
     return _layout(fig, "Pareto: memory vs quality over the history", xaxis_title=xt, yaxis_title=quality)
+
+
+def pareto_front(points: list[tuple], lower_x: bool = True, lower_y: bool = True) -> list[tuple]:
+    """The non-dominated points of (x, y, ...) tuples: those that no other point matches or beats on both
+    axes while beating on one. Sorted best x first; points with a NaN coordinate are left out."""
+    sx, sy = (1 if lower_x else -1), (1 if lower_y else -1)
+    ok = [p for p in points if not (math.isnan(p[0]) or math.isnan(p[1]))]
+    front, best = [], math.inf
+    # best x first and, among equal x, best y first: a later point is on the front only if its y is
+    # strictly better than every point before it (equal x with a worse y is dominated)
+    for p in sorted(ok, key=lambda p: (sx * p[0], sy * p[1])):
+        if sy * p[1] < best:
+            front.append(p)
+            best = sy * p[1]
+    return front
 
 
 # -- history ----------------------------------------------------------------------------------------
@@ -823,11 +845,20 @@ def _round(v, n):
     return None if not isinstance(v, int | float) else round(v, n)
 
 
+# A text cell starting with one of these runs as a formula when a spreadsheet opens the CSV (OWASP's
+# "CSV injection"); model ids, recipe names and errors are typed by whoever used the page.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value):
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def runs_csv(runs: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(HISTORY_COLUMNS)
-    writer.writerows(history_rows(runs))
+    writer.writerows([_csv_cell(v) for v in row] for row in history_rows(runs))
     return buf.getvalue()
 
 

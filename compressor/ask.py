@@ -48,6 +48,7 @@ def answer(payload: dict, ctx=None) -> dict:
     _step(ctx, "generate-baseline", 0.0, "baseline: loading and generating")
     t0 = time.perf_counter()
     model, tokenizer = load_model(spec)
+    _check_positions(model, tokenizer, prompt, n_new)
     out["baseline"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
     out["seconds"]["baseline"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
@@ -68,6 +69,19 @@ def answer(payload: dict, ctx=None) -> dict:
         out["compressed"] = greedy_generate(model, tokenizer, [prompt], n_new)[0]
     out["seconds"]["compressed"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def _check_positions(model, tokenizer, prompt: str, n_new: int) -> None:
+    """Refuses a prompt whose tokens and answer go beyond the positions the model was trained for: RoPE
+    models would answer with extrapolated noise, learned-position ones would fail with an IndexError."""
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(max_pos, int) or max_pos < 1:
+        return
+    n = len(tokenizer(prompt)["input_ids"])
+    if n + n_new > max_pos:
+        raise LabError(f"prompt is {n} tokens, and with {n_new} new tokens it reaches {n + n_new} positions, "
+                       f"beyond the model's max_position_embeddings={max_pos}: keep the prompt under "
+                       f"{max_pos - n_new} tokens.")
 
 
 def _step(ctx, stage: str, fraction: float, message: str) -> None:
