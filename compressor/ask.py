@@ -74,8 +74,10 @@ def answer(payload: dict, ctx=None) -> dict:
 def _check_positions(model, tokenizer, prompt: str, n_new: int) -> None:
     """Refuses a prompt whose tokens and answer go beyond the positions the model was trained for: RoPE
     models would answer with extrapolated noise, learned-position ones would fail with an IndexError."""
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if not isinstance(max_pos, int) or max_pos < 1:
+    from .evaluate import max_positions
+
+    max_pos = max_positions(model)
+    if max_pos is None:
         return
     n = len(tokenizer(prompt)["input_ids"])
     if n + n_new > max_pos:

@@ -143,7 +143,7 @@ def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionRe
             report.warnings.append(f"{r.name}: SQNR {r.sqnr_db:.1f} dB ({r.sqnr_basis}) is below {LOW_SQNR_DB} dB")
 
 
-def _check_shapes_now(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int) -> None:
+def _check_shapes_now(targets: dict[str, nn.Module], cfg: StageConfig, spec: MethodSpec, index: int) -> None:
     """Run each target's check_module on the module as earlier stages left it.
 
     Recipe.check sees the original shapes; structured pruning and low-rank change in_features (a
@@ -152,7 +152,7 @@ def _check_shapes_now(model: nn.Module, cfg: StageConfig, spec: MethodSpec, inde
     """
     if index == 0 or spec.kind not in WEIGHT_KINDS:
         return
-    for name, module in cfg.resolve(model).items():
+    for name, module in targets.items():
         c = cfg.override_for(name)
         if c is None:
             continue
@@ -163,11 +163,11 @@ def _check_shapes_now(model: nn.Module, cfg: StageConfig, spec: MethodSpec, inde
                               f"stage {index} ({cfg.method})") from None
 
 
-def _check_inside_decoder(model: nn.Module, cfg: StageConfig, ctx: StageContext, index: int) -> None:
+def _check_inside_decoder(model: nn.Module, targets: dict[str, nn.Module], cfg: StageConfig, ctx: StageContext,
+                          index: int) -> None:
     """Calibrated stages run layer by layer inside the decoder layers and cannot reach other modules:
     a RecipeError when every target is outside them, a report warning naming the skipped ones otherwise."""
     prefix, _ = find_decoder_layers(model)
-    targets = list(cfg.resolve(model))
     outside = [n for n in targets if not n.startswith(f"{prefix}.")]
     if not outside:
         return
@@ -180,14 +180,14 @@ def _check_inside_decoder(model: nn.Module, cfg: StageConfig, ctx: StageContext,
              f"({', '.join(outside[:3])}): {fix}")
 
 
-def _check_targets_left(model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int,
-                        report: CompressionReport) -> None:
+def _check_targets_left(model: nn.Module, targets: dict[str, nn.Module], cfg: StageConfig, spec: MethodSpec,
+                        index: int, report: CompressionReport) -> None:
     """RecipeError when a weight stage is about to find no nn.Linear at all, instead of reporting success.
 
     Recipe.check refuses the stacks it can foresee from the configs' declarations (final_format,
     linear_children); this catches what it cannot: a method whose output format is undeclared.
     """
-    if spec.kind not in WEIGHT_KINDS or cfg.resolve(model):
+    if spec.kind not in WEIGHT_KINDS or targets:
         return
     modules = dict(model.named_modules())
     gone = [(r.name, r.stage, r.method) for r in report.layers if r.stage < index and r.name in modules
@@ -259,11 +259,13 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             report.stages.append(stage)
             emit(i, 0.0, "starting", 0, 0)
             t0 = time.perf_counter()
-            _check_targets_left(model, cfg, spec, i, report)
-            _check_shapes_now(model, cfg, spec, i)
+            # as the earlier stages left the model (kv and distill stages do not act on targets here)
+            targets = cfg.resolve(model) if spec.kind in WEIGHT_KINDS else {}
+            _check_targets_left(model, targets, cfg, spec, i, report)
+            _check_shapes_now(targets, cfg, spec, i)
             with torch.no_grad():
                 if spec.needs_calibration:
-                    _check_inside_decoder(model, cfg, ctx, i)
+                    _check_inside_decoder(model, targets, cfg, ctx, i)
                     stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)
                 else:
                     spec.apply(model, cfg, ctx)

@@ -127,6 +127,12 @@ def sliding_windows(n: int, context: int, stride: int) -> list[tuple[int, int, i
     return out
 
 
+def max_positions(model) -> int | None:
+    """The positions a model was trained for (`config.max_position_embeddings`), None when it declares none."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
 def leading_bos(tokenizer) -> int | None:
     """The BOS id when this tokenizer starts every text with it (Llama's, the demo model's), else None.
 

@@ -29,6 +29,7 @@ from .errors import LabError
 from .evaldata import held_out_text, load_arithmetic, load_prompts
 from .kvcache import kv_cache_in_generate, model_kv_bytes_per_token
 from .progress import Progress
+from .report import weight_bytes_at
 from .speed import kernel_paths, kv_bytes_per_token_from_config, measure_speed, weight_bytes
 
 CACHE_VERSION = 3  # bump when evaluation changes what it measures (3: file contents and eval data in the key)
@@ -222,25 +223,6 @@ def _n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def weight_bytes_at(model, float_bytes: int) -> int:
-    """Bytes of parameters and persistent buffers with every floating-point tensor counted at
-    `float_bytes` per element: what the model holds once converted to that float width. Integer
-    (packed) tensors and `extra_weight_bytes` keep their real size. Non-persistent buffers are left
-    out: a CPU kernel's runtime layout (QuantLinear.native_scale) and tables rebuilt on load (rotary
-    inv_freq), not what another device would hold. Shared tensors count once."""
-    tensors = list(model.parameters())
-    for module in model.modules():
-        tensors += [b for name, b in module._buffers.items()
-                    if b is not None and name not in module._non_persistent_buffers_set]
-    seen, total = set(), 0
-    for t in tensors:
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            total += t.numel() * (float_bytes if torch.is_floating_point(t) else t.element_size())
-    return total + sum(m.extra_weight_bytes() for m in model.modules() if hasattr(m, "extra_weight_bytes"))
-
-
 def _model_facts(model, n_params: int, w_bytes: int, kv_per_token: float, traits: list[str],
                  bits: float) -> hw.ModelFacts:
     cfg = model.config
@@ -288,8 +270,8 @@ def check_positions(model, tokenizer, settings: ev.EvalSettings, n_tokens: int, 
     window_logprobs prepends when the tokenizer leads with one), the speed test's prompt + new
     tokens, and the longest sample prompt + max_new_tokens.
     """
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if not isinstance(max_pos, int) or max_pos < 1:
+    max_pos = ev.max_positions(model)
+    if max_pos is None:
         return  # no learned limit to check against
     where = f"the model's max_position_embeddings={max_pos}"
     lead = 0 if ev.leading_bos(tokenizer) is None else 1
@@ -315,9 +297,10 @@ def check_positions(model, tokenizer, settings: ev.EvalSettings, n_tokens: int, 
 
 def measure_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
                     prompts: list[str], reference: ev.Reference | None = None,
-                    emit=None) -> tuple[dict, ev.Reference]:
-    """Perplexity (and KL/top-1 against `reference`), arithmetic, samples, online extras: what does
-    not change with machine load, so the baseline's part can be cached. Returns (section, own ref)."""
+                    emit=None, online: bool = True) -> tuple[dict, ev.Reference]:
+    """Perplexity (and KL/top-1 against `reference`), arithmetic, samples, online extras (unless
+    `online` is False): what does not change with machine load, so the baseline's part can be cached.
+    Returns (section, own ref)."""
     emit = emit or (lambda *a, **k: None)
     t0 = time.perf_counter()
     emit(0.0, "perplexity and KL on held-out text")
@@ -341,7 +324,7 @@ def measure_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSet
                                         "reference_tail_mass": own.mean_tail_mass},
         "arithmetic": arith,
         "samples": samples,
-        "online": ev.online_extras(model, tokenizer, settings),
+        "online": ev.online_extras(model, tokenizer, settings) if online else {},
         "quality_seconds": time.perf_counter() - t0,
     }
     if reference is not None:
@@ -463,14 +446,15 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
     emit = lambda f, m: phases.emit("evaluate-compressed", f, m)  # noqa: E731
     comp, _ = measure_quality(net, tokenizer, tokens, settings, problems, prompts, reference=reference, emit=emit)
     comp |= measure_performance(net, settings, emit=emit)
+    # a model cannot be projected beyond the positions it was trained for (ModelFacts.max_context)
+    context = min(projection_context, getattr(net.config, "max_position_embeddings", 2048))
     if getattr(net, "kv_cache_config", None) is not None:
         # A compressed cache's bytes per token depend on the length: KIVI keeps a recent window in fp16,
         # StreamingLLM evicts only past sinks + window. The speed run stops at a few hundred tokens, so
         # fill a real cache layer to the projection's context instead and report that figure.
-        kv_context = min(projection_context, getattr(net.config, "max_position_embeddings", 2048))
         comp["kv_bytes_per_token_speed_run"] = comp["kv_bytes_per_token"]
-        comp["kv_bytes_per_token"] = model_kv_bytes_per_token(net, net.kv_cache_config, context=kv_context)
-        comp["kv_bytes_context"] = kv_context
+        comp["kv_bytes_per_token"] = model_kv_bytes_per_token(net, net.kv_cache_config, context=context)
+        comp["kv_bytes_context"] = context
     comp["arithmetic_diff_ci95"] = list(ev.paired_diff_ci(base["arithmetic"]["correct"],
                                                                   comp["arithmetic"]["correct"]))
     compressed_s = time.perf_counter() - t0
@@ -493,8 +477,6 @@ def run_experiment(model: str, recipe, hardware: str = hw.THIS_MACHINE, settings
         base_bits, dtype_label = _dtype_bits(net), f"{measured_dtype} (as measured)"
     base_facts = _model_facts(net, n_params, w_bytes["baseline"], kv["baseline"], [], base_bits)
     comp_facts = _model_facts(net, n_params, w_bytes["compressed"], kv["compressed"], traits, bits)
-    # a model cannot be projected beyond the positions it was trained for
-    context = min(projection_context, base_facts.max_context)
     projection = {
         "label": hw.LABEL,
         "hardware": profile.to_dict(),
@@ -546,24 +528,11 @@ def _quality_summary(section: dict) -> dict:
 
 def stage_quality(model, tokenizer, tokens: torch.Tensor, settings: ev.EvalSettings, problems: list[dict],
                   reference: ev.Reference) -> dict:
-    """Perplexity, KL and top-1 against the baseline, and arithmetic exact match, of an intermediate model.
-
-    The same tokens, windows and problems as the final evaluation, so the last stage's numbers and
-    the compressed column agree. Greedy samples, online extras and speed are not repeated.
-    """
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        quality, _ = ev.evaluate_quality(model, tokens, settings.context, settings.stride, settings.top_k, reference,
-                                         bos_id=ev.leading_bos(tokenizer))
-        kv = kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext()
-        with kv:
-            arith = ev.evaluate_arithmetic(model, tokenizer, problems) if problems else {"accuracy": None}
-    finally:
-        model.train(was_training)
-    return {"perplexity": quality.perplexity, "kld": quality.kld, "top1_agreement": quality.top1_agreement,
-            "arithmetic_accuracy": arith["accuracy"], "seconds": time.perf_counter() - t0}
+    """Perplexity, KL and top-1 against the baseline, and arithmetic exact match, of an intermediate model:
+    `measure_quality` on the same tokens, windows and problems as the final evaluation (so the last
+    stage's numbers and the compressed column agree), without greedy samples or online extras."""
+    section, _ = measure_quality(model, tokenizer, tokens, settings, problems, [], reference=reference, online=False)
+    return _quality_summary(section) | {"seconds": section["quality_seconds"]}
 
 
 def stage_attribution(baseline: dict, stages: list[dict]) -> list[dict]:

@@ -532,13 +532,23 @@ def _layer_bytes(key, cfg, heads, head_dim, context, batch, prefill, seed) -> in
     return _BYTES[key]
 
 
+def kv_heads_per_layer(config) -> list[int]:
+    """KV heads of each decoder layer: the global `num_key_value_heads`, or what structured pruning left
+    in each layer (`config.pruned_layout["num_key_value_heads"]`, compressor/methods/prune_structured.py)."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    n_layers = config.num_hidden_layers
+    per_layer = (getattr(config, "pruned_layout", None) or {}).get("num_key_value_heads") or [heads] * n_layers
+    if len(per_layer) != n_layers:
+        raise ValueError(f"config.pruned_layout lists KV heads for {len(per_layer)} layers but the config has "
+                         f"num_hidden_layers {n_layers}: the layout belongs to another model; drop it or re-prune")
+    return list(per_layer)
+
+
 def model_kv_bytes_per_token(model, cfg=None, context: int = 1024, **kw) -> float:
     """`kv_bytes_per_token` for a model's shapes (layers, kv heads, head_dim)."""
     config = _text_config(model)
     cfg = cfg if cfg is not None else (getattr(model, "kv_cache_config", None) or FP16)
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    per_layer = (getattr(config, "pruned_layout", None) or {}).get("num_key_value_heads") \
-        or [heads] * config.num_hidden_layers  # structured pruning leaves each layer its own KV heads
+    per_layer = kv_heads_per_layer(config)
     return sum(kv_bytes_per_token(cfg, num_layers=per_layer.count(h), num_kv_heads=h, head_dim=head_dim_of(config),
                                   context=context, **kw) for h in sorted(set(per_layer)))
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 
-def _tensor_bytes(tensors) -> int:
+def _tensor_bytes(tensors, float_bytes: int | None = None) -> int:
+    """Bytes of `tensors`, shared ones once; floating-point ones at `float_bytes` per element if given."""
     seen, total = set(), 0
     for t in tensors:
         if t is None:
@@ -26,14 +27,28 @@ def _tensor_bytes(tensors) -> int:
         if key in seen:
             continue
         seen.add(key)
-        total += t.numel() * t.element_size()
+        size = float_bytes if float_bytes is not None and torch.is_floating_point(t) else t.element_size()
+        total += t.numel() * size
     return total
+
+
+def _extra_bytes(module: nn.Module) -> int:
+    return sum(m.extra_weight_bytes() for m in module.modules() if hasattr(m, "extra_weight_bytes"))
 
 
 def weight_bytes(module: nn.Module) -> int:
     """Bytes of all parameters and buffers of `module` (shared tensors counted once)."""
-    extra = sum(m.extra_weight_bytes() for m in module.modules() if hasattr(m, "extra_weight_bytes"))
-    return _tensor_bytes(list(module.parameters()) + list(module.buffers())) + extra
+    return _tensor_bytes(list(module.parameters()) + list(module.buffers())) + _extra_bytes(module)
+
+
+def weight_bytes_at(module: nn.Module, float_bytes: int) -> int:
+    """`weight_bytes` with every floating-point tensor counted at `float_bytes` per element: what the
+    model holds once converted to that float width. Integer (packed) tensors and `extra_weight_bytes`
+    keep their real size. Non-persistent buffers are left out: a CPU kernel's runtime layout
+    (QuantLinear.native_scale) and tables rebuilt on load (rotary inv_freq), not what another device holds."""
+    buffers = [b for m in module.modules() for name, b in m._buffers.items()
+               if b is not None and name not in m._non_persistent_buffers_set]
+    return _tensor_bytes(list(module.parameters()) + buffers, float_bytes) + _extra_bytes(module)
 
 
 def state_dict_bytes(module: nn.Module) -> int:

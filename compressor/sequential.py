@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from .errors import RecipeError
 from .hessian import STATS_DTYPE, HessianAccumulator
 from .quant import sqnr_db
 
@@ -199,8 +200,6 @@ class LayerContext:
         """A calibrated method needs inputs for every module it acts on; a module the calibration
         tokens never reach (an MoE expert no token was routed to) cannot be calibrated."""
         if unreached:
-            from .errors import RecipeError
-
             raise RecipeError("calibration", f"{self.n_tokens} tokens", f"{len(unreached)} targeted module(s) received "
                               f"no calibration input ({', '.join(unreached[:3])}): use more calibration samples, "
                               "or leave those modules out with ignore / a calibration-free method", self.prefix)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import psutil
 import torch
 
-from .kvcache import cache_nbytes, kv_cache_for
+from .kvcache import cache_nbytes, head_dim_of, kv_cache_for, kv_heads_per_layer
 from .report import weight_bytes  # noqa: F401  (re-exported: speed and memory in one place)
 
 # --- memory -------------------------------------------------------------------------------------
@@ -43,15 +43,7 @@ def kv_bytes_per_token_from_config(config, dtype=torch.float32) -> int:
     `config.pruned_layout["num_key_value_heads"]` (compressor/methods/prune_structured.py), keeping
     head_dim and the global `num_key_value_heads`; without a layout every layer has the global count.
     """
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    n_layers = config.num_hidden_layers
-    per_layer = (getattr(config, "pruned_layout", None) or {}).get("num_key_value_heads") or [kv_heads] * n_layers
-    if len(per_layer) != n_layers:
-        raise ValueError(f"config.pruned_layout lists KV heads for {len(per_layer)} layers but the config has "
-                         f"num_hidden_layers {n_layers}: the layout belongs to another model; drop it or re-prune")
-    return sum(per_layer) * head_dim * 2 * _dtype_bytes(dtype)
+    return sum(kv_heads_per_layer(config)) * head_dim_of(config) * 2 * _dtype_bytes(dtype)
 
 
 def _trim_heap() -> None:

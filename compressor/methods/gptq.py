@@ -32,7 +32,6 @@ from ..recipe import QuantStageConfig
 from ..registry import register
 
 ACTORDER = ("none", "static", "group")
-# When H + damping is still not positive definite, damping grows by this factor, this many times.
 
 
 @dataclass

@@ -111,6 +111,7 @@ def apply(layer_ctx, cfg: WandaConfig) -> None:
         best = min(errors, key=errors.get)
         result.update(candidates[best])
         used.update(dict.fromkeys(auto, best))
+    # commit_pruned records `now - t0` as a module's seconds: give each module its share of the layer's time
     per_module = (time.perf_counter() - t0) / max(1, len(targets))
     for name, lin in targets.items():
         extra = {"comparison": used[name]}
