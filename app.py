@@ -1,9 +1,9 @@
 """Compression Lab in the browser: pick a model, a recipe and a hardware profile; compare side by side.
 
 Gradio only: widgets, events and plots. Every number on the page comes from a run's report (made by
-`compressor.experiment.run_job` in a background worker); this file formats and plots it and never
+`compressor.runs.experiment.run_job` in a background worker); this file formats and plots it and never
 computes on tensors. Stage forms are generated from the method config dataclasses in
-`compressor.registry.METHODS`, so a new method shows up here without a change to this file.
+`compressor.engine.registry.METHODS`, so a new method shows up here without a change to this file.
 
     python app.py                      # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / _PORT respected)
     LAB_DATA_DIR=/some/folder python app.py
@@ -38,8 +38,8 @@ import plotly.graph_objects as go  # noqa: E402
 import yaml  # noqa: E402
 
 from compressor.errors import LabError  # noqa: E402
-from compressor.jobs import JobManager  # noqa: E402
-from compressor.store import FINAL_STATUSES, SUCCEEDED, default_data_dir  # noqa: E402
+from compressor.runs.jobs import JobManager  # noqa: E402
+from compressor.runs.store import FINAL_STATUSES, SUCCEEDED, default_data_dir  # noqa: E402
 
 try:  # Hugging Face ZeroGPU: present on Spaces, absent elsewhere; the CPU path never needs it
     import spaces
@@ -113,8 +113,8 @@ def _gpu(fn):
 
 @_gpu
 def _run_job_on_gpu(payload: dict, data_dir: str, artifact_dir: str) -> dict:
-    from compressor.experiment import run_job
-    from compressor.jobs import JobContext
+    from compressor.runs.experiment import run_job
+    from compressor.runs.jobs import JobContext
 
     ctx = JobContext.local(data_dir, artifact_dir=artifact_dir, on_log=None)
     return run_job({**payload, "device": "cuda"}, ctx)
@@ -122,7 +122,7 @@ def _run_job_on_gpu(payload: dict, data_dir: str, artifact_dir: str) -> dict:
 
 def run_inline_on_gpu(manager: JobManager, payload: dict, owner: str) -> str:
     """Runs one job in this process under ZeroGPU and records it in the manager's run store."""
-    from compressor.store import FAILED, RUNNING
+    from compressor.runs.store import FAILED, RUNNING
 
     store = manager.store
     run_id = store.create_run(owner, payload)
@@ -155,7 +155,7 @@ def _engine(name: str) -> types.ModuleType | None:
 
 def preset_choices() -> list[tuple[str, str]]:
     """(label with description, name) of the named recipes."""
-    presets = _engine("presets")
+    presets = _engine("engine.presets")
     if presets is None:
         return []
     try:
@@ -170,7 +170,7 @@ def preset_choices() -> list[tuple[str, str]]:
 
 def recipe_yaml(source: object) -> str:
     """YAML text of a preset name or a parsed recipe, in the engine's own format."""
-    recipe_mod = _engine("recipe")
+    recipe_mod = _engine("engine.recipe")
     if recipe_mod is None:
         raise LabError("the recipe module is not available in this installation")
     return recipe_mod.load_recipe(source).to_yaml()
@@ -179,12 +179,12 @@ def recipe_yaml(source: object) -> str:
 def check_recipe(parsed: object):
     """The engine's Recipe (None without the recipe module); raises the engine's RecipeError (field,
     value and fix) for a recipe that cannot work."""
-    recipe_mod = _engine("recipe")
+    recipe_mod = _engine("engine.recipe")
     return recipe_mod.load_recipe(parsed) if recipe_mod is not None else None
 
 
 def method_specs() -> dict:
-    registry = _engine("registry")
+    registry = _engine("engine.registry")
     if registry is None:
         return {}
     try:
@@ -196,7 +196,7 @@ def method_specs() -> dict:
 
 def hardware_choices() -> list[tuple[str, str]]:
     """(label, value) pairs of the hardware profiles; "this machine" (measured) first."""
-    hw = _engine("hardware")
+    hw = _engine("measure.hardware")
     this = getattr(hw, "THIS_MACHINE", "this-machine")
     out = [("This machine (measured here)", this)]
     if hw is not None:
@@ -386,7 +386,7 @@ def _finite(v) -> bool:
 
 def fmt_bytes(n: float | None) -> str:
     # binary units, labelled as such (the engine's formatter, so the page and the CLI agree)
-    from compressor.hardware import human_bytes
+    from compressor.measure.hardware import human_bytes
 
     return human_bytes(n) if _finite(n) else _fmt(n, "bytes")
 
@@ -489,7 +489,7 @@ ARITH_EXTRA_TOKENS = 8
 def kv_window_note_html(report: dict) -> str:
     """A note when a KV stage keeps every arithmetic token uncompressed, so arithmetic cannot change."""
     n = _get(report, "settings", "arithmetic_samples", default=0)
-    evaldata = _engine("evaldata")
+    evaldata = _engine("measure.evaldata")
     if not n or evaldata is None:
         return ""
     # ASCII problems: at most one token per character, so this bounds prompt + answer in tokens
@@ -900,7 +900,7 @@ def describe_progress(p: dict | None, position: int | None, started: float) -> t
 
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions; `ask_manager` answers free prompts
-    (target compressor.ask:answer).
+    (target compressor.runs.ask:answer).
 
     The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
     check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps
@@ -915,7 +915,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         log.warning("preset %s cannot be shown: %s", default_preset, e)
         default_yaml = ""
     methods = method_specs()
-    eval_mod = _engine("evaluate")
+    eval_mod = _engine("measure.evaluate")
     eval_defaults = eval_mod.EvalSettings().to_dict() if eval_mod else {}
     hw_choices = hardware_choices()
     model_choices = [DEMO_CHOICE] + [(f"{m} (needs internet)", m) for m in CURATED_HUB]
@@ -1038,12 +1038,12 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                 return "Bundled model, offline. A run on it takes about a minute on 2 CPU cores."
             if not spec:
                 return "Pick a model."
-            from compressor.loading import HUB_ID
+            from compressor.models.loading import HUB_ID
 
             if spec.startswith(("/", ".", "~")):
                 return f"Local folder `{spec}`: it must hold a model saved with save_pretrained (safetensors)."
             if HUB_ID.match(spec):
-                from compressor.loading import hub_reachable
+                from compressor.models.loading import hub_reachable
 
                 if not hub_reachable(timeout=1.5):
                     return (f"`{spec}` needs internet, and the Hugging Face Hub is not reachable from this "
@@ -1332,7 +1332,7 @@ def make_managers(data_dir: str | Path | None = None) -> tuple[JobManager, JobMa
     """The compression job manager and the free-prompt one (its own small store under the data folder)."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     manager = JobManager(data_dir, concurrency=1, time_limit_s=TIME_LIMIT_S, max_queued_per_owner=3)
-    ask_manager = JobManager(data_dir / "prompt-box", target="compressor.ask:answer", concurrency=1,
+    ask_manager = JobManager(data_dir / "prompt-box", target="compressor.runs.ask:answer", concurrency=1,
                              time_limit_s=ASK_TIMEOUT_S)
     return manager, ask_manager
 

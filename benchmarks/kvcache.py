@@ -2,8 +2,8 @@
 
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.kvcache [--seqs 4] [--length 512] [--write]
 
-Held-out text (compressor.evaldata) is cut into `--seqs` sequences of `--length` tokens; each is
-decoded one token at a time with the cache in the loop (compressor.kvcache.kv_perplexity), so the
+Held-out text (compressor.measure.evaldata) is cut into `--seqs` sequences of `--length` tokens; each is
+decoded one token at a time with the cache in the loop (compressor.engine.kvcache.kv_perplexity), so the
 compressed keys and values of earlier steps feed every later step. KV bytes are summed from the
 tensors each cache holds at the end; "B/token @1024" is kv_bytes_per_token for the model's shapes
 (one layer filled token by token to 1024, scaled by the layer count). `--write` replaces the
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from compressor import kvcache as kc
-from compressor.evaldata import held_out_text
-from compressor.loading import load_model
-from compressor.methods.kv import GearConfig, KiviConfig, StreamingConfig
+from compressor.engine import kvcache as kc
+from compressor.engine.methods.kv import GearConfig, KiviConfig, StreamingConfig
+from compressor.measure.evaldata import held_out_text
+from compressor.models.loading import load_model
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 ROWS = [

@@ -7,7 +7,7 @@ llm-compressor's GPTQ (W4A16, group 128) on the same calibration tokens.
 llm-compressor lives in its own venv (`python -m venv --system-site-packages /tmp/llmc &&
 /tmp/llmc/bin/pip install llmcompressor==0.14.*`) because it pins other transformers versions.
 Perplexity here is a plain mean token NLL over `seq_len` windows of the held-out evaluation text
-(compressor.evaldata.held_out_text); calibration uses the builtin calibration text, which is disjoint
+(compressor.measure.evaldata.held_out_text); calibration uses the builtin calibration text, which is disjoint
 from it. Every figure is measured on the run; nothing is stored.
 """
 
@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from compressor import calibration_batches, compress  # noqa: E402
-from compressor.evaldata import held_out_text  # noqa: E402
-from compressor.loading import DEMO_DIR  # noqa: E402
+from compressor.measure.evaldata import held_out_text  # noqa: E402
+from compressor.models.loading import DEMO_DIR  # noqa: E402
 
 # Our settings matching llm-compressor's W4A16 preset scheme: symmetric int4, groups of 128.
 OURS_W4A16 = {"method": "gptq", "bits": 4, "group_size": 128, "symmetric": True}

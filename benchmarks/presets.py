@@ -46,7 +46,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from compressor.presets import list_presets
+    from compressor.engine.presets import list_presets
 
     presets = [s for s in args.only.split(",") if s] or list(list_presets())
     results = {}

@@ -4,8 +4,8 @@
     python -m benchmarks.pruning --quick         # fewer tokens, no comparison-group study: a smoke run
 
 Every row is one fresh copy of the demo model compressed by `compressor.compress` and evaluated on
-the same held-out tokens (`compressor.evaldata.held_out_text`): perplexity, KL to the uncompressed
-model and top-1 agreement (`compressor.evaluate.evaluate_quality`), measured weight bytes, and the
+the same held-out tokens (`compressor.measure.evaldata.held_out_text`): perplexity, KL to the uncompressed
+model and top-1 agreement (`compressor.measure.evaluate.evaluate_quality`), measured weight bytes, and the
 median time of a [1, 256] prefill forward (fp32, this machine), timed alternately with the dense
 model so that the ratio survives other load on the machine. Pruned rows also give the change in
 mean per-token NLL against magnitude pruning with the same pattern, with a 95% paired bootstrap
@@ -33,12 +33,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from compressor.calibration import calibration_batches  # noqa: E402
-from compressor.engine import compress  # noqa: E402
-from compressor.evaldata import held_out_text  # noqa: E402
-from compressor.evaluate import eval_tokens, evaluate_quality, leading_bos, window_logprobs  # noqa: E402
-from compressor.loading import load_model  # noqa: E402
-from compressor.report import weight_bytes  # noqa: E402
+from compressor.engine.calibration import calibration_batches  # noqa: E402
+from compressor.engine.compress import compress  # noqa: E402
+from compressor.engine.report import weight_bytes  # noqa: E402
+from compressor.measure.evaldata import held_out_text  # noqa: E402
+from compressor.measure.evaluate import eval_tokens, evaluate_quality, leading_bos, window_logprobs  # noqa: E402
+from compressor.models.loading import load_model  # noqa: E402
 
 CONTEXT, STRIDE, BLOCK = 256, 128, 128
 

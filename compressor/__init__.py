@@ -1,21 +1,21 @@
 """Compression Lab's engine: recipes in, a compressed model and a report out. Never imports gradio.
 
-The public names below load on first use (PEP 562), so `import compressor.jobs` in a worker process
-or `compressor.store` in the app stays free of torch until a job needs it.
+The public names below load on first use (PEP 562), so `import compressor.runs.jobs` in a worker process
+or `compressor.runs.store` in the app stays free of torch until a job needs it.
 """
 
 import importlib
 
 _EXPORTS = {
-    "calibration_batches": "calibration",
-    "StageContext": "engine", "compress": "engine",
+    "calibration_batches": "engine.calibration",
+    "StageContext": "engine.compress", "compress": "engine.compress",
     "ModelLoadError": "errors", "RecipeError": "errors", "UnsupportedOnDevice": "errors",
-    "get_preset": "presets", "list_presets": "presets",
-    "QuantStageConfig": "recipe", "Recipe": "recipe", "StageConfig": "recipe", "load_recipe": "recipe",
-    "METHODS": "registry", "MethodSpec": "registry", "register": "registry",
-    "CompressionReport": "report", "weight_bytes": "report",
-    "LayerContext": "sequential",
-    "is_compressed_folder": "serialize", "load_compressed": "serialize", "save_compressed": "serialize",
+    "get_preset": "engine.presets", "list_presets": "engine.presets",
+    "QuantStageConfig": "engine.recipe", "Recipe": "engine.recipe", "StageConfig": "engine.recipe", "load_recipe": "engine.recipe",
+    "METHODS": "engine.registry", "MethodSpec": "engine.registry", "register": "engine.registry",
+    "CompressionReport": "engine.report", "weight_bytes": "engine.report",
+    "LayerContext": "engine.sequential",
+    "is_compressed_folder": "engine.serialize", "load_compressed": "engine.serialize", "save_compressed": "engine.serialize",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import LabError
+from compressor.errors import LabError
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -56,7 +56,7 @@ def _fmt(x, kind: str = "") -> str:
     if x is None:
         return "-"
     if kind == "bytes":
-        from .hardware import human_bytes
+        from compressor.measure.hardware import human_bytes
 
         return human_bytes(x)
     if kind == "pct":
@@ -135,8 +135,8 @@ def format_report(d: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from .experiment import run_experiment
-    from .jobs import JobContext
+    from compressor.runs.experiment import run_experiment
+    from compressor.runs.jobs import JobContext
 
     def progress(p):
         if not args.quiet:
@@ -164,7 +164,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_presets(_args) -> int:
-    from .presets import get_preset, list_presets
+    from compressor.engine.presets import get_preset, list_presets
 
     shown = ("bits", "group_size", "sparsity", "pattern", "steps", "heads_fraction", "mlp_fraction")
     for name, about in list_presets().items():
@@ -177,7 +177,7 @@ def cmd_presets(_args) -> int:
 
 
 def cmd_hardware(_args) -> int:
-    from .hardware import THIS_MACHINE, human_bytes, list_profiles
+    from compressor.measure.hardware import THIS_MACHINE, human_bytes, list_profiles
 
     print(f"{'id':<14} {'memory':>10} {'GB/s':>7}  {'TFLOPS (dtype)':<22} features  name")
     for p in list_profiles():

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from compressor.evaldata import held_out_text, load_arithmetic, load_prompts
-from compressor.evaluate import (
+from compressor.engine.quant import fake_quant
+from compressor.measure.evaldata import held_out_text, load_arithmetic, load_prompts
+from compressor.measure.evaluate import (
     eval_tokens,
     evaluate_arithmetic,
     evaluate_quality,
     greedy_generate,
     leading_bos,
 )
-from compressor.loading import DEMO_DIR, load_model
-from compressor.quant import fake_quant
+from compressor.models.loading import DEMO_DIR, load_model
 
 PPL_TOKENS, CONTEXT, STRIDE = 16384, 256, 128
 

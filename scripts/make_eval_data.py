@@ -6,7 +6,7 @@ Run: python -m scripts.make_eval_data
 import json
 import random
 
-from compressor.evaldata import EVAL_DIR, format_problem, is_held_out
+from compressor.measure.evaldata import EVAL_DIR, format_problem, is_held_out
 
 # (kind, op, lo, hi, style, count): 2-digit addition is the headline stress test.
 PLAN = [

@@ -4,8 +4,8 @@ Reproducible: fixed seed, fixed step budget. Data, read at build time and never 
   - King James Bible, from Debian's `bible-kjv` (the `bible` command prints it);
   - World English Bible, from Debian's `sword-text-web`, dumped with `mod2imp` (`libsword-utils`);
   - the first chapters of Moby Dick shipped in Debian's `r-cran-tokenizers` (test data);
-  - the training half of the Python standard library's docstrings (see compressor/evaldata.py);
-  - synthetic arithmetic from compressor/evaldata.py, held-out problems excluded.
+  - the training half of the Python standard library's docstrings (see compressor/measure/evaldata.py);
+  - synthetic arithmetic from compressor/measure/evaldata.py, held-out problems excluded.
 
 Set-up on a fresh Debian machine (the script runs these when --fetch is given):
   apt-get install -y bible-kjv libsword-utils
@@ -40,7 +40,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from compressor.evaldata import format_problem, load_arithmetic, sample_problem, stdlib_docstrings
+from compressor.measure.evaldata import format_problem, load_arithmetic, sample_problem, stdlib_docstrings
 
 BOS = "<|endoftext|>"
 IGNORE = -100  # label that the loss skips

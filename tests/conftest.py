@@ -18,3 +18,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, monkeypatch):
+    """A 2-layer Llama with 256 positions and the demo's tokenizer, in the data folder."""
+    from tests.helpers import tiny_model_folder
+
+    return tiny_model_folder(tmp_path, monkeypatch)

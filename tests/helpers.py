@@ -30,3 +30,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_model_folder(tmp_path, monkeypatch):
+    """A 2-layer Llama with 256 positions and the demo's tokenizer (which prepends BOS), in the data
+    folder (where local models may live). Use it behind a `tiny_folder` fixture."""
+    import shutil
+
+    from compressor.models.loading import DEMO_DIR
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("LAB_DATA_DIR", str(data))
+    folder = data / "tiny"
+    tiny_llama(vocab=4096).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(DEMO_DIR / name, folder / name)
+    return folder

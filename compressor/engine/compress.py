@@ -1,0 +1,284 @@
+"""`compress(model, recipe)`: validate the recipe against the model, run its stages in order, report.
+
+Calibration-free stages get the whole model once: `apply(model, cfg, ctx: StageContext)`.
+Calibrated stages run in the sequential pipeline (compressor/engine/sequential.py), once per decoder layer:
+`apply(layer_ctx: LayerContext, cfg)`. Every run ends with a sanity report: measured bytes,
+effective bits, per-module error, and a forward pass checked for non-finite logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.engine.calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
+from compressor.engine.recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
+from compressor.engine.registry import MethodSpec, get_method
+from compressor.engine.report import CompressionReport, LayerReport, StageReport, module_row, weight_bytes
+from compressor.engine.sequential import find_decoder_layers, run_sequential
+from compressor.errors import RecipeError
+from compressor.progress import EtaClock, Progress, ProgressFn, null_progress
+
+# A module whose SQNR falls below this gets a warning in the report.
+LOW_SQNR_DB = 10.0
+# Metric names methods may use for an SQNR, and what it was measured on.
+_SQNR_KEYS = {"sqnr_db": None, "weight_sqnr_db": "weights", "probe_sqnr_db": "probe",
+              "output_sqnr_db": "calibration"}
+_ROW_FIELDS = ("bits", "group_size", "seconds", "sparsity")
+
+
+class StageContext:
+    """What a calibration-free method sees (the contract for needs_calibration=False).
+
+    targets(model) -> {qualified name: nn.Linear} the stage acts on (targets regex, ignore, skip);
+    override_for(name) -> the stage config with that module's overrides, or None when skipped;
+    replace(name, module) swaps a submodule (bytes before/after are measured here);
+    record(name, **metrics) adds report entries (sqnr_db, bits, group_size, seconds, sparsity, ...);
+    progress(done, total, message) reports progress within the stage.
+    """
+
+    def __init__(self, model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int, report: CompressionReport,
+                 emit):
+        self.model, self.cfg, self.spec, self.index = model, cfg, spec, index
+        self._report, self._emit = report, emit
+        self._rows: dict[str, LayerReport] = {}
+
+    def targets(self, model: nn.Module | None = None) -> dict[str, nn.Linear]:
+        return self.cfg.resolve(self.model if model is None else model)
+
+    def override_for(self, name: str) -> StageConfig | None:
+        return self.cfg.override_for(name)
+
+    def replace(self, name: str, module: nn.Module) -> None:
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        row = module_row(name, self.index, self.spec.name, old, module)
+        if name in self._rows:  # replaced twice in one stage: keep the first bytes_before
+            row.bytes_before = self._rows[name].bytes_before
+            row.extra = self._rows[name].extra
+        setattr(parent, child, module)
+        self._rows[name] = row
+        if name not in [r.name for r in self._report.layers if r.stage == self.index]:
+            self._report.layers.append(row)
+        else:
+            self._report.layers = [row if (r.name == name and r.stage == self.index) else r
+                                   for r in self._report.layers]
+
+    def record(self, name: str, **metrics: Any) -> None:
+        row = self._rows.get(name)
+        if row is None:  # metrics for a module modified in place
+            row = LayerReport(name=name, stage=self.index, method=self.spec.name)
+            self._rows[name] = row
+            self._report.layers.append(row)
+        for key, value in metrics.items():
+            if key in _SQNR_KEYS:
+                row.sqnr_db = None if value is None else float(value)
+                row.sqnr_basis = _SQNR_KEYS[key] or metrics.get("sqnr_basis") or row.sqnr_basis or "weights"
+            elif key in _ROW_FIELDS:
+                setattr(row, key, value)
+            elif key != "sqnr_basis":
+                row.extra[key] = value
+
+    def warn(self, message: str) -> None:
+        """A report warning for something the stage did not do as asked (shown with the run)."""
+        text = f"stage {self.index} ({self.spec.name}): {message}"
+        if text not in self._report.warnings:
+            self._report.warnings.append(text)
+
+    def progress(self, done: float, total: float, message: str = "") -> None:
+        self._emit(self.index, done / total if total else 1.0, message, done, total)
+
+    @property
+    def n_modules(self) -> int:
+        return len(self._rows)
+
+
+def _resolve_calibration(model: nn.Module, calibration: Any, tokenizer) -> torch.Tensor:
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() != 2 or calibration.dtype not in (torch.int64, torch.int32):
+            raise RecipeError("calibration", f"{calibration.dtype} {tuple(calibration.shape)}",
+                              "give integer token ids shaped [n_samples, seq_len]")
+        return calibration.long()
+    source = "builtin" if calibration is None else calibration
+    if not isinstance(source, str):
+        raise RecipeError("calibration", type(calibration).__name__,
+                          "give a token tensor [n, L], 'builtin', text, or 'hub:<dataset id>'")
+    if tokenizer is None:
+        tokenizer = _tokenizer_for(model)
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None) or DEFAULT_SEQ_LEN
+    return calibration_batches(tokenizer, source, DEFAULT_N_SAMPLES, min(DEFAULT_SEQ_LEN, max_pos))
+
+
+def _tokenizer_for(model: nn.Module):
+    path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise RecipeError("calibration", None, "this recipe needs calibration data: pass calibration=<token tensor "
+                          f"[n, L]> or tokenizer=... (no tokenizer found for {path!r}: {type(e).__name__})") from None
+
+
+@torch.no_grad()
+def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionReport) -> None:
+    """One small forward: logits must be finite; records which kernel paths ran."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 2)
+    probe = tokens[:1, :32] if tokens is not None else torch.arange(1, 33).remainder(vocab - 1).add(1)[None]
+    device = next(model.parameters()).device
+    logits = model(input_ids=probe.to(device), use_cache=False).logits
+    finite = bool(torch.isfinite(logits).all())
+    paths = sorted({m.kernel_path for m in model.modules() if getattr(m, "kernel_path", None)})
+    report.sanity = {"finite_logits": finite, "kernel_paths": paths}
+    if not finite:
+        report.warnings.append("the compressed model produced non-finite logits on a probe input")
+    for r in report.layers:
+        if r.sqnr_db is not None and r.sqnr_db < LOW_SQNR_DB:
+            report.warnings.append(f"{r.name}: SQNR {r.sqnr_db:.1f} dB ({r.sqnr_basis}) is below {LOW_SQNR_DB} dB")
+
+
+def _check_shapes_now(targets: dict[str, nn.Module], cfg: StageConfig, spec: MethodSpec, index: int) -> None:
+    """Run each target's check_module on the module as earlier stages left it.
+
+    Recipe.check sees the original shapes; structured pruning and low-rank change in_features (a
+    group size of 128 cannot divide the 64 channels a pruned down_proj keeps), and without this the
+    stage would fail deep in a kernel with a bare ValueError.
+    """
+    if index == 0 or spec.kind not in WEIGHT_KINDS:
+        return
+    for name, module in targets.items():
+        c = cfg.override_for(name)
+        if c is None:
+            continue
+        try:
+            c.check_module(name, module)
+        except RecipeError as e:
+            raise RecipeError(e.field, e.value, f"{e.hint} (after the earlier stages changed its shape)",
+                              f"stage {index} ({cfg.method})") from None
+
+
+def _check_inside_decoder(model: nn.Module, targets: dict[str, nn.Module], cfg: StageConfig, ctx: StageContext,
+                          index: int) -> None:
+    """Calibrated stages run layer by layer inside the decoder layers and cannot reach other modules:
+    a RecipeError when every target is outside them, a report warning naming the skipped ones otherwise."""
+    prefix, _ = find_decoder_layers(model)
+    outside = [n for n in targets if not n.startswith(f"{prefix}.")]
+    if not outside:
+        return
+    fix = ("calibrated methods work layer by layer inside the decoder layers; quantize it in its own stage with "
+           "a calibration-free method (rtn, hqq), or leave it out with ignore")
+    if len(outside) == len(targets):
+        raise RecipeError("targets", cfg.targets, f"selects only modules outside the decoder layers "
+                          f"({', '.join(outside[:3])}): {fix}", f"stage {index} ({cfg.method})")
+    ctx.warn(f"{len(outside)} targeted module(s) outside the decoder layers were left as they are "
+             f"({', '.join(outside[:3])}): {fix}")
+
+
+def _check_targets_left(model: nn.Module, targets: dict[str, nn.Module], cfg: StageConfig, spec: MethodSpec,
+                        index: int, report: CompressionReport) -> None:
+    """RecipeError when a weight stage is about to find no nn.Linear at all, instead of reporting success.
+
+    Recipe.check refuses the stacks it can foresee from the configs' declarations (final_format,
+    linear_children); this catches what it cannot: a method whose output format is undeclared.
+    """
+    if spec.kind not in WEIGHT_KINDS or targets:
+        return
+    modules = dict(model.named_modules())
+    gone = [(r.name, r.stage, r.method) for r in report.layers if r.stage < index and r.name in modules
+            and not isinstance(modules[r.name], nn.Linear) and cfg.override_for(r.name) is not None]
+    seen = "earlier stages replaced them"
+    if gone:
+        name, stage, method = gone[0]
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        seen = f"{name} is a {type(modules[name]).__name__} made by stage {stage} ({method}){more}"
+    raise RecipeError("targets", cfg.targets, f"finds no nn.Linear left to act on: {seen}; put this stage before "
+                      "that one or remove it (the earlier stages have already changed the model in place)",
+                      f"stage {index} ({cfg.method})")
+
+
+def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: ProgressFn | None = None, *,
+             tokenizer=None, after_stage: Callable[[int, nn.Module], dict] | None = None
+             ) -> tuple[nn.Module, CompressionReport]:
+    """Compress `model` in place with `recipe`; returns (model, CompressionReport).
+
+    Args:
+        model: a causal LM (calibrated stages need a list of decoder layers, e.g. model.model.layers).
+        recipe: anything `load_recipe` accepts: a preset name, YAML/JSON text, a path, a dict, a list,
+            a stage config or a Recipe.
+        calibration: token ids [n_samples, seq_len]; or "builtin" / text / "hub:<id>" tokenized with
+            `tokenizer` (default: the model's own, found from its config); None = "builtin" when a
+            stage needs calibration (32 x 256 tokens).
+        progress: called with compressor.progress.Progress events (stage, layer i/n, fraction, ETA).
+        after_stage: called as `after_stage(index, model)` once each stage is done; the dict it returns
+            is kept as `report.stages[index].quality`, so a stacked recipe's quality change can be
+            attributed to its stages (compressor.runs.experiment measures perplexity, KL and arithmetic).
+
+    A recipe with a `distill` stage keeps a frozen copy of the model as it was before stage 0 (the
+    teacher) until compress returns: weight memory doubles while it runs.
+    """
+    t_start = time.perf_counter()
+    recipe: Recipe = load_recipe(recipe)
+    recipe.check(model)
+    progress = progress or null_progress
+    specs = [get_method(s.method, f"stage {i}") for i, s in enumerate(recipe.stages)]
+    report = CompressionReport(recipe=recipe.to_dict(), weight_bytes_before=weight_bytes(model))
+    tokens = None
+    distilling = any(s.kind == "distill" for s in specs)
+    if distilling or any(s.needs_calibration for s in specs):
+        tokens = _resolve_calibration(model, calibration, tokenizer)
+        report.calibration = {"n_samples": tokens.shape[0], "seq_len": tokens.shape[1],
+                              "source": "tokens" if isinstance(calibration, torch.Tensor) else (calibration or "builtin")}
+    clock = EtaClock()
+    n_stages = len(recipe.stages)
+
+    def emit(index: int, stage_fraction: float, message: str, done: float, total: float) -> None:
+        fraction = (index + min(max(stage_fraction, 0.0), 1.0)) / n_stages
+        layered = specs[index].needs_calibration and total
+        progress(Progress(stage=specs[index].name, fraction=fraction, message=message, stage_index=index,
+                          n_stages=n_stages, layer=int(done) if layered else None,
+                          n_layers=int(total) if layered else None, eta_s=clock.eta(fraction)))
+
+    # A distillation stage learns from the model as it was before stage 0: keep a frozen copy.
+    teacher = None
+    if distilling:
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (cfg, spec) in enumerate(zip(recipe.stages, specs, strict=True)):
+            ctx = StageContext(model, cfg, spec, i, report, emit)
+            if spec.kind == "distill":
+                ctx.teacher, ctx.calibration = teacher, tokens
+            stage = StageReport(index=i, method=spec.name, kind=spec.kind, config=cfg.to_dict())
+            report.stages.append(stage)
+            emit(i, 0.0, "starting", 0, 0)
+            t0 = time.perf_counter()
+            # as the earlier stages left the model (kv and distill stages do not act on targets here)
+            targets = cfg.resolve(model) if spec.kind in WEIGHT_KINDS else {}
+            _check_targets_left(model, targets, cfg, spec, i, report)
+            _check_shapes_now(targets, cfg, spec, i)
+            with torch.no_grad():
+                if spec.needs_calibration:
+                    _check_inside_decoder(model, targets, cfg, ctx, i)
+                    stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)
+                else:
+                    spec.apply(model, cfg, ctx)
+            stage.seconds = time.perf_counter() - t0
+            stage.n_modules = ctx.n_modules
+            if after_stage is not None:
+                emit(i, 1.0, "measuring the model after this stage", 0, 0)
+                stage.quality = after_stage(i, model) or {}
+            emit(i, 1.0, "done", 0, 0)
+        _sanity(model, tokens, report)
+        # After the probe forward: kernels may adopt a runtime layout lazily, and that is what is held.
+        report.weight_bytes_after = weight_bytes(model)
+    finally:
+        model.train(was_training)
+    report.wall_s = time.perf_counter() - t_start
+    return model, report

@@ -1,0 +1,1 @@
+"""Where models come from: the bundled demo model, local folders, hub ids; all through `load_model`."""

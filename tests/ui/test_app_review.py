@@ -1,0 +1,241 @@
+"""Review of app.py's report rendering as pure functions: odd numbers (None, NaN, inf), reports from older
+versions, the Pareto front, CSV export, and the ZeroGPU path with a fake `spaces` module. No served app."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import io
+import re
+import sys
+import types
+
+import pytest
+
+import app
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _deltas(html_text: str) -> list[tuple[str, str]]:
+    """(colour class, delta text) of each metric card, in CARDS order."""
+    return re.findall(r'lab-delta (\w+)">([^<]*)<', html_text)
+
+
+@pytest.mark.parametrize("value,kind", [(NAN, "bytes"), (NAN, "num"), (NAN, "rate"), (NAN, "pct"), ("12", "num")])
+def test_fmt_shows_na_for_values_that_are_not_numbers(value, kind):
+    assert app._fmt(value, kind) == "n/a"
+
+
+def test_fmt_shows_infinity_as_a_symbol_not_a_unit():
+    assert app._fmt(INF, "num") == "∞"
+    assert app._fmt(INF, "bytes") == "∞"
+
+
+def test_cards_give_no_delta_or_colour_for_a_nan_measurement():
+    rep = {"baseline": {"perplexity": 10.0, "weight_bytes": 100},
+           "compressed": {"perplexity": NAN, "weight_bytes": NAN}}
+    by_label = dict(zip([c[0] for c in app.CARDS], _deltas(app.metric_cards_html(rep)), strict=False))
+    assert by_label["Perplexity"] == ("neutral", "&nbsp;")
+    assert by_label["Weight memory"] == ("neutral", "&nbsp;")
+
+
+def test_cards_show_points_for_accuracy_from_a_zero_baseline():
+    # 0 % -> 25 % is +25 points: the relative change is undefined, the difference in points is not
+    rep = {"baseline": {"arithmetic_accuracy": 0.0}, "compressed": {"arithmetic_accuracy": 0.25}}
+    by_label = dict(zip([c[0] for c in app.CARDS], _deltas(app.metric_cards_html(rep)), strict=False))
+    assert by_label["Arithmetic accuracy"] == ("good", "+25.0 pts")
+
+
+@pytest.mark.parametrize("key,b,c,cls", [
+    ("perplexity", 10.0, 12.0, "bad"), ("perplexity", 10.0, 9.0, "good"),
+    ("weight_bytes", 100, 25, "good"), ("decode_tokens_per_s", 50.0, 40.0, "bad"),
+    ("arithmetic_accuracy", 0.5, 0.4, "bad"),
+])
+def test_card_colours_follow_the_direction_of_each_metric(key, b, c, cls):
+    html_text = app.metric_cards_html({"baseline": {key: b}, "compressed": {key: c}})
+    i = [card[1] for card in app.CARDS].index(key)
+    assert _deltas(html_text)[i][0] == cls
+
+
+def test_attribution_gives_a_nan_delta_no_colour():
+    rep = {"baseline": {"perplexity": 10.0},
+           "attribution": [{"index": 0, "method": "rtn", "perplexity": NAN, "delta_perplexity": NAN}]}
+    out = app.attribution_html(rep)
+    assert "nan" not in out.lower()
+
+
+# Reports as older versions (or a partial run) wrote them: keys missing, None where a number was.
+OLD_REPORTS = [
+    {},
+    {"baseline": None, "compressed": None, "projection": None, "stages": None},
+    {"stages": [{"index": 0, "method": "rtn", "kind": "quant", "seconds": None}]},
+    {"stages": [{"index": 0, "method": "kivi", "kind": "kv", "config": None}], "settings": {"arithmetic_samples": 2}},
+    {"timings": {"total_s": 3, "baseline_cached": True}, "compression": {"summary": None}},
+    {"projection": {"hardware": "t4", "compressed": {"fits": None}}, "compressed": {"top1": 0.9}},
+]
+
+
+@pytest.mark.parametrize("report", OLD_REPORTS)
+def test_every_panel_renders_an_older_report(report):
+    app.metric_cards_html(report)
+    app.samples_html(report)
+    app.memory_plot(report)
+    app.throughput_plot(report, projected=True)
+    app.quality_plot(report)
+    app.layer_error_plot(report)
+    app.hardware_html(report)
+    app.details_markdown(report)
+    app.history_rows([{"id": "r1", "status": "succeeded", "report": report}])
+
+
+def test_details_list_integer_timings():
+    assert "total 3.0 s" in app.details_markdown({"timings": {"total_s": 3}})
+
+
+def test_a_list_recipe_is_labelled_by_its_stages_not_its_python_repr():
+    stages = [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "kivi", "bits": 2}]
+    assert app._recipe_label({"recipe": stages}) == "rtn w4 g128 + kivi w2"
+
+
+# -- Pareto front --------------------------------------------------------------------------------
+
+
+def _front(points, lower_x=True, lower_y=True):
+    return sorted((x, y) for x, y, *_ in app.pareto_front(points, lower_x, lower_y))
+
+
+def _dominated(p, q, lower_x, lower_y) -> bool:
+    """True when q is at least as good as p on both axes and better on one."""
+    sx, sy = (1 if lower_x else -1), (1 if lower_y else -1)
+    return sx * q[0] <= sx * p[0] and sy * q[1] <= sy * p[1] and (q[0], q[1]) != (p[0], p[1])
+
+
+def test_pareto_front_drops_a_point_tied_in_x_but_worse_in_y():
+    pts = [(1.0, 0.5, "a", ""), (1.0, 0.1, "b", ""), (2.0, 0.05, "c", "")]
+    assert _front(pts) == [(1.0, 0.1), (2.0, 0.05)]
+
+
+def test_pareto_front_ignores_nan_instead_of_stopping_at_it():
+    pts = [(1.0, NAN, "n", ""), (1.5, 0.2, "b", ""), (2.0, 0.05, "c", "")]
+    assert _front(pts) == [(1.5, 0.2), (2.0, 0.05)]
+
+
+@pytest.mark.parametrize("lower_x", [True, False])
+@pytest.mark.parametrize("lower_y", [True, False])
+def test_pareto_front_is_exactly_the_non_dominated_set(lower_x, lower_y):
+    import random
+
+    rng = random.Random(lower_x * 2 + lower_y)
+    pts = [(float(rng.randint(0, 6)), float(rng.randint(0, 6)), str(i), "") for i in range(40)]
+    expect = sorted({(p[0], p[1]) for p in pts
+                     if not any(_dominated(p, q, lower_x, lower_y) for q in pts)})
+    assert sorted(set(_front(pts, lower_x, lower_y))) == expect
+
+
+def test_pareto_plot_draws_the_front_for_the_chosen_axes():
+    runs = [{"id": i, "report": {"compressed": {"weight_bytes": w * 2**20, "top1_agreement": t}}}
+            for i, (w, t) in enumerate([(1, 0.5), (1, 0.9), (2, 0.95), (3, 0.93)])]
+    fig = app.pareto_plot(runs, "Top-1 agreement (higher better)", "Weight memory")
+    assert list(zip(fig.data[1].x, fig.data[1].y, strict=True)) == [(1.0, 0.9), (2.0, 0.95)]
+
+
+# -- export -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"])
+def test_csv_export_neutralises_spreadsheet_formulas(text):
+    runs = [{"id": "r1", "status": "failed", "model_spec": text, "error": text}]
+    row = list(csv.reader(io.StringIO(app.runs_csv(runs))))[1]
+    model, error = row[app.HISTORY_COLUMNS.index("model")], row[app.HISTORY_COLUMNS.index("error")]
+    assert model == "'" + text and error == "'" + text
+
+
+def test_csv_export_keeps_numbers_numeric():
+    runs = [{"id": "r1", "status": "succeeded",
+             "report": {"compressed": {"perplexity": -1.5, "weight_bytes": 2**20}}}]
+    row = list(csv.reader(io.StringIO(app.runs_csv(runs))))[1]
+    assert row[app.HISTORY_COLUMNS.index("perplexity")] == "-1.5"
+
+
+# -- ZeroGPU ----------------------------------------------------------------------------------------
+
+
+def test_zero_gpu_wraps_the_job_with_a_fake_spaces_module(monkeypatch):
+    calls = []
+    fake = types.ModuleType("spaces")
+
+    def gpu(duration=None):
+        def wrap(fn):
+            calls.append((fn.__name__, duration))
+            return fn
+        return wrap
+
+    fake.GPU = gpu
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setenv("LAB_ZERO_GPU_DURATION_S", "60")
+    try:
+        mod = importlib.reload(app)
+        assert mod.ZERO_GPU and ("_run_job_on_gpu", 60) in calls
+    finally:
+        monkeypatch.delitem(sys.modules, "spaces")
+        monkeypatch.delenv("SPACES_ZERO_GPU")
+        mod = importlib.reload(app)
+    assert mod.spaces is None and not mod.ZERO_GPU
+
+
+def test_inline_gpu_runs_keep_only_the_last_artifacts(tmp_path, monkeypatch):
+    from compressor.runs.jobs import ArtifactPolicy, JobManager
+
+    def fake_job(payload, data_dir, artifact_dir):
+        from pathlib import Path
+
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        (Path(artifact_dir) / "config.json").write_text("{}")
+        return {"compressed": {}}
+
+    monkeypatch.setattr(app, "_run_job_on_gpu", fake_job)
+    with JobManager(tmp_path, target="tests.jobtargets:echo", artifacts=ArtifactPolicy(keep_last=1)) as m:
+        ids = [app.run_inline_on_gpu(m, {"model": "demo"}, "alice") for _ in range(3)]
+        kept = [r["id"] for r in m.list_runs() if r["artifact_path"]]
+        assert kept == [ids[-1]]
+        assert sorted(p.name for p in m.artifact_root.iterdir()) == [ids[-1]]
+
+
+def test_inline_gpu_failure_leaves_no_artifact_folder(tmp_path, monkeypatch):
+    from compressor.runs.jobs import JobManager
+
+    def failing_job(payload, data_dir, artifact_dir):
+        from pathlib import Path
+
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(app, "_run_job_on_gpu", failing_job)
+    with JobManager(tmp_path, target="tests.jobtargets:echo") as m:
+        run_id = app.run_inline_on_gpu(m, {"model": "demo"}, "alice")
+        run = m.get_run(run_id)
+        assert run["status"] == "failed" and "out of memory" in run["error"]
+        assert not (m.artifact_root / run_id).exists()
+
+
+# -- prompt box (compressor.runs.ask) -----------------------------------------------------------------------
+
+
+def test_prompt_box_refuses_a_prompt_beyond_the_model_positions():
+    from compressor.errors import LabError
+    from compressor.runs.ask import answer
+
+    # 1,960 characters: under the character cap, but ~1,960 tokens for a 512-position model
+    with pytest.raises(LabError, match=r"max_position_embeddings=512"):
+        answer({"model": "demo", "recipe": "w4-g128", "prompt": "27+58= " * 280, "max_new_tokens": 32})
+
+
+def test_prompt_box_rebuilds_a_run_whose_saved_model_was_pruned(tmp_path):
+    from compressor.runs.ask import answer
+
+    gone = tmp_path / "artifacts" / "run1"  # removed by the keep-last policy: the folder is empty or absent
+    out = answer({"model": "demo", "recipe": "w4-g128", "artifact": str(gone), "prompt": "27+58=",
+                  "max_new_tokens": 4})
+    assert out["source"] == "recompressed" and isinstance(out["compressed"], str)
