@@ -41,7 +41,8 @@ class EvalSettings:
     Args:
         ppl_tokens: tokens of held-out text scored for perplexity and KL.
         context: sliding-window length (tokens of context per forward).
-        stride: window advance; tokens scored per window after the first.
+        stride: window advance; tokens scored per window after the first. Default (None): half the
+            context, at least 8; resolved here once, so every entry point measures the same windows.
         top_k: baseline log-probs kept per token for KL (plus one tail bucket).
         arithmetic_samples: arithmetic problems (exact match, greedy).
         max_new_tokens: tokens generated for each side-by-side sample prompt.
@@ -57,7 +58,7 @@ class EvalSettings:
 
     ppl_tokens: int = 2048
     context: int = 256
-    stride: int = 128
+    stride: int | None = None
     top_k: int = 32
     arithmetic_samples: int = 100
     max_new_tokens: int = 24
@@ -77,6 +78,8 @@ class EvalSettings:
     }
 
     def __post_init__(self):
+        if self.stride is None and isinstance(self.context, int) and not isinstance(self.context, bool):
+            self.stride = max(8, self.context // 2)
         for name, (lo, hi) in self.BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
