@@ -1,15 +1,22 @@
-"""PyTorch's native CPU low-bit matmuls, with exact conversions to and from the canonical packed format.
+"""PyTorch's native CPU low-bit matmuls: the runtime layouts they read, exact conversions, and the math around them.
 
     cpu-int4pack  aten._weight_int4pack_mm_for_cpu(x_bf16, w_native [N, K/2], G', scale_and_zero [K/G', N, 2])
                   computes w = (q - 8) * scale + zero, so zero = (8 - zeros) * scales for our (q - zeros) * scales.
                   G' must be 32/64/128/256: a larger group (per channel included) is repeated into G' = 256 ... 32.
+                  2- and 3-bit weights are unpacked once into this layout (their q fit in a nibble).
     cpu-int8pack  aten._weight_int8pack_mm(x_bf16, w_int8 [N, K], scale [N]), per channel only (G = K),
                   K a multiple of 16.
-                  q - zeros = (q - 128) + (128 - zeros), so an asymmetric zero folds into a rank-1 term:
-                  y += rowsum(x) * (128 - zeros) * scales.
+    cpu-dequant-bf16  the weight dequantized to bf16, then one dense bf16 matmul (prefill: wins from some M on).
 
-Both take bf16 activations: their fp32 paths measured 4-40x slower on this machine (docs/benchmarks.md).
-Scales enter in bf16 (from fp16), so results differ from the fp32 reference by bf16 rounding.
+Both kernels take bf16 activations (their fp32 paths measured 4-40x slower here) and round their output
+to bf16. Scales enter in bf16 (from fp16), so results differ from the fp32 reference by bf16 rounding.
+
+Asymmetric int8: q - zeros = (q - 128) + (128 - zeros) would leave a rank-1 correction to add after the
+kernel, but the kernel has already rounded sum x * (q - 128) * s to bf16: when a row's zero is far from 128
+that main term is large and cancels, and the rounding swamps the result (issue 20: 20 dB lost, 50 dB with
+non-centred x). Centring x per row removes the term the zero would add:
+    y = (x - mean(x)) @ W.T + mean(x) * W.sum(1),   and (x - mean(x)) @ (q - 128).T * s == (x - mean(x)) @ W.T,
+so the bf16 rounding is bounded by |(x - mean) @ W.T|, as for a symmetric weight, whatever the zero.
 """
 
 from __future__ import annotations
@@ -18,18 +25,19 @@ from dataclasses import dataclass
 
 import torch
 
-INT4PACK, INT8PACK = "cpu-int4pack", "cpu-int8pack"
+INT4PACK, INT8PACK, DEQUANT_BF16 = "cpu-int4pack", "cpu-int8pack", "cpu-dequant-bf16"
 _INT4_GROUPS = (256, 128, 64, 32)
 
 
 @dataclass
 class NativeWeight:
-    """Runtime-only tensors of a native layout (never saved); qweight itself lives in the module."""
+    """Runtime-only tensors of a native layout (never saved); the packed weight itself lives in the module."""
 
     kind: str  # INT4PACK | INT8PACK
     scale: torch.Tensor  # int4: scale_and_zero bf16 [K/G', N, 2]; int8: scales bf16 [N]
-    offset: torch.Tensor | None = None  # int8: fp32 [N] rank-1 zero correction, None when zeros == 128
+    offset: torch.Tensor | None = None  # int8: 128 - zeros, fp32 [N]; None when every zero is 128
     group_size: int = 0  # int4: native group size G'
+    row_sum: torch.Tensor | None = None  # int8 asymmetric: sum_k W[n, k], fp32 [N]
 
 
 def _has(op: str) -> bool:
@@ -38,7 +46,9 @@ def _has(op: str) -> bool:
 
 def native_kind(bits: int, group_size: int, in_features: int, out_features: int) -> str | None:
     """The native CPU layout that can run this weight, or None."""
-    if bits == 4 and _has("_weight_int4pack_mm_for_cpu") and out_features % 32 == 0 and in_features % 2 == 0:
+    if out_features == 0:
+        return None
+    if bits in (2, 3, 4) and _has("_weight_int4pack_mm_for_cpu") and out_features % 32 == 0 and in_features % 2 == 0:
         if any(group_size % g == 0 for g in _INT4_GROUPS):
             return INT4PACK
     # _weight_int8pack_mm reads K in blocks of 16 and segfaults (SIGSEGV, nothing to catch) when
@@ -82,14 +92,22 @@ def from_int4pack(native: torch.Tensor, in_features: int) -> torch.Tensor:
 
 
 def to_int4pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int,
-                in_features: int) -> tuple[torch.Tensor, NativeWeight] | None:
-    """Canonical 4-bit -> (native uint8 [N, K/2], NativeWeight), or None when the layout inverse fails."""
-    from kernels.pack import unpack_4bit_u8
+                in_features: int, bits: int = 4) -> tuple[torch.Tensor, NativeWeight] | None:
+    """Canonical 2/3/4-bit -> (native uint8 [N, K/2], NativeWeight), or None when the layout inverse fails.
 
-    q = unpack_4bit_u8(qweight).to(torch.int32)  # (N, K)
+    2- and 3-bit values are shifted to sit around the kernel's centre 8 (q + 6, q + 4; zeros likewise): the
+    kernel's bf16 scale and zero then multiply |q - 8| <= 2**(bits-1), not up to 8, and keep the precision
+    relative to a quantization step that 4-bit has (unshifted, 2-bit lost ~10 dB of SQNR).
+    """
+    from kernels.pack import pack_4bit_u8, unpack
+
+    shift = 8 - 2 ** (bits - 1)
+    q = unpack(qweight, bits, in_features).to(torch.int32) + shift  # (N, K), values in [shift, 15 - shift]
+    zeros = zeros.float() + shift
     native = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    expected = qweight if bits == 4 else pack_4bit_u8(q)
     del q
-    if native.shape != qweight.shape or not torch.equal(from_int4pack(native, in_features), qweight):
+    if native.shape != expected.shape or not torch.equal(from_int4pack(native, in_features), expected):
         return None
     g_native = next(g for g in _INT4_GROUPS if group_size % g == 0)
     rep = group_size // g_native
@@ -102,9 +120,27 @@ def to_int4pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
 def int4pack_mm(x: torch.Tensor, native: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
     """x [..., K] -> y [..., N] in x's dtype, computed with bf16 activations."""
     lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).to(torch.bfloat16).contiguous()  # the op needs a contiguous A; a slice may not be
+    x2 = x.reshape(-1, k).to(torch.bfloat16, memory_format=torch.contiguous_format)  # the op needs a contiguous A
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, native, nw.group_size, nw.scale)  # (M, N)
-    return y.to(x.dtype).reshape(*lead, -1)
+    return y.to(x.dtype).reshape(*lead, native.shape[0])
+
+
+def int4pack_dequant_t(native: torch.Tensor, nw: NativeWeight, in_features: int) -> torch.Tensor | None:
+    """W.T bf16 [K, N] from the native layout, for N a multiple of 64 (one block shape); None otherwise.
+
+    A 64-row block is K-major with rows (j, j + 32) in the nibbles of byte j, so its low and high nibbles,
+    written side by side, are 64 consecutive columns of W.T: no transpose of the weight is needed.
+    """
+    n, k = native.shape[0], in_features
+    if n % 64:
+        return None
+    blocks = native.view(n // 64, k, 32).transpose(0, 1)  # (K, N/64, 32)
+    q = torch.empty(k, n // 64, 64, dtype=torch.uint8)  # (K, N/64, 64) == (K, N)
+    torch.bitwise_and(blocks, 0xF, out=q[..., :32])
+    torch.bitwise_right_shift(blocks, 4, out=q[..., 32:])
+    g = nw.group_size
+    w = q.view(k // g, g, n).to(torch.bfloat16).sub_(8)  # (K/G', G', N); q - 8 is exact in bf16
+    return w.mul_(nw.scale[:, None, :, 0]).add_(nw.scale[:, None, :, 1]).view(k, n)
 
 
 # --- int8pack layout: q - 128 as int8 ----------------------------------------------------------------
@@ -119,8 +155,11 @@ def to_int8pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     w8 = (qweight ^ 0x80).view(torch.int8)
     s = scales.float().reshape(-1)  # (N,)
     z = zeros.float().reshape(-1)
-    offset = None if bool((z == 128).all()) else (128.0 - z) * s  # (N,)
-    return w8, NativeWeight(INT8PACK, s.to(torch.bfloat16), offset)
+    if bool((z == 128).all()):
+        return w8, NativeWeight(INT8PACK, s.to(torch.bfloat16))
+    offset = 128.0 - z  # (N,)
+    row_sum = ((w8.double().sum(dim=1) + offset.double() * w8.shape[1]) * s.double()).float()  # sum_k W[n, k]
+    return w8, NativeWeight(INT8PACK, s.to(torch.bfloat16), offset, row_sum=row_sum)
 
 
 def from_int8pack(w8: torch.Tensor) -> torch.Tensor:
@@ -128,11 +167,27 @@ def from_int8pack(w8: torch.Tensor) -> torch.Tensor:
     return w8.view(torch.uint8) ^ 0x80
 
 
-def int8pack_mm(x: torch.Tensor, w8: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
-    """x [..., K] -> y [..., N] in x's dtype, computed with bf16 activations plus the fp32 zero correction."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k)  # (M, K)
-    y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), w8, nw.scale).float()  # (M, N)
+def int8pack_mm(x2: torch.Tensor, w8: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
+    """x [M, K] -> y [M, N]: bf16 from a symmetric weight, fp32 from an asymmetric one (module docstring).
+
+    A row of x that is not finite makes the centring meaningless (inf - inf); such calls take the
+    dequantized weight, which gives the reference's infinities.
+    """
+    if nw.offset is None:
+        return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16, memory_format=torch.contiguous_format),
+                                                  w8, nw.scale)
+    xf = x2.float()
+    mean = xf.mean(dim=1, keepdim=True)  # (M, 1)
+    if not torch.isfinite(mean.sum()):
+        return torch.nn.functional.linear(x2.to(torch.bfloat16), int8pack_dequant(w8, nw))
+    xc = (xf - mean).to(torch.bfloat16, memory_format=torch.contiguous_format)  # a transposed x stays transposed
+    y = torch.ops.aten._weight_int8pack_mm(xc, w8, nw.scale)  # (M, N), bf16
+    return torch.addcmul(y.float(), mean, nw.row_sum)  # + mean(x) * sum_k W[n, k]
+
+
+def int8pack_dequant(w8: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
+    """W bf16 [N, K] = (q - zeros) * scales; q - zeros is an exact bf16 integer whenever zeros are integers."""
+    w = w8.to(torch.bfloat16)
     if nw.offset is not None:
-        y = y + x2.float().sum(dim=-1, keepdim=True) * nw.offset  # rank-1 zero term
-    return y.to(x.dtype).reshape(*lead, -1)
+        w.add_(nw.offset.to(torch.bfloat16)[:, None])
+    return w.mul_(nw.scale[:, None])

@@ -15,6 +15,7 @@ from torch import nn
 
 from kernels import cpu_native, dispatch
 from kernels.cpu_native import NativeWeight
+from kernels.cpu_plan import CpuPlan
 from kernels.pack import pack, packed_cols
 from kernels.reference import check_qweight
 
@@ -35,6 +36,10 @@ def _keep_stored_dtypes(module: nn.Module, names: tuple[str, ...], fn, apply):
             module._buffers[n] = t.to(fn(t[:0]).device)
 
 
+# non-persistent buffers of the CPU runtime layout: counted by weight_bytes (held), never saved
+_RUNTIME_BUFFERS = ("native_qweight", "native_scale", "native_offset", "native_row_sum", "native_perm")
+
+
 class QuantLinear(nn.Module):
     """Weight-only quantized linear: W[n, k] = (q[n, k] - zeros[n, k // G]) * scales[n, k // G].
 
@@ -42,10 +47,12 @@ class QuantLinear(nn.Module):
         qweight uint8 [N, packed_cols(K, bits)], scales fp16 [N, K // G], zeros fp16 [N, K // G],
         perm int32 [K] (only with act-order), bias [N] (only with bias).
 
-    Runtime layout: on its first CPU forward the module replaces `qweight` by the layout of a native
-    CPU kernel when one supports it (same bytes for int4pack; for int8pack a new tensor replaces the canonical one), keeping fp16
-    scales/zeros for the state dict; the native scales are a non-persistent buffer `native_scale`.
-    Moving the module (`.to`, `.cuda`, `.half`) or saving/loading converts back to canonical.
+    Runtime layout (kernels/cpu_plan.py): the first CPU forward builds a plan that every later call runs.
+    A 4-bit or per-channel 8-bit `qweight` is replaced by its native kernel's layout (same bytes); 2- and
+    3-bit weights keep their canonical bytes and hold the int4 layout beside them (`native_qweight`, more
+    bytes than stored: weight_bytes counts them). Native scales, int8 zero terms and the int64
+    permutation are non-persistent buffers `native_*`; fp16 scales/zeros stay for the state dict.
+    Moving the module (`.to`, `.cuda`, `.half`) or loading a state dict drops the runtime layout.
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int, *, bias: bool = False,
@@ -63,7 +70,7 @@ class QuantLinear(nn.Module):
             if bias else None
         self.kernel_path: str | None = None
         self.native: NativeWeight | None = None
-        self._native_checked = False
+        self._run = None  # built by the first forward (_prepare)
         check_qweight(self.qweight, self.scales, self.zeros, bits=bits, group_size=group_size,
                       in_features=in_features, perm=self.perm)
 
@@ -100,50 +107,72 @@ class QuantLinear(nn.Module):
                 "group_size": self.group_size, "bias": self.bias is not None, "has_perm": self.perm is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
-        if not self._native_checked:
-            self._adopt_native(x.device)
-        y, self.kernel_path = dispatch.qmatmul(x, self.qweight, self.scales, self.zeros, bits=self.bits,
-                                               group_size=self.group_size, in_features=self.in_features,
-                                               perm=self.perm, bias=self.bias, native=self.native)
+        y, self.kernel_path = (self._run or self._prepare(x.device))(x)
         return y
 
     # --- runtime layout ---------------------------------------------------------------------------
 
+    def _canonical_call(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        return dispatch.qmatmul(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size,
+                                in_features=self.in_features, perm=self.perm, bias=self.bias)
+
     @torch.no_grad()
-    def _adopt_native(self, device: torch.device) -> None:
-        """Switch qweight to the native layout dispatch picks for `device` (once; a no-op elsewhere)."""
-        self._native_checked = True
+    def _prepare(self, device: torch.device):
+        """Build what every later call runs: a CPU plan (native layout adopted) or the canonical dispatch."""
+        if device.type != "cpu" or self.qweight.device.type != "cpu":
+            self._run = self._canonical_call
+            return self._run
         kind = dispatch.native_kind(device, bits=self.bits, group_size=self.group_size,
                                     in_features=self.in_features, out_features=self.out_features)
-        if kind is None or self.qweight.device != device:
-            return
+        weight, nw = self.qweight, None
         if kind == cpu_native.INT4PACK:
             out = cpu_native.to_int4pack(self.qweight, self.scales, self.zeros, group_size=self.group_size,
-                                         in_features=self.in_features)
+                                         in_features=self.in_features, bits=self.bits)
             if out is None:  # layout inverse did not hold: stay canonical (reference path)
-                return
-            self.qweight, self.native = out
-        else:
-            self.qweight, self.native = cpu_native.to_int8pack(self.qweight, self.scales, self.zeros)
-        self.register_buffer("native_scale", self.native.scale, persistent=False)
+                kind = None
+            elif self.bits == 4:  # same bytes as the canonical layout: it replaces qweight
+                self.qweight, nw = out
+                weight = self.qweight
+            else:  # 2/3-bit: the int4 layout is held beside the canonical bytes (the state dict and a GPU need those)
+                weight, nw = out
+                self.register_buffer("native_qweight", weight, persistent=False)
+        elif kind == cpu_native.INT8PACK:
+            self.qweight, nw = cpu_native.to_int8pack(self.qweight, self.scales, self.zeros)
+            weight = self.qweight
+        if nw is not None:
+            self.native = nw
+            self.register_buffer("native_scale", nw.scale, persistent=False)
+            for name, t in (("native_offset", nw.offset), ("native_row_sum", nw.row_sum)):
+                if t is not None:
+                    self.register_buffer(name, t, persistent=False)
+        if self.perm is not None:
+            self.register_buffer("native_perm", self.perm.long(), persistent=False)
+        self._run = CpuPlan(kind, weight, nw, in_features=self.in_features, out_features=self.out_features,
+                            bits=self.bits, group_size=self.group_size, scales=self.scales, zeros=self.zeros,
+                            perm_index=getattr(self, "native_perm", None), bias=self.bias)
+        return self._run
 
     @torch.no_grad()
     def _to_canonical(self) -> None:
+        """Drop the runtime layout (back to the canonical qweight); the next forward prepares again."""
+        self._run = None
+        for name in _RUNTIME_BUFFERS:
+            self._buffers.pop(name, None)
         if self.native is None:
             return
         if self.native.kind == cpu_native.INT4PACK:
-            self.qweight = cpu_native.from_int4pack(self.qweight, self.in_features)
+            if self.bits == 4:
+                self.qweight = cpu_native.from_int4pack(self.qweight, self.in_features)
         else:
             self.qweight = cpu_native.from_int8pack(self.qweight)
-        del self.native_scale
-        self.native, self._native_checked = None, False
+        self.native = None
 
     def _canonical_qweight(self) -> torch.Tensor:
-        if self.native is None:
+        if self.native is None or (self.native.kind == cpu_native.INT4PACK and self.bits != 4):
             return self.qweight
         if self.native.kind == cpu_native.INT4PACK:
             return cpu_native.from_int4pack(self.qweight, self.in_features)
-        return self.qweight.view(torch.uint8) ^ 0x80
+        return cpu_native.from_int8pack(self.qweight)
 
     def _apply(self, fn, recurse=True):
         self._to_canonical()

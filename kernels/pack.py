@@ -73,14 +73,14 @@ def pack_4bit_u8(q: torch.Tensor) -> torch.Tensor:
     """
     _check_values(q, 4)
     q = _pad_last(q.to(torch.uint8), 2)
-    q = q.reshape(*q.shape[:-1], -1, 2)  # (..., K/2, 2)
+    q = q.reshape(*q.shape[:-1], q.shape[-1] // 2, 2)  # (..., K/2, 2); explicit sizes: -1 is ambiguous at 0 rows
     return (q[..., 0] | (q[..., 1] << 4)).contiguous()
 
 
 def unpack_4bit_u8(packed: torch.Tensor) -> torch.Tensor:
     p = packed.to(torch.uint8)
     q = torch.stack([p & 0xF, p >> 4], dim=-1)  # (..., K/2, 2)
-    return q.reshape(*p.shape[:-1], -1)
+    return q.reshape(*p.shape[:-1], 2 * p.shape[-1])
 
 
 def pack_2bit_u8(q: torch.Tensor) -> torch.Tensor:
@@ -91,14 +91,14 @@ def pack_2bit_u8(q: torch.Tensor) -> torch.Tensor:
     """
     _check_values(q, 2)
     q = _pad_last(q.to(torch.uint8), 4)
-    q = q.reshape(*q.shape[:-1], -1, 4)  # (..., K/4, 4)
+    q = q.reshape(*q.shape[:-1], q.shape[-1] // 4, 4)  # (..., K/4, 4)
     return (q[..., 0] | (q[..., 1] << 2) | (q[..., 2] << 4) | (q[..., 3] << 6)).contiguous()
 
 
 def unpack_2bit_u8(packed: torch.Tensor) -> torch.Tensor:
     p = packed.to(torch.uint8)
     q = torch.stack([(p >> s) & 0x3 for s in (0, 2, 4, 6)], dim=-1)  # (..., K/4, 4)
-    return q.reshape(*p.shape[:-1], -1)
+    return q.reshape(*p.shape[:-1], 4 * p.shape[-1])
 
 
 def pack_3bit_u8(q: torch.Tensor) -> torch.Tensor:
@@ -114,19 +114,19 @@ def pack_3bit_u8(q: torch.Tensor) -> torch.Tensor:
     """
     _check_values(q, 3)
     q = _pad_last(q.to(torch.int32), 8)
-    q = q.reshape(*q.shape[:-1], -1, 8)  # (..., K/8, 8)
+    q = q.reshape(*q.shape[:-1], q.shape[-1] // 8, 8)  # (..., K/8, 8)
     shifts = torch.arange(0, 24, 3, dtype=torch.int32, device=q.device)
     word = (q << shifts).sum(dim=-1, dtype=torch.int32)  # (..., K/8), 24 significant bits
     out = torch.stack([(word >> s) & 0xFF for s in (0, 8, 16)], dim=-1)  # (..., K/8, 3)
-    return out.to(torch.uint8).reshape(*q.shape[:-2], -1).contiguous()
+    return out.to(torch.uint8).reshape(*q.shape[:-2], 3 * q.shape[-2]).contiguous()
 
 
 def unpack_3bit_u8(packed: torch.Tensor) -> torch.Tensor:
-    p = packed.to(torch.int32).reshape(*packed.shape[:-1], -1, 3)  # (..., K/8, 3)
+    p = packed.to(torch.int32).reshape(*packed.shape[:-1], packed.shape[-1] // 3, 3)  # (..., K/8, 3)
     word = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)  # (..., K/8)
     shifts = torch.arange(0, 24, 3, dtype=torch.int32, device=p.device)
     q = (word.unsqueeze(-1) >> shifts) & 0x7  # (..., K/8, 8)
-    return q.to(torch.uint8).reshape(*packed.shape[:-1], -1)
+    return q.to(torch.uint8).reshape(*packed.shape[:-1], 8 * p.shape[-2])
 
 
 _PACK = {8: pack_8bit_u8, 4: pack_4bit_u8, 3: pack_3bit_u8, 2: pack_2bit_u8}

@@ -50,7 +50,7 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     """
     check_qweight(qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features)
     n = qweight.shape[0]
-    q = unpack(qweight, bits, in_features).float().reshape(n, -1, group_size)  # (N, K/G, G)
+    q = unpack(qweight, bits, in_features).float().reshape(n, in_features // group_size, group_size)  # (N, K/G, G)
     w = (q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)  # (N, K/G, G)
     return w.reshape(n, in_features).to(dtype)
 
