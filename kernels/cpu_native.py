@@ -174,8 +174,8 @@ def int8pack_mm(x2: torch.Tensor, w8: torch.Tensor, nw: NativeWeight) -> torch.T
     dequantized weight, which gives the reference's infinities.
     """
     if nw.offset is None:
-        return torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16, memory_format=torch.contiguous_format),
-                                                  w8, nw.scale)
+        xb = x2.bfloat16()
+        return torch.ops.aten._weight_int8pack_mm(xb if xb.is_contiguous() else xb.contiguous(), w8, nw.scale)
     xf = x2.float()
     mean = xf.mean(dim=1, keepdim=True)  # (M, 1)
     if not torch.isfinite(mean.sum()):

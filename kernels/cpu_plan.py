@@ -1,4 +1,4 @@
-"""A QuantLinear's CPU runtime, built once at its first forward: x [..., K] -> (y [..., N], kernel path).
+"""A QuantLinear's CPU runtime, built once at its first forward: x [..., K] -> y [..., N], and the path taken.
 
 Everything a call needs (native layout, bf16 scales, int64 permutation, the M at which to switch
 kernels) is computed when the plan is built, so a decode step pays one bf16 cast of x, the kernel and
@@ -36,41 +36,51 @@ class CpuPlan:
     def __init__(self, kind: str | None, weight: torch.Tensor, nw: NativeWeight | None, *, in_features: int,
                  out_features: int, bits: int, group_size: int, scales: torch.Tensor, zeros: torch.Tensor,
                  perm_index: torch.Tensor | None, bias: torch.Tensor | None):
-        self.kind = kind or REFERENCE
+        self.kind = {INT4PACK: INT4PACK, INT8PACK: INT8PACK}.get(kind, REFERENCE)  # interned: compared with `is`
         self.weight, self.nw = weight, nw  # native layout, or the canonical qweight for the reference
         self.k, self.n = in_features, out_features
         self.bits, self.group_size = bits, group_size
         self.scales, self.zeros = scales, zeros
         self.perm, self.bias = perm_index, bias
+        self.path: str | None = None  # the path the last call took
         self.dense_from = DENSE_FROM[self.kind]
-        if kind == INT4PACK:
+        if self.kind is INT4PACK:
             self._op = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+            self.group, self.sz = nw.group_size, nw.scale
             if out_features % 64:  # no block-wise dequantization for this row split: the kernel at every M
                 self.dense_from = 1 << 62
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.k)  # (M, K)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """y [..., N] in x's dtype; `self.path` names the kernel that ran. Each torch call here costs
+        1-2 us on this machine (an nn.Module attribute write 2 us), so the decode path makes four."""
+        flat = x.dim() != 2
+        x2 = x.reshape(-1, self.k) if flat else x  # (M, K)
         m = x2.shape[0]
-        if m == 0:
-            y = x.new_zeros(*lead, self.n)
-            return (y if self.bias is None else y + self.bias.to(y.dtype)), self.kind
         if self.perm is not None:
             x2 = x2.index_select(1, self.perm)
-        if m >= self.dense_from:
-            y, path = torch.nn.functional.linear(x2.to(torch.bfloat16), self.dense_weight()), DEQUANT_BF16
-        elif self.kind == INT4PACK:
-            xb = x2.to(torch.bfloat16, memory_format=torch.contiguous_format)
-            y, path = self._op(xb, self.weight, self.nw.group_size, self.nw.scale), INT4PACK
-        elif self.kind == INT8PACK:
-            y, path = cpu_native.int8pack_mm(x2, self.weight, self.nw), INT8PACK
+        if m >= self.dense_from or m == 0:
+            y = self._dense(x2, m)
+        elif self.kind is INT4PACK:
+            xb = x2.bfloat16()
+            y = self._op(xb if xb.is_contiguous() else xb.contiguous(), self.weight, self.group, self.sz)
+            self.path = INT4PACK
+        elif self.kind is INT8PACK:
+            y = cpu_native.int8pack_mm(x2, self.weight, self.nw)
+            self.path = INT8PACK
         else:
-            y, path = qmatmul_ref(x2, self.weight, self.scales, self.zeros, bits=self.bits,
-                                  group_size=self.group_size, in_features=self.k), REFERENCE
-        y = y.to(x.dtype)
+            y = qmatmul_ref(x2, self.weight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size,
+                            in_features=self.k)
+            self.path = REFERENCE
+        y = y.float() if x.dtype is torch.float32 else y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y.view(*lead, self.n), path
+        return y.view(*x.shape[:-1], self.n) if flat else y
+
+    def _dense(self, x2: torch.Tensor, m: int) -> torch.Tensor:
+        if m == 0:
+            return x2.new_zeros(0, self.n)
+        self.path = DEQUANT_BF16
+        return torch.nn.functional.linear(x2.bfloat16(), self.dense_weight())
 
     def dense_weight(self) -> torch.Tensor:
         """W bf16 [N, K] of a native layout (a transposed view for int4pack), dequantized now and not kept."""

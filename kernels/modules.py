@@ -68,9 +68,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device) if has_perm else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
-        self.kernel_path: str | None = None
         self.native: NativeWeight | None = None
-        self._run = None  # built by the first forward (_prepare)
+        self._run: CpuPlan | _CanonicalRun | None = None  # built by the first forward (_prepare)
+        self._last_path: str | None = None  # kernel_path once the runtime is dropped
         check_qweight(self.qweight, self.scales, self.zeros, bits=bits, group_size=group_size,
                       in_features=in_features, perm=self.perm)
 
@@ -107,20 +107,20 @@ class QuantLinear(nn.Module):
                 "group_size": self.group_size, "bias": self.bias is not None, "has_perm": self.perm is not None}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
-        y, self.kernel_path = (self._run or self._prepare(x.device))(x)
-        return y
+        return (self._run or self._prepare(x.device))(x)
+
+    @property
+    def kernel_path(self) -> str | None:
+        """The path the last forward took (kernels.dispatch names), None before the first."""
+        return self._run.path if self._run is not None else self._last_path
 
     # --- runtime layout ---------------------------------------------------------------------------
-
-    def _canonical_call(self, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        return dispatch.qmatmul(x, self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size,
-                                in_features=self.in_features, perm=self.perm, bias=self.bias)
 
     @torch.no_grad()
     def _prepare(self, device: torch.device):
         """Build what every later call runs: a CPU plan (native layout adopted) or the canonical dispatch."""
         if device.type != "cpu" or self.qweight.device.type != "cpu":
-            self._run = self._canonical_call
+            self._run = _CanonicalRun(self)
             return self._run
         kind = dispatch.native_kind(device, bits=self.bits, group_size=self.group_size,
                                     in_features=self.in_features, out_features=self.out_features)
@@ -155,7 +155,8 @@ class QuantLinear(nn.Module):
     @torch.no_grad()
     def _to_canonical(self) -> None:
         """Drop the runtime layout (back to the canonical qweight); the next forward prepares again."""
-        self._run = None
+        if self._run is not None:
+            self._last_path, self._run = self._run.path, None
         for name in _RUNTIME_BUFFERS:
             self._buffers.pop(name, None)
         if self.native is None:
@@ -189,6 +190,19 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}")
+
+
+class _CanonicalRun:
+    """QuantLinear's runtime off CPU: kernels.dispatch.qmatmul on the canonical tensors (Triton or reference)."""
+
+    def __init__(self, module: QuantLinear):
+        self.module, self.path = module, None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        y, self.path = dispatch.qmatmul(x, m.qweight, m.scales, m.zeros, bits=m.bits, group_size=m.group_size,
+                                        in_features=m.in_features, perm=m.perm, bias=m.bias)
+        return y
 
 
 class _ScaledWeightLinear(nn.Module):
