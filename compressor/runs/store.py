@@ -32,6 +32,7 @@ FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
 SCHEMA_VERSION = 1
 DB_NAME = "runs.sqlite3"
 BUSY_TIMEOUT_MS = 10_000  # another process (a worker, a second app) may hold the write lock briefly
+OPEN_RETRY_S = 0.01, 0.2  # first and longest pause between tries to open a file another process is setting up
 LOG_MAX_CHARS = 200_000  # the log column keeps the tail: a runaway log must not bloat the history
 
 _SCHEMA = """
@@ -97,6 +98,22 @@ class RunStore:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
+        deadline, pause = time.monotonic() + BUSY_TIMEOUT_MS / 1000, OPEN_RETRY_S[0]
+        while True:
+            try:
+                self._set_up()
+                return
+            except sqlite3.OperationalError as e:
+                # Two processes opening a new file at once: SQLite can refuse the second one's switch to
+                # WAL with "database is locked" at once, without waiting on the busy timeout. Try again.
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    self._db.close()
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, OPEN_RETRY_S[1])
+
+    def _set_up(self) -> None:
+        """WAL mode and the schema; every step is a no-op on a file already set up."""
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import sqlite3
 
 import pytest
 
 from compressor.runs.store import DB_NAME, RunStore
+
+JOIN_S = 120  # an upper bound for a loaded 2-core machine (spawn + imports); passing writers end in seconds
 
 
 @pytest.fixture
@@ -57,7 +60,9 @@ def test_an_unversioned_older_file_opens_with_its_rows(tmp_path):
         s.close()
 
 
-def _write_many(data_dir: str, owner: str, n: int) -> None:
+def _write_many(data_dir: str, owner: str, n: int, start=None) -> None:
+    if start is not None:
+        start.wait(JOIN_S)  # both writers open the new file at the same moment
     s = RunStore(data_dir)
     for i in range(n):
         run_id = s.create_run(owner, {"model": "demo", "i": i})
@@ -67,13 +72,17 @@ def _write_many(data_dir: str, owner: str, n: int) -> None:
 
 
 def test_two_processes_write_the_same_file_without_losing_rows(tmp_path):
+    # The file does not exist yet: both processes create it and switch it to WAL at once, which is
+    # where SQLite answered one of them "database is locked" without waiting (this test failed so,
+    # now and then, under load). The barrier makes the race the rule rather than the exception.
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), f"p{k}", 60)) for k in range(2)]
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), f"p{k}", 60, start)) for k in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    assert [p.exitcode for p in procs] == [0, 0]
+        p.join(JOIN_S)
+    assert [p.exitcode for p in procs] == [0, 0], "a writer failed (its traceback is in the captured stderr)"
     s = RunStore(tmp_path)
     try:
         runs = s.list_runs(limit=None)
@@ -81,3 +90,37 @@ def test_two_processes_write_the_same_file_without_losing_rows(tmp_path):
         assert s.integrity_check() == "ok"
     finally:
         s.close()
+
+
+class _LockedAtFirst(sqlite3.Connection):
+    """A connection whose first two switches to WAL are refused at once, as SQLite refuses a second
+    process that opens a new file while the first one sets it up."""
+
+    refusals = 0
+
+    def execute(self, sql, *args):
+        if sql.startswith("PRAGMA journal_mode") and _LockedAtFirst.refusals:
+            _LockedAtFirst.refusals -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().execute(sql, *args)
+
+
+def test_a_store_opened_while_another_process_sets_up_the_file_tries_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=_LockedAtFirst))
+    monkeypatch.setattr(_LockedAtFirst, "refusals", 2)
+    s = RunStore(tmp_path)
+    try:
+        assert _LockedAtFirst.refusals == 0
+        assert s.get_run(s.create_run("alice", {}))["owner"] == "alice"
+    finally:
+        s.close()
+
+
+def test_other_open_errors_are_not_retried(tmp_path, monkeypatch):
+    class Broken(sqlite3.Connection):
+        def execute(self, sql, *args):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=Broken))
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        RunStore(tmp_path)
