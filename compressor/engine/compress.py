@@ -1,9 +1,10 @@
 """`compress(model, recipe)`: validate the recipe against the model, run its stages in order, report.
 
-Calibration-free stages get the whole model once: `apply(model, cfg, ctx: StageContext)`.
-Calibrated stages run in the sequential pipeline (compressor/engine/sequential.py), once per decoder layer:
-`apply(layer_ctx: LayerContext, cfg)`. Every run ends with a sanity report: measured bytes,
-effective bits, per-module error, and a forward pass checked for non-finite logits.
+Every method is `apply(cfg, ctx)` (compressor/engine/context.py). Calibration-free stages run once, with
+a StageContext over the whole model; stages whose config says `needs_calibration` run in the sequential
+pipeline (compressor/engine/sequential.py), once per decoder layer, with a LayerContext. Every run ends
+with a sanity report: measured bytes, effective bits, per-module error, and a forward pass checked for
+non-finite logits.
 """
 
 from __future__ import annotations
@@ -17,86 +18,16 @@ import torch
 from torch import nn
 
 from compressor.engine.calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
+from compressor.engine.context import StageContext
 from compressor.engine.recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
 from compressor.engine.registry import MethodSpec, get_method
-from compressor.engine.report import CompressionReport, LayerReport, StageReport, module_row, weight_bytes
+from compressor.engine.report import CompressionReport, StageReport, weight_bytes
 from compressor.engine.sequential import find_decoder_layers, run_sequential
 from compressor.errors import RecipeError
 from compressor.progress import EtaClock, Progress, ProgressFn, null_progress
 
 # A module whose SQNR falls below this gets a warning in the report.
 LOW_SQNR_DB = 10.0
-# Metric names methods may use for an SQNR, and what it was measured on.
-_SQNR_KEYS = {"sqnr_db": None, "weight_sqnr_db": "weights", "probe_sqnr_db": "probe",
-              "output_sqnr_db": "calibration"}
-_ROW_FIELDS = ("bits", "group_size", "seconds", "sparsity")
-
-
-class StageContext:
-    """What a calibration-free method sees (the contract for needs_calibration=False).
-
-    targets(model) -> {qualified name: nn.Linear} the stage acts on (targets regex, ignore, skip);
-    override_for(name) -> the stage config with that module's overrides, or None when skipped;
-    replace(name, module) swaps a submodule (bytes before/after are measured here);
-    record(name, **metrics) adds report entries (sqnr_db, bits, group_size, seconds, sparsity, ...);
-    progress(done, total, message) reports progress within the stage.
-    """
-
-    def __init__(self, model: nn.Module, cfg: StageConfig, spec: MethodSpec, index: int, report: CompressionReport,
-                 emit):
-        self.model, self.cfg, self.spec, self.index = model, cfg, spec, index
-        self._report, self._emit = report, emit
-        self._rows: dict[str, LayerReport] = {}
-
-    def targets(self, model: nn.Module | None = None) -> dict[str, nn.Linear]:
-        return self.cfg.resolve(self.model if model is None else model)
-
-    def override_for(self, name: str) -> StageConfig | None:
-        return self.cfg.override_for(name)
-
-    def replace(self, name: str, module: nn.Module) -> None:
-        parent_name, _, child = name.rpartition(".")
-        parent = self.model.get_submodule(parent_name)
-        old = getattr(parent, child)
-        row = module_row(name, self.index, self.spec.name, old, module)
-        if name in self._rows:  # replaced twice in one stage: keep the first bytes_before
-            row.bytes_before = self._rows[name].bytes_before
-            row.extra = self._rows[name].extra
-        setattr(parent, child, module)
-        self._rows[name] = row
-        if name not in [r.name for r in self._report.layers if r.stage == self.index]:
-            self._report.layers.append(row)
-        else:
-            self._report.layers = [row if (r.name == name and r.stage == self.index) else r
-                                   for r in self._report.layers]
-
-    def record(self, name: str, **metrics: Any) -> None:
-        row = self._rows.get(name)
-        if row is None:  # metrics for a module modified in place
-            row = LayerReport(name=name, stage=self.index, method=self.spec.name)
-            self._rows[name] = row
-            self._report.layers.append(row)
-        for key, value in metrics.items():
-            if key in _SQNR_KEYS:
-                row.sqnr_db = None if value is None else float(value)
-                row.sqnr_basis = _SQNR_KEYS[key] or metrics.get("sqnr_basis") or row.sqnr_basis or "weights"
-            elif key in _ROW_FIELDS:
-                setattr(row, key, value)
-            elif key != "sqnr_basis":
-                row.extra[key] = value
-
-    def warn(self, message: str) -> None:
-        """A report warning for something the stage did not do as asked (shown with the run)."""
-        text = f"stage {self.index} ({self.spec.name}): {message}"
-        if text not in self._report.warnings:
-            self._report.warnings.append(text)
-
-    def progress(self, done: float, total: float, message: str = "") -> None:
-        self._emit(self.index, done / total if total else 1.0, message, done, total)
-
-    @property
-    def n_modules(self) -> int:
-        return len(self._rows)
 
 
 def _resolve_calibration(model: nn.Module, calibration: Any, tokenizer) -> torch.Tensor:
@@ -219,8 +150,8 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
             is kept as `report.stages[index].quality`, so a stacked recipe's quality change can be
             attributed to its stages (compressor.runs.experiment measures perplexity, KL and arithmetic).
 
-    A recipe with a `distill` stage keeps a frozen copy of the model as it was before stage 0 (the
-    teacher) until compress returns: weight memory doubles while it runs.
+    A recipe with a stage whose config `needs_teacher` (distill) keeps a frozen copy of the model as it
+    was before stage 0 (the teacher) until compress returns: weight memory doubles while it runs.
     """
     t_start = time.perf_counter()
     recipe: Recipe = load_recipe(recipe)
@@ -229,8 +160,8 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
     specs = [get_method(s.method, f"stage {i}") for i, s in enumerate(recipe.stages)]
     report = CompressionReport(recipe=recipe.to_dict(), weight_bytes_before=weight_bytes(model))
     tokens = None
-    distilling = any(s.kind == "distill" for s in specs)
-    if distilling or any(s.needs_calibration for s in specs):
+    wants_teacher = any(s.needs_teacher for s in specs)
+    if wants_teacher or any(s.needs_calibration for s in specs):
         tokens = _resolve_calibration(model, calibration, tokenizer)
         report.calibration = {"n_samples": tokens.shape[0], "seq_len": tokens.shape[1],
                               "source": "tokens" if isinstance(calibration, torch.Tensor) else (calibration or "builtin")}
@@ -244,17 +175,16 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
                           n_stages=n_stages, layer=int(done) if layered else None,
                           n_layers=int(total) if layered else None, eta_s=clock.eta(fraction)))
 
-    # A distillation stage learns from the model as it was before stage 0: keep a frozen copy.
+    # A stage that learns from the model as it was before stage 0 (distillation) gets a frozen copy.
     teacher = None
-    if distilling:
+    if wants_teacher:
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     was_training = model.training
     model.eval()
     try:
         for i, (cfg, spec) in enumerate(zip(recipe.stages, specs, strict=True)):
-            ctx = StageContext(model, cfg, spec, i, report, emit)
-            if spec.kind == "distill":
-                ctx.teacher, ctx.calibration = teacher, tokens
+            ctx = StageContext(model, cfg, spec, i, report, emit, teacher=teacher if spec.needs_teacher else None,
+                               calibration=tokens)
             stage = StageReport(index=i, method=spec.name, kind=spec.kind, config=cfg.to_dict())
             report.stages.append(stage)
             emit(i, 0.0, "starting", 0, 0)
@@ -268,7 +198,7 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
                     _check_inside_decoder(model, targets, cfg, ctx, i)
                     stage.decoder_layers = run_sequential(model, spec.apply, cfg, tokens, ctx)
                 else:
-                    spec.apply(model, cfg, ctx)
+                    spec.apply(cfg, ctx)
             stage.seconds = time.perf_counter() - t0
             stage.n_modules = ctx.n_modules
             if after_stage is not None:

@@ -420,13 +420,15 @@ def head_dim_of(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def check_cache_config(cfg, head_dim: int) -> None:
-    """RecipeError when `cfg` cannot run on a model with this head_dim (values group along channels)."""
-    method = getattr(cfg, "method", None)
-    if method in ("kivi", "gear") and head_dim % cfg.group_size:
-        divs = [g for g in (8, 16, 32, 64, 128) if head_dim % g == 0 and g <= head_dim]
-        raise RecipeError("group_size", cfg.group_size, f"values are grouped along head_dim {head_dim}, so the "
-                          f"group size must divide it: try {', '.join(map(str, divs))}", method)
+def check_cache_config(cfg, head_dim: int | None = None) -> None:
+    """RecipeError when `cfg` is not a KV cache config (it has no `cache_layer`), or cannot run on a
+    model with this head_dim (the config's own `check_head_dim`; skipped when head_dim is None)."""
+    if not callable(getattr(cfg, "cache_layer", None)):
+        raise RecipeError("method", getattr(cfg, "method", None), "not a KV cache config: use a KV stage "
+                          "(kivi, gear, streaming) or the fp16 baseline (FP16)")
+    check = getattr(cfg, "check_head_dim", None)
+    if check is not None and head_dim is not None:
+        check(head_dim)
 
 
 def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -437,20 +439,10 @@ def left_padding(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def make_layer(cfg, head_dim: int | None = None, pad: torch.Tensor | None = None) -> _KVLayerBase:
-    """One cache layer for a KV stage config (method kivi, gear, streaming or fp16); `pad` as `left_padding`."""
-    method = getattr(cfg, "method", None)
-    if head_dim is not None:
-        check_cache_config(cfg, head_dim)
-    if method == "kivi":
-        return QuantizedLayer(cfg.bits, cfg.group_size, cfg.residual)
-    if method == "gear":
-        return QuantizedLayer(cfg.bits, cfg.group_size, cfg.residual, rank=cfg.rank,
-                              outlier_ratio=cfg.outliers / 100, key_chunk=cfg.chunk, value_chunk=cfg.chunk)
-    if method == "streaming":
-        return SinkWindowLayer(cfg.sinks, cfg.window, pad)
-    if method == "fp16":
-        return Fp16Layer()
-    raise RecipeError("method", method, "a KV cache config has method kivi, gear, streaming or fp16")
+    """One cache layer for a KV cache config (a KV stage's, or FP16): the config builds it
+    (`cfg.cache_layer(pad)`), after checking it against head_dim when given; `pad` as `left_padding`."""
+    check_cache_config(cfg, head_dim)
+    return cfg.cache_layer(pad)
 
 
 def make_cache(model, cfg=None, attention_mask: torch.Tensor | None = None) -> CompressedKVCache:
@@ -479,6 +471,9 @@ class Fp16KV:
     """Config of the uncompressed fp16 baseline cache (not a recipe stage)."""
 
     method: str = "fp16"
+
+    def cache_layer(self, pad: torch.Tensor | None = None) -> Fp16Layer:
+        return Fp16Layer()
 
 
 FP16 = Fp16KV()

@@ -22,12 +22,17 @@ Every problem is a RecipeError naming the field, the value and what would work.
 Stacking: stages find their targets as nn.Linear modules, so what a stage leaves in place of each
 linear decides what later stages can act on. Each config declares it, and Recipe.check reads the
 declarations without running anything:
-  - `final_format(kind)`: not None when the targets stop being nn.Linear (packed quantized weights,
+  - `final_format()`: not None when the targets stop being nn.Linear (packed quantized weights,
     compact 2:4); later weight and distill stages must not target them;
-  - `linear_children(kind)`: the nn.Linear children of the replacement module (low-rank: `down`,
-    `up`); later stages find `<name>.down` and `<name>.up`, not `<name>`.
+  - `linear_children()`: the nn.Linear children of the replacement module (low-rank: `down`,
+    `up`); later stages find `<name>.down` and `<name>.up`, not `<name>`;
+  - `check_stack(earlier, where)`: refuses a position in the recipe (distill after quantization).
 Everything else (dense-storage pruning, structured pruning's smaller linears, smoothing folded into
 weights, distillation) leaves nn.Linear under the same name.
+
+What else is method-specific lives on the config class too, never in a switch on method names:
+`kind`, `needs_calibration`, `needs_teacher` (class attributes), `traits()` (formats that change how
+kernels behave, for reports and hardware projections) and, for KV stages, `cache_layer()`.
 """
 
 from __future__ import annotations
@@ -79,8 +84,10 @@ def _compile(field_name: str, pattern: Any, stage: str) -> re.Pattern:
 class StageConfig:
     """Base of every method's config: which linear layers the stage acts on.
 
-    Subclasses set nothing by hand: `@register(name, Config)` sets the `method` ClassVar. Subclasses
-    that override `__post_init__` call `super().__post_init__()` first.
+    `@register(name, Config)` sets the `method` ClassVar. A subclass declares what sets its method
+    apart as class attributes (`kind`, `needs_calibration`, `needs_teacher`) and by overriding the
+    hooks below (`traits`, `final_format`, `linear_children`, `check_stack`, `check_module`).
+    Subclasses that override `__post_init__` call `super().__post_init__()` first.
 
     Args:
         targets: regex searched in qualified module names; default every linear layer.
@@ -89,6 +96,12 @@ class StageConfig:
     """
 
     method: ClassVar[str] = ""
+    # One of compressor.engine.registry.KINDS: what the stage does to its targets.
+    kind: ClassVar[str] = "quantize"
+    # Run layer by layer on calibration tokens (apply gets a LayerContext) instead of once on the model.
+    needs_calibration: ClassVar[bool] = False
+    # Gets ctx.teacher (a frozen copy of the model before stage 0) and ctx.calibration (tokens [n, L]).
+    needs_teacher: ClassVar[bool] = False
 
     targets: str = r".*"
     ignore: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
@@ -147,20 +160,33 @@ class StageConfig:
     def check_module(self, name: str, module: nn.Linear) -> None:
         """Raise RecipeError when this (override-applied) config cannot act on `module`."""
 
-    def final_format(self, kind: str) -> tuple[str, str] | None:
+    def final_format(self, kind: str | None = None) -> tuple[str, str] | None:
         """(what the targets are stored as, how to stack on it) when this stage leaves them as modules
         that are not nn.Linear, which later stages would silently skip; None when they stay nn.Linear.
 
-        `kind` is the registered method's kind: "quantize" stages leave packed modules (QuantLinear,
-        Int8DynamicLinear, FP8Linear, bitsandbytes layers). Configs whose output depends on a field
-        override this (SparsityConfig: storage "compact").
+        "quantize" stages leave packed modules (compressor/engine/packed.py). Configs whose output
+        depends on a field override this (SparsityConfig: storage "compact"). `kind` defaults to the
+        config's own.
         """
-        return QUANTIZED if kind == "quantize" else None
+        return QUANTIZED if (kind or self.kind) == "quantize" else None
 
-    def linear_children(self, kind: str) -> tuple[str, ...]:
+    def linear_children(self, kind: str | None = None) -> tuple[str, ...]:
         """Names of the nn.Linear children of the module this stage puts in place of a target (later
         stages find `<name>.<child>`), or () when the target itself stays an nn.Linear or is final."""
-        return LOWRANK_CHILDREN if kind == "lowrank" else ()
+        return LOWRANK_CHILDREN if (kind or self.kind) == "lowrank" else ()
+
+    def check_stack(self, earlier: list[StageConfig], where: str) -> None:
+        """Raise RecipeError when this stage cannot follow the `earlier` stages of its recipe."""
+
+    def traits(self) -> tuple[set[str], float | None]:
+        """(formats the stage leaves that change how kernels behave, the lowest weight bit width it
+        stores or None): read by reports and hardware projections (compressor.measure.hardware). The
+        trait names are "weight-only-int", "int4-weight-only", "int8-dynamic", "fp8", "nf4", "sparse-2:4"."""
+        return set(), None
+
+    def override_values(self, key: str) -> list:
+        """The values overrides give `key` (for declarations that depend on a per-module field)."""
+        return [o[key] for o in self.overrides if key in o and not o.get("skip", False)]
 
     def to_dict(self) -> dict:
         return {"method": self.method, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
@@ -194,6 +220,11 @@ class QuantStageConfig(StageConfig):
                               "use a positive group size such as 32, 64 or 128, or -1 for per channel", stage)
         if not isinstance(self.symmetric, bool):
             raise RecipeError("symmetric", self.symmetric, "use true or false", stage)
+
+    def traits(self) -> tuple[set[str], float | None]:
+        """Integer weight-only formats; the lowest bits counts the per-module overrides too."""
+        bits = min([self.bits, *self.override_values("bits")])
+        return ({"weight-only-int", "int4-weight-only"} if bits <= 4 else {"weight-only-int"}), float(bits)
 
     def group_for(self, in_features: int) -> int:
         """The group size in columns for a layer of `in_features` (per channel -> in_features)."""
@@ -284,6 +315,17 @@ class Recipe:
             raise RecipeError("recipe", text[:80], f"not valid YAML ({str(e).splitlines()[0]})") from None
         return cls.from_dict(data)
 
+    def traits(self) -> tuple[list[str], float]:
+        """(sorted trait names of every stage, the lowest weight bit width; 32.0 when no stage stores
+        weights in fewer bits). KV stages have none: a cache's bits are counted in its bytes per token."""
+        traits: set[str] = set()
+        bits = 32.0
+        for cfg in self.stages:
+            t, b = cfg.traits()
+            traits |= t
+            bits = bits if b is None else min(bits, float(b))
+        return sorted(traits), bits
+
     # --- checks against a model -------------------------------------------------------------------
 
     def check(self, model: nn.Module) -> list[dict[str, nn.Linear | None]]:
@@ -304,23 +346,15 @@ class Recipe:
         parents: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (earlier stage, its nn.Linear children)
         out = []
         for i, cfg in enumerate(self.stages):
-            spec = get_method(cfg.method, f"stage {i}")
             where = f"stage {i} ({cfg.method})"
-            if spec.kind not in LINEAR_KINDS:
+            if cfg.kind not in LINEAR_KINDS:
+                cfg.check_stack(self.stages[:i], where)
                 out.append({})
                 continue
             targets = {n: m for n, m in linears.items() if cfg.override_for(n) is not None}
             _check_stacking(cfg, where, targets, final, parents)
-            if spec.kind == "distill":
-                quantized = [j for j, earlier in enumerate(self.stages[:i])
-                             if get_method(earlier.method).kind == "quantize"]
-                if quantized:
-                    j = quantized[0]
-                    raise RecipeError("method", cfg.method, f"cannot follow stage {j} ({self.stages[j].method}): "
-                                      "distillation backpropagates through every layer and packed low-bit layers "
-                                      "have no backward pass; put distill before quantization (prune -> distill "
-                                      "-> quantize)", where)
-            if spec.kind not in WEIGHT_KINDS:  # distill trains what it finds; its runtime check says so
+            cfg.check_stack(self.stages[:i], where)
+            if cfg.kind not in WEIGHT_KINDS:  # distill trains what it finds; its runtime check says so
                 out.append({})
                 continue
             if not targets:
@@ -338,7 +372,7 @@ class Recipe:
                 c = cfg.override_for(name)
                 if mod is not None:
                     c.check_module(name, mod)
-                fmt, children = c.final_format(spec.kind), c.linear_children(spec.kind)
+                fmt, children = c.final_format(), c.linear_children()
                 if fmt is not None:
                     final.setdefault(name, (where, fmt))
                 elif children:

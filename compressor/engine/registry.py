@@ -1,16 +1,20 @@
-"""Method registry: method name -> config class, apply function, whether it needs calibration.
+"""Method registry: method name -> config class and apply function.
 
-A method file in `compressor/engine/methods/` registers its apply function:
+A method is one file in `compressor/engine/methods/`: a config dataclass that says everything
+method-specific (its `kind`, `needs_calibration`, `needs_teacher`, `traits()`, a KV stage's
+`cache_layer()`, ...; see StageConfig in compressor/engine/recipe.py), pure tensor functions, and one
+registered apply with the one signature every method has:
 
-    @register("rtn", RTNConfig)                                   # calibration-free
-    def apply(model: nn.Module, cfg: RTNConfig, ctx: StageContext) -> None: ...
+    @register("rtn", RTNConfig)
+    def apply(cfg: RTNConfig, ctx) -> None: ...
 
-    @register("gptq", GPTQConfig, needs_calibration=True)         # sequential, once per decoder layer
-    def apply(layer_ctx: LayerContext, cfg: GPTQConfig) -> None: ...
+`ctx` is a StageContext (the whole model, once) or, when the config `needs_calibration`, a
+LayerContext (once per decoder layer on calibration data); both have the same surface
+(compressor/engine/context.py). The name given to `register` is the method's only spelling.
 
-`kind` says what the stage does to the modules it targets, and decides which stacks are valid:
+`kind` says what a stage does to the modules it targets, and decides which stacks are valid:
 "quantize" (weights become packed integers or low-bit floats), "prune", "lowrank", "kv" (KV cache)
-and "distill". `StageContext` lives in compressor/engine/compress.py, `LayerContext` in compressor/engine/sequential.py.
+and "distill".
 """
 
 from __future__ import annotations
@@ -25,36 +29,47 @@ KINDS = ("quantize", "prune", "lowrank", "kv", "distill")
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One registered method.
+    """One registered method; what it needs is read from its config class.
 
     Args:
         name: the recipe's `method` value ("rtn", "gptq", ...).
-        config_cls: the StageConfig subclass holding its parameters.
-        apply: `apply(model, cfg, ctx)` when needs_calibration is False, else `apply(layer_ctx, cfg)`.
-        needs_calibration: run in the sequential layer-by-layer pipeline on calibration tokens.
-        kind: one of KINDS.
+        config_cls: the StageConfig subclass holding its parameters and declarations.
+        apply: `apply(cfg, ctx)`.
     """
 
     name: str
     config_cls: type
     apply: Callable
-    needs_calibration: bool = False
-    kind: str = "quantize"
+
+    @property
+    def kind(self) -> str:
+        return self.config_cls.kind
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Runs in the sequential layer-by-layer pipeline on calibration tokens (LayerContext)."""
+        return self.config_cls.needs_calibration
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Gets a frozen copy of the model before stage 0 (`ctx.teacher`) and the calibration tokens."""
+        return self.config_cls.needs_teacher
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, config_cls: type, *, needs_calibration: bool = False, kind: str = "quantize"):
-    """Decorator on a method's apply function; also sets `config_cls.method = name`."""
+def register(name: str, config_cls: type):
+    """Decorator on a method's `apply(cfg, ctx)`; sets `config_cls.method = name`."""
+    kind = getattr(config_cls, "kind", None)
     if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not one of {KINDS}")
+        raise ValueError(f"{config_cls.__name__}.kind={kind!r} is not one of {KINDS}")
 
     def decorate(fn: Callable) -> Callable:
         if name in METHODS and METHODS[name].apply is not fn:
             raise ValueError(f"method {name!r} is registered twice ({METHODS[name].apply.__module__}, {fn.__module__})")
         config_cls.method = name
-        METHODS[name] = MethodSpec(name, config_cls, fn, needs_calibration, kind)
+        METHODS[name] = MethodSpec(name, config_cls, fn)
         return fn
 
     return decorate

@@ -2,7 +2,7 @@
 
     capture the inputs of decoder layer 0 (hidden states + every other arg: rotary embeddings, masks)
     for i in layers:
-        apply(LayerContext(layer i), cfg)   # the method gathers statistics and replaces modules
+        apply(cfg, LayerContext(layer i))   # the method gathers statistics and replaces modules
         outputs = compressed layer i (inputs)   -> inputs of layer i + 1
 
 Peak memory on top of the model: the layer's statistics plus three copies of the hidden states
@@ -95,7 +95,8 @@ def _run_layer(layer: nn.Module, hidden: torch.Tensor, args: tuple, kwargs: dict
 
 
 class LayerContext:
-    """What a calibrated method sees of one decoder layer (the contract for needs_calibration=True).
+    """What a calibrated method (config `needs_calibration`) sees of one decoder layer: the surface of
+    compressor/engine/context.py plus the layer's calibration statistics.
 
     Attributes: `layer` (the module), `index` (0-based), `n_layers`, `prefix` (its qualified name).
     Module names are fully qualified ("model.layers.3.mlp.down_proj").
@@ -123,7 +124,7 @@ class LayerContext:
         return self.cfg.override_for(name)
 
     def module(self, name: str) -> nn.Module:
-        return self.layer.get_submodule(name[len(self.prefix) + 1:])
+        return self.layer.get_submodule(name[len(self.prefix) + 1:] if self.prefix else name)
 
     # --- running the layer -------------------------------------------------------------------------
 
@@ -223,14 +224,15 @@ class LayerContext:
         """A report warning (see StageContext.warn)."""
         self._stage.warn(message)
 
-    def progress(self, fraction: float, message: str = "") -> None:
-        """Progress within this layer, 0..1."""
+    def progress(self, done: float, total: float, message: str = "") -> None:
+        """Progress within this layer: `done` of `total` steps."""
+        fraction = done / total if total else 1.0
         self._stage.progress(self.index + min(max(fraction, 0.0), 1.0), self.n_layers, message)
 
 
 @torch.no_grad()
 def run_sequential(model: nn.Module, apply: Callable, cfg, tokens: torch.Tensor, stage_ctx) -> list[dict]:
-    """Apply a calibrated method layer by layer; returns one dict per decoder layer (sqnr_db, seconds)."""
+    """`apply(cfg, layer_ctx)` layer by layer; returns one dict per decoder layer (sqnr_db, seconds)."""
     prefix, layers = find_decoder_layers(model)
     stage_ctx.progress(0, len(layers), "capturing layer inputs")
     inputs = capture_layer_inputs(model, layers[0], tokens)
@@ -239,7 +241,7 @@ def run_sequential(model: nn.Module, apply: Callable, cfg, tokens: torch.Tensor,
         t0 = time.perf_counter()
         lctx = LayerContext(layer, i, len(layers), f"{prefix}.{i}" if prefix else str(i), cfg, stage_ctx, inputs)
         if lctx.targets():
-            apply(lctx, cfg)
+            apply(cfg, lctx)
         outs = lctx._run()
         ref = lctx.reference_outputs
         layer_sqnr = sqnr_db(torch.cat(ref), torch.cat(outs)) if ref is not None and lctx._modified else None

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -227,9 +228,11 @@ class SparsityConfig(StageConfig):
         targets, ignore, overrides: module selection (see compressor/engine/recipe.py).
     """
 
+    kind: ClassVar[str] = "prune"
+
     sparsity: float = 0.5
     pattern: str = "unstructured"
-    storage: str = "dense"
+    storage: Literal["dense", "compact"] = "dense"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -259,7 +262,11 @@ class SparsityConfig(StageConfig):
         n, m = self.nm
         return n / m if m else self.sparsity
 
-    def final_format(self, kind: str) -> tuple[str, str] | None:
+    def traits(self) -> tuple[set[str], float | None]:
+        """2:4 (dense or compact) is the one pattern kernels treat differently (sparse tensor cores)."""
+        return ({"sparse-2:4"} if "2:4" in (self.pattern, *self.override_values("pattern")) else set()), None
+
+    def final_format(self, kind: str | None = None) -> tuple[str, str] | None:
         """Compact storage swaps in Sparse24Linear, which later stages cannot rewrite; dense stays nn.Linear."""
         if self.storage == "compact":
             return "compact 2:4 (storage: compact)", "use storage: dense to stack, or put the compact stage last"

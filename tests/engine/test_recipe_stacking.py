@@ -5,6 +5,7 @@ before any work; the engine refuses a weight stage that finds no nn.Linear left 
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
@@ -142,18 +143,17 @@ class _Opaque(nn.Module):
 
 @dataclass
 class _OpaqueConfig(StageConfig):
-    pass
+    kind: ClassVar[str] = "prune"
 
 
-def _apply_opaque(model, cfg, ctx) -> None:
-    for name, linear in ctx.targets(model).items():
+def _apply_opaque(cfg, ctx) -> None:
+    for name, linear in ctx.targets().items():
         ctx.replace(name, _Opaque(linear))
 
 
 def test_a_weight_stage_that_finds_no_linear_at_run_time_fails_loudly(monkeypatch):
     _OpaqueConfig.method = "opaque-test"
-    monkeypatch.setitem(METHODS, "opaque-test", MethodSpec("opaque-test", _OpaqueConfig, _apply_opaque, False,
-                                                           "prune"))
+    monkeypatch.setitem(METHODS, "opaque-test", MethodSpec("opaque-test", _OpaqueConfig, _apply_opaque))
     recipe = [{"method": "opaque-test"}, {"method": "rtn", "bits": 4, "group_size": 32}]
     model = tiny_llama()
     load_recipe(recipe).check(model)  # undeclared: the check cannot see it coming

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +49,8 @@ class AWQConfig(QuantStageConfig):
         clip: also search a clipping threshold per group (llm-awq's auto_clip; skipped for q/k).
         max_shrink: smallest clipping ratio tried is 1 - max_shrink (0.5).
     """
+
+    needs_calibration: ClassVar[bool] = True
 
     n_grid: int = 20
     clip: bool = True
@@ -190,8 +193,8 @@ def _rtn(c: AWQConfig, in_features: int) -> FakeQuant:
     return partial(fake_quant, bits=c.bits, group_size=c.group_for(in_features), symmetric=c.symmetric)
 
 
-@register("awq", AWQConfig, needs_calibration=True)
-def apply(layer_ctx, cfg: AWQConfig) -> None:
+@register("awq", AWQConfig)
+def apply(cfg: AWQConfig, layer_ctx) -> None:
     """Search and fold AWQ scales for each input group of the layer, then quantize its targets (RTN)."""
     layer, prefix = layer_ctx.layer, layer_ctx.prefix
     full = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class Bnb4bitConfig(StageConfig):
 
     double_quant: bool = False
     blocksize: int = BNB_BLOCKSIZE
-    compute_dtype: str = "auto"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +60,10 @@ class Bnb4bitConfig(StageConfig):
             raise RecipeError("blocksize", self.blocksize, f"bitsandbytes supports {BNB_BLOCKSIZES}", stage)
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise RecipeError("compute_dtype", self.compute_dtype, f"choose one of {sorted(COMPUTE_DTYPES)}", stage)
+
+    def traits(self) -> tuple[set[str], float | None]:
+        # NF4 and FP4 alike run bitsandbytes' 4-bit dequantizing kernels ("nf4" in the hardware notes).
+        return {"nf4"}, 4.0
 
 
 @dataclass
@@ -88,6 +93,9 @@ class LLMInt8Config(StageConfig):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or self.threshold < 0:
             raise RecipeError("threshold", self.threshold, "use a threshold >= 0 (the paper uses 6.0)",
                               self.method or type(self).__name__)
+
+    def traits(self) -> tuple[set[str], float | None]:
+        return {"int8-dynamic"}, 8.0
 
 
 def _bnb():
@@ -146,8 +154,8 @@ def bnb_linear8bit(linear: nn.Linear, threshold: float = LLM_INT8_THRESHOLD) -> 
     return _probe(mod, "bitsandbytes LLM.int8()", "CPU and CUDA")
 
 
-def _replace_all(model: nn.Module, ctx, build, bits: float) -> None:
-    for name, linear in ctx.targets(model).items():
+def _replace_all(ctx, build, bits: float) -> None:
+    for name, linear in ctx.targets().items():
         x = torch.randn(8, linear.in_features, generator=torch.Generator().manual_seed(0)).to(linear.weight)
         with torch.no_grad():
             ref = linear(x)
@@ -158,10 +166,10 @@ def _replace_all(model: nn.Module, ctx, build, bits: float) -> None:
 
 
 def _apply_4bit(quant_type: str):
-    def apply(model: nn.Module, cfg: Bnb4bitConfig, ctx) -> None:
+    def apply(cfg: Bnb4bitConfig, ctx) -> None:
         """Replace every targeted linear by bnb.nn.Linear4bit."""
         dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-        _replace_all(model, ctx, lambda lin: bnb_linear4bit(lin, quant_type, cfg.double_quant, cfg.blocksize, dtype),
+        _replace_all(ctx, lambda lin: bnb_linear4bit(lin, quant_type, cfg.double_quant, cfg.blocksize, dtype),
                      bits=4)
 
     apply.__name__ = f"apply_{quant_type}"
@@ -173,6 +181,6 @@ register("bnb-fp4", FP4Config)(_apply_4bit("fp4"))
 
 
 @register("llm-int8", LLMInt8Config)
-def apply_llm_int8(model: nn.Module, cfg: LLMInt8Config, ctx) -> None:
+def apply_llm_int8(cfg: LLMInt8Config, ctx) -> None:
     """Replace every targeted linear by bnb.nn.Linear8bitLt."""
-    _replace_all(model, ctx, lambda lin: bnb_linear8bit(lin, cfg.threshold), bits=8)
+    _replace_all(ctx, lambda lin: bnb_linear8bit(lin, cfg.threshold), bits=8)

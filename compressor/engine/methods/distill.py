@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,9 @@ class DistillConfig(StageConfig):
         targets / ignore / overrides: which linear layers are trained (default all but lm_head).
     """
 
+    kind: ClassVar[str] = "distill"
+    needs_teacher: ClassVar[bool] = True
+
     steps: int = 100
     lr: float = 1e-4
     temperature: float = 2.0
@@ -65,6 +69,15 @@ class DistillConfig(StageConfig):
             raise RecipeError("temperature", self.temperature, "use a positive temperature, e.g. 2.0", stage)
         if not (isinstance(self.hidden_mse, (int, float)) and self.hidden_mse >= 0):
             raise RecipeError("hidden_mse", self.hidden_mse, "use a weight >= 0 (0 turns it off)", stage)
+
+    def check_stack(self, earlier: list[StageConfig], where: str) -> None:
+        quantized = [j for j, cfg in enumerate(earlier) if cfg.kind == "quantize"]
+        if quantized:
+            j = quantized[0]
+            raise RecipeError("method", self.method, f"cannot follow stage {j} ({earlier[j].method}): "
+                              "distillation backpropagates through every layer and packed low-bit layers "
+                              "have no backward pass; put distill before quantization (prune -> distill "
+                              "-> quantize)", where)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -164,19 +177,19 @@ def distill(student: nn.Module, teacher: nn.Module, tokens: torch.Tensor, cfg: D
             "masked_modules": len(masks), "seconds": time.perf_counter() - t0}
 
 
-@register("distill", DistillConfig, kind="distill")
-def apply(model: nn.Module, cfg: DistillConfig, ctx) -> None:
+@register("distill", DistillConfig)
+def apply(cfg: DistillConfig, ctx) -> None:
     """Recipe stage: `compress` hands it `ctx.teacher` (a frozen copy of the model taken before the
-    first stage) and `ctx.calibration` (token ids [n, L])."""
+    first stage, as the config `needs_teacher`) and `ctx.calibration` (token ids [n, L])."""
     teacher, tokens = getattr(ctx, "teacher", None), getattr(ctx, "calibration", None)
     if teacher is None or tokens is None:
         raise RecipeError("method", "distill", "a distill stage runs inside compressor.compress(), which gives it "
                           "the original model and calibration tokens; outside it call "
-                          "compressor.methods.distill.distill(student, teacher, tokens, DistillConfig(...))")
+                          "compressor.engine.methods.distill.distill(student, teacher, tokens, DistillConfig(...))")
 
     def progress(step: int, loss: float) -> None:
         ctx.progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {loss:.4f}")
 
     with torch.enable_grad():  # the engine runs stages under no_grad
-        out = distill(model, teacher, tokens, cfg, progress)
+        out = distill(ctx.model, teacher, tokens, cfg, progress)
     ctx.record("distill", **{k: v for k, v in out.items() if k != "losses"}, loss_curve=out["losses"][::10])

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from compressor.engine.quant import sqnr_db
 from compressor.engine.recipe import StageConfig
@@ -31,6 +30,9 @@ class FP8Config(StageConfig):
         overrides: {pattern, skip: true} entries to keep chosen layers in full precision.
     """
 
+    def traits(self) -> tuple[set[str], float | None]:
+        return {"fp8"}, 8.0
+
 
 def quantize_fp8_e4m3(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """W [N, K] -> (weight float8_e4m3fn [N, K], weight_scale fp32 [N]) with W ~= weight * scale[:, None]."""
@@ -40,11 +42,11 @@ def quantize_fp8_e4m3(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register("fp8", FP8Config)
-def apply(model: nn.Module, cfg: FP8Config, ctx) -> None:
+def apply(cfg: FP8Config, ctx) -> None:
     """Replace every targeted linear by kernels' FP8Linear."""
     from kernels.modules import FP8Linear
 
-    for name, linear in ctx.targets(model).items():
+    for name, linear in ctx.targets().items():
         W = linear.weight.data
         weight, scale = quantize_fp8_e4m3(W)
         bias = None if linear.bias is None else linear.bias.detach().clone()

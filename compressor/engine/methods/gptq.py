@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -49,9 +50,11 @@ class GPTQConfig(QuantStageConfig):
         targets, ignore, overrides: module selection (see compressor/engine/recipe.py).
     """
 
+    needs_calibration: ClassVar[bool] = True
+
     block_size: int = 128
     percdamp: float = 0.01
-    actorder: str = "static"
+    actorder: Literal["none", "static", "group"] = "static"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,8 +135,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: in
     return q_int, scales.to(STORE_DTYPE), zeros.to(STORE_DTYPE), perm, Q
 
 
-@register("gptq", GPTQConfig, needs_calibration=True)
-def apply(layer_ctx, cfg: GPTQConfig) -> None:
+@register("gptq", GPTQConfig)
+def apply(cfg: GPTQConfig, layer_ctx) -> None:
     targets = layer_ctx.targets()
     Hs = layer_ctx.hessians(list(targets))
     for j, (name, linear) in enumerate(targets.items()):
@@ -152,4 +155,4 @@ def apply(layer_ctx, cfg: GPTQConfig) -> None:
                                             perm=perm))
         layer_ctx.record(name, output_sqnr_db=output_sqnr_db(W_ref, W_hat, H_ref), bits=c.bits, group_size=G,
                          seconds=time.perf_counter() - t0, actorder=c.actorder)
-        layer_ctx.progress((j + 1) / len(targets), name)
+        layer_ctx.progress(j + 1, len(targets), name)

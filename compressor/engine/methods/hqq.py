@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from compressor.engine.quant import STORE_DTYPE, dequantize, pack_linear, sqnr_db
 from compressor.engine.recipe import QuantStageConfig
@@ -125,9 +124,9 @@ def hqq_quantize(W: torch.Tensor, bits: int, group_size: int, *, iters: int = 20
 
 
 @register("hqq", HQQConfig)
-def apply(model: nn.Module, cfg: HQQConfig, ctx) -> None:
+def apply(cfg: HQQConfig, ctx) -> None:
     """Quantize every targeted linear with HQQ and replace it by a packed QuantLinear."""
-    for name, linear in ctx.targets(model).items():
+    for name, linear in ctx.targets().items():
         c = ctx.override_for(name) or cfg
         G = c.group_for(linear.in_features)
         W = linear.weight.data

@@ -1,9 +1,10 @@
-"""KV-cache stages: KIVI, GEAR and StreamingLLM eviction (see compressor/engine/kvcache.py for the papers).
+"""KV-cache stages: KIVI, GEAR and StreamingLLM eviction (see compressor/engine/kvcache/ for the papers).
 
 A KV stage changes no weight. Its apply checks the config against the model and attaches it as
 `model.kv_cache_config`; generation and evaluation then build the cache with
-`compressor.kvcache.make_cache(model)` (or run under `kv_cache_in_generate(model)`). It combines
-with weight stages in one recipe:
+`compressor.engine.kvcache.make_cache(model)` (or run under `kv_cache_in_generate(model)`), which asks
+the config for one cache layer per decoder layer (`cache_layer`). It combines with weight stages in
+one recipe:
 
     stages:
       - {method: gptq, bits: 4, group_size: 128}
@@ -13,10 +14,11 @@ with weight stages in one recipe:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from torch import nn
+import torch
 
-from compressor.engine.kvcache import KV_BITS, check_cache_config, head_dim_of
+from compressor.engine.kvcache import KV_BITS, QuantizedLayer, SinkWindowLayer, check_cache_config, head_dim_of
 from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
 from compressor.errors import RecipeError
@@ -30,7 +32,22 @@ def _positive_int(cfg, name: str, *, zero_ok: bool = False, example: str = "") -
 
 
 @dataclass
-class KiviConfig(StageConfig):
+class KVStageConfig(StageConfig):
+    """Base of the KV-cache stage configs: they build the cache layers generation runs with."""
+
+    kind: ClassVar[str] = "kv"
+
+    def cache_layer(self, pad: torch.Tensor | None = None):
+        """A fresh cache layer (compressor.engine.kvcache) for one decoder layer; `pad`: [B] leading pad
+        tokens per row of a left-padded batch (only eviction needs it)."""
+        raise NotImplementedError
+
+    def check_head_dim(self, head_dim: int) -> None:
+        """Raise RecipeError when this config cannot run on a model with this head_dim."""
+
+
+@dataclass
+class KiviConfig(KVStageConfig):
     """KIVI quantized KV cache: keys per channel, values per token, recent tokens in fp16.
 
     Args:
@@ -54,6 +71,15 @@ class KiviConfig(StageConfig):
             raise RecipeError("group_size", self.group_size, "use a multiple of 8 (keys pack whole bytes per "
                               "group at 2/4 bits), e.g. 32 or 64", self.method)
         _positive_int(self, "residual", zero_ok=True, example="64")
+
+    def cache_layer(self, pad: torch.Tensor | None = None) -> QuantizedLayer:
+        return QuantizedLayer(self.bits, self.group_size, self.residual)
+
+    def check_head_dim(self, head_dim: int) -> None:
+        if head_dim % self.group_size:  # values are grouped along the channels of a head
+            divs = [g for g in (8, 16, 32, 64, 128) if head_dim % g == 0 and g <= head_dim]
+            raise RecipeError("group_size", self.group_size, f"values are grouped along head_dim {head_dim}, so "
+                              f"the group size must divide it: try {', '.join(map(str, divs))}", self.method)
 
 
 @dataclass
@@ -81,9 +107,13 @@ class GearConfig(KiviConfig):
         if self.chunk % self.group_size:
             raise RecipeError("chunk", self.chunk, f"use a multiple of group_size {self.group_size}", self.method)
 
+    def cache_layer(self, pad: torch.Tensor | None = None) -> QuantizedLayer:
+        return QuantizedLayer(self.bits, self.group_size, self.residual, rank=self.rank,
+                              outlier_ratio=self.outliers / 100, key_chunk=self.chunk, value_chunk=self.chunk)
+
 
 @dataclass
-class StreamingConfig(StageConfig):
+class StreamingConfig(KVStageConfig):
     """StreamingLLM eviction baseline: attention-sink tokens + a sliding window, the rest dropped.
 
     Args:
@@ -99,23 +129,16 @@ class StreamingConfig(StageConfig):
         _positive_int(self, "sinks", zero_ok=True, example="4")
         _positive_int(self, "window", example="124")
 
-
-def _attach(model: nn.Module, cfg: StageConfig, ctx=None) -> None:
-    config = model.config.get_text_config(decoder=True)
-    check_cache_config(cfg, head_dim_of(config))
-    model.kv_cache_config = cfg
+    def cache_layer(self, pad: torch.Tensor | None = None) -> SinkWindowLayer:
+        return SinkWindowLayer(self.sinks, self.window, pad)
 
 
-@register("kivi", KiviConfig, kind="kv")
-def apply_kivi(model: nn.Module, cfg: KiviConfig, ctx=None) -> None:
-    _attach(model, cfg, ctx)
+def attach(cfg: KVStageConfig, ctx) -> None:
+    """Check the config against the model's head_dim and attach it as `model.kv_cache_config`."""
+    check_cache_config(cfg, head_dim_of(ctx.model.config.get_text_config(decoder=True)))
+    ctx.model.kv_cache_config = cfg
 
 
-@register("gear", GearConfig, kind="kv")
-def apply_gear(model: nn.Module, cfg: GearConfig, ctx=None) -> None:
-    _attach(model, cfg, ctx)
-
-
-@register("streaming", StreamingConfig, kind="kv")
-def apply_streaming(model: nn.Module, cfg: StreamingConfig, ctx=None) -> None:
-    _attach(model, cfg, ctx)
+register("kivi", KiviConfig)(attach)
+register("gear", GearConfig)(attach)
+register("streaming", StreamingConfig)(attach)

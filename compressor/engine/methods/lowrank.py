@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -49,6 +50,8 @@ class SVDConfig(StageConfig):
         only_if_smaller: leave a layer dense when the factored pair would not have fewer parameters.
         targets, ignore, overrides: module selection; overrides can set a per-module rank or energy.
     """
+
+    kind: ClassVar[str] = "lowrank"
 
     rank: int = 0
     energy: float = 0.9
@@ -87,7 +90,9 @@ class ActivationSVDConfig(SVDConfig):
         alpha: ASVD's exponent (0.5 in the paper).
     """
 
-    scaling: str = "whiten"
+    needs_calibration: ClassVar[bool] = True
+
+    scaling: Literal["whiten", "asvd"] = "whiten"
     alpha: float = ASVD_ALPHA
 
     def __post_init__(self) -> None:
@@ -236,8 +241,8 @@ def _commit(ctx, name: str, linear: nn.Linear, up: torch.Tensor, down: torch.Ten
                seconds=time.perf_counter() - t0, **common, **metrics)
 
 
-@register("svd", SVDConfig, kind="lowrank")
-def apply(model, cfg: SVDConfig, ctx) -> None:
+@register("svd", SVDConfig)
+def apply(cfg: SVDConfig, ctx) -> None:
     targets = ctx.targets()
     for i, (name, linear) in enumerate(targets.items()):
         c = ctx.override_for(name)
@@ -247,8 +252,8 @@ def apply(model, cfg: SVDConfig, ctx) -> None:
         ctx.progress(i + 1, len(targets), name)
 
 
-@register("svd_llm", ActivationSVDConfig, needs_calibration=True, kind="lowrank")
-def apply_activation_aware(layer_ctx, cfg: ActivationSVDConfig) -> None:
+@register("svd_llm", ActivationSVDConfig)
+def apply_activation_aware(cfg: ActivationSVDConfig, layer_ctx) -> None:
     targets = layer_ctx.targets()
     configs = {name: layer_ctx.override_for(name) for name in targets}  # overrides may set `scaling` per module
     whiten = [n for n, c in configs.items() if c.scaling == "whiten"]

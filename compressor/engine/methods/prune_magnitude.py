@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -30,7 +31,7 @@ class MagnitudeConfig(SparsityConfig):
             or "output" (each output row).
     """
 
-    comparison: str = "layer"
+    comparison: Literal["layer", "output"] = "layer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,8 +50,8 @@ def magnitude_mask(W: torch.Tensor, sparsity: float = 0.5, *, prune_n: int = 0, 
     return unstructured_mask(W_metric, sparsity, per_row=per_output)
 
 
-@register("magnitude", MagnitudeConfig, kind="prune")
-def apply(model, cfg: MagnitudeConfig, ctx) -> None:
+@register("magnitude", MagnitudeConfig)
+def apply(cfg: MagnitudeConfig, ctx) -> None:
     targets = ctx.targets()
     for i, (name, linear) in enumerate(targets.items()):
         c = ctx.override_for(name)

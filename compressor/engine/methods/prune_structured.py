@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,6 +46,9 @@ class StructuredConfig(StageConfig):
         targets, ignore, overrides: a layer's heads are pruned when its o_proj is targeted, its MLP
             when its down_proj is; overrides on those names set per-layer fractions.
     """
+
+    kind: ClassVar[str] = "prune"
+    needs_calibration: ClassVar[bool] = True
 
     heads_fraction: float = 0.25
     mlp_fraction: float = 0.25
@@ -246,8 +250,8 @@ def _say_if_off(layer_ctx, field: str, fraction: float, before: int, kept: int, 
                        f"({removed:.0%}): whole units cannot match the fraction at this size")
 
 
-@register("structured", StructuredConfig, needs_calibration=True, kind="prune")
-def apply(layer_ctx, cfg: StructuredConfig) -> None:
+@register("structured", StructuredConfig)
+def apply(cfg: StructuredConfig, layer_ctx) -> None:
     layer, p = layer_ctx.layer, layer_ctx.prefix
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     o_name, down_name = f"{p}.self_attn.o_proj", f"{p}.mlp.down_proj"

@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from torch import nn
-
 from compressor.engine.quant import dequantize, pack_linear, quantize, sqnr_db
 from compressor.engine.recipe import QuantStageConfig
 from compressor.engine.registry import register
@@ -29,8 +27,8 @@ class RTNConfig(QuantStageConfig):
 
 
 @register("rtn", RTNConfig)
-def apply(model: nn.Module, cfg: RTNConfig, ctx) -> None:
-    targets = ctx.targets(model)
+def apply(cfg: RTNConfig, ctx) -> None:
+    targets = ctx.targets()
     for i, (name, linear) in enumerate(targets.items()):
         t0 = time.perf_counter()
         c = ctx.override_for(name)

@@ -13,6 +13,7 @@ and activations int8 per token, quantized at run time by kernels' Int8DynamicLin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +41,8 @@ class SmoothQuantConfig(StageConfig):
             inputs produced by a norm (q/k/v, gate/up); every targeted linear becomes W8A8.
     """
 
+    needs_calibration: ClassVar[bool] = True
+
     alpha: float = 0.5
 
     def __post_init__(self) -> None:
@@ -47,6 +50,9 @@ class SmoothQuantConfig(StageConfig):
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise RecipeError("alpha", self.alpha, "use a migration strength in [0, 1] (the paper uses 0.5)",
                               self.method or type(self).__name__)
+
+    def traits(self) -> tuple[set[str], float | None]:
+        return {"int8-dynamic"}, 8.0
 
 
 def smoothing_factors(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
@@ -66,8 +72,8 @@ def quantize_int8_per_channel(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q, scale
 
 
-@register("smoothquant", SmoothQuantConfig, needs_calibration=True)
-def apply(layer_ctx, cfg: SmoothQuantConfig) -> None:
+@register("smoothquant", SmoothQuantConfig)
+def apply(cfg: SmoothQuantConfig, layer_ctx) -> None:
     """Smooth the norm-fed inputs of the layer, then replace its targets by Int8DynamicLinear."""
     from kernels.modules import Int8DynamicLinear
 

@@ -13,6 +13,7 @@ accumulator in `compressor.engine.hessian`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -31,6 +32,8 @@ class SparseGPTConfig(SparsityConfig):
         block_size: columns per block (the mask is chosen per block; 128 in the paper).
         percdamp: damping added to diag(H), as a fraction of its mean (0.01 in the paper).
     """
+
+    needs_calibration: ClassVar[bool] = True
 
     block_size: int = 128
     percdamp: float = 0.01
@@ -118,6 +121,6 @@ def _prune(W: torch.Tensor, H: torch.Tensor, c: SparseGPTConfig) -> tuple[torch.
     return W_pruned, {"obs_loss": float(losses.sum())}
 
 
-@register("sparsegpt", SparseGPTConfig, needs_calibration=True, kind="prune")
-def apply(layer_ctx, cfg: SparseGPTConfig) -> None:
+@register("sparsegpt", SparseGPTConfig)
+def apply(cfg: SparseGPTConfig, layer_ctx) -> None:
     apply_with_hessians(layer_ctx, _prune)

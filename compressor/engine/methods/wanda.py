@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -45,7 +46,9 @@ class WandaConfig(SparsityConfig):
             with the smaller calibration output error; costs two extra layer forwards).
     """
 
-    comparison: str = "auto"
+    needs_calibration: ClassVar[bool] = True
+
+    comparison: Literal["auto", "output", "layer"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,9 +81,9 @@ def _output_error(layer_ctx) -> float:
     return float(((out.float() - ref.float()) ** 2).sum())
 
 
-@register("wanda", WandaConfig, needs_calibration=True, kind="prune")
+@register("wanda", WandaConfig)
 @torch.no_grad()
-def apply(layer_ctx, cfg: WandaConfig) -> None:
+def apply(cfg: WandaConfig, layer_ctx) -> None:
     targets = layer_ctx.targets()
     Hs = layer_ctx.hessians(list(targets))  # also keeps the unmodified outputs as the reference
     t0 = time.perf_counter()
