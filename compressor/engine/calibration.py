@@ -1,8 +1,8 @@
 """Calibration tokens: text -> a [n_samples, seq_len] token tensor, sized for a 2-core CPU by default.
 
 Sources:
-  - "builtin": the training split of the bundled standard-library docstrings
-    (`compressor.evaldata.stdlib_docstrings("train")`). Not the held-out evaluation text: calibrating
+  - "builtin": the training split of the standard-library docstrings
+    (`compressor.engine.text.stdlib_docstrings("train")`). Not the held-out evaluation text: calibrating
     on the text that perplexity is measured on would flatter the calibrated methods.
   - any other text the user gives;
   - "hub:<dataset id>" (or a bare "org/name"): the text column of a hub dataset, when online and the
@@ -18,8 +18,8 @@ import re
 
 import torch
 
+from compressor.engine.text import leading_bos, stdlib_docstrings
 from compressor.errors import RecipeError
-from compressor.measure.evaluate import leading_bos
 
 DEFAULT_N_SAMPLES = 32
 DEFAULT_SEQ_LEN = 256
@@ -30,8 +30,6 @@ BUILTIN_MAX_CHARS = 400_000
 
 
 def builtin_text() -> str:
-    from compressor.measure.evaldata import stdlib_docstrings
-
     return "\n\n".join(stdlib_docstrings("train"))[:BUILTIN_MAX_CHARS]
 
 
