@@ -18,7 +18,13 @@ from typing import ClassVar
 
 import torch
 
-from compressor.engine.kvcache import KV_BITS, QuantizedLayer, SinkWindowLayer, check_cache_config, head_dim_of
+from compressor.engine.kvcache import (
+    KV_BITS,
+    QuantizedLayer,
+    SinkWindowLayer,
+    check_cache_config,
+    head_dim_of,
+)
 from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
 from compressor.errors import RecipeError
