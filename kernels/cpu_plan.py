@@ -51,6 +51,15 @@ class CpuPlan:
             if out_features % 64:  # no block-wise dequantization for this row split: the kernel at every M
                 self.dense_from = 1 << 62
 
+    def __getstate__(self) -> dict:  # torch.save(model) / pickle: an aten op handle does not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_op"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.kind = {INT4PACK: INT4PACK, INT8PACK: INT8PACK}.get(self.kind, REFERENCE)  # interned again for `is`
+        if self.kind is INT4PACK:
+            self._op = torch.ops.aten._weight_int4pack_mm_for_cpu.default
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """y [..., N] in x's dtype; `self.path` names the kernel that ran. Each torch call here costs
         1-2 us on this machine (an nn.Module attribute write 2 us), so the decode path makes four."""

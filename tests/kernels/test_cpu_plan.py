@@ -107,3 +107,19 @@ def test_layers_without_a_native_kernel_keep_fp32_reference_math_at_every_m():
         y = mod(x)
         assert mod.kernel_path == "reference"
         torch.testing.assert_close(y, _ref(x, 8, 64, 256, packed, scales, zeros, perm, b))
+
+
+@pytest.mark.parametrize("bits,g", [(4, 64), (3, 64), (8, 256), (4, 16)])
+def test_a_module_with_its_runtime_layout_copies_and_pickles(bits, g):
+    import copy
+    import io
+
+    mod, _ = _module(bits, g, seed=bits, act_order=True)
+    x = torch.randn(3, 256)
+    y = mod(x)
+    buf = io.BytesIO()
+    torch.save(mod, buf)  # the plan holds an aten op handle, which does not pickle by itself
+    buf.seek(0)
+    for other in (copy.deepcopy(mod), torch.load(buf, weights_only=False)):
+        assert torch.equal(other(x), y) and other.kernel_path == mod.kernel_path
+        assert other._run.weight.data_ptr() != mod._run.weight.data_ptr()  # its own tensors, not the original's
