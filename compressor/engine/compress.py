@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from compressor.engine.calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
 from compressor.engine.context import StageContext
+from compressor.engine.packed import packed_type_of
 from compressor.engine.recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
 from compressor.engine.registry import MethodSpec, get_method
 from compressor.engine.report import CompressionReport, StageReport, weight_bytes
@@ -59,14 +61,16 @@ def _tokenizer_for(model: nn.Module):
 
 @torch.no_grad()
 def _sanity(model: nn.Module, tokens: torch.Tensor | None, report: CompressionReport) -> None:
-    """One small forward: logits must be finite; records which kernel paths ran."""
+    """One small forward: logits must be finite; records which kernel paths ran and the packed module
+    types the model now holds (compressor/engine/packed.py), by count."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", 2)
     probe = tokens[:1, :32] if tokens is not None else torch.arange(1, 33).remainder(vocab - 1).add(1)[None]
     device = next(model.parameters()).device
     logits = model(input_ids=probe.to(device), use_cache=False).logits
     finite = bool(torch.isfinite(logits).all())
     paths = sorted({m.kernel_path for m in model.modules() if getattr(m, "kernel_path", None)})
-    report.sanity = {"finite_logits": finite, "kernel_paths": paths}
+    packed = Counter(t.name for t in map(packed_type_of, model.modules()) if t is not None)
+    report.sanity = {"finite_logits": finite, "kernel_paths": paths, "packed_modules": dict(sorted(packed.items()))}
     if not finite:
         report.warnings.append("the compressed model produced non-finite logits on a probe input")
     for r in report.layers:

@@ -56,7 +56,7 @@ DEFAULT_IGNORE = (r"(^|\.)lm_head$", r"(^|\.)embed")
 WEIGHT_KINDS = ("quantize", "prune", "lowrank")
 # Kinds whose stages find their modules as nn.Linear (distill trains them); "kv" acts on the cache.
 LINEAR_KINDS = (*WEIGHT_KINDS, "distill")
-# compressor.engine.methods.lowrank.LowRankLinear: its nn.Linear factors, `down` [r, K] then `up` [N, r].
+# compressor.engine.modules.LowRankLinear: its nn.Linear factors, `down` [r, K] then `up` [N, r].
 LOWRANK_CHILDREN = ("down", "up")
 # How to stack on a quantized module (the default final format of the "quantize" kind).
 QUANTIZED = ("quantized weights", "they are already quantized: quantize each module once (use overrides "

@@ -1,9 +1,8 @@
 """The sanity report every compression run ends with; the UI shows it and never recomputes it.
 
 Bytes are measured, never computed from bit widths: `weight_bytes(model)` sums the parameters and
-buffers the model really holds (shared tensors once). Modules that keep weight data outside
-parameters and buffers (bitsandbytes' quantization state) say so with a method
-`extra_weight_bytes() -> int`, which is added.
+buffers the model really holds (shared tensors once), plus the weight data packed module types keep
+outside them (bitsandbytes' quantization state; `extra_bytes` in compressor/engine/packed.py).
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from compressor.engine.packed import extra_weight_bytes
 
 
 def _tensor_bytes(tensors, float_bytes: int | None = None) -> int:
@@ -32,23 +33,19 @@ def _tensor_bytes(tensors, float_bytes: int | None = None) -> int:
     return total
 
 
-def _extra_bytes(module: nn.Module) -> int:
-    return sum(m.extra_weight_bytes() for m in module.modules() if hasattr(m, "extra_weight_bytes"))
-
-
 def weight_bytes(module: nn.Module) -> int:
     """Bytes of all parameters and buffers of `module` (shared tensors counted once)."""
-    return _tensor_bytes(list(module.parameters()) + list(module.buffers())) + _extra_bytes(module)
+    return _tensor_bytes(list(module.parameters()) + list(module.buffers())) + extra_weight_bytes(module)
 
 
 def weight_bytes_at(module: nn.Module, float_bytes: int) -> int:
     """`weight_bytes` with every floating-point tensor counted at `float_bytes` per element: what the
-    model holds once converted to that float width. Integer (packed) tensors and `extra_weight_bytes`
-    keep their real size. Non-persistent buffers are left out: a CPU kernel's runtime layout
+    model holds once converted to that float width. Integer (packed) tensors and the packed types'
+    extra bytes keep their real size. Non-persistent buffers are left out: a CPU kernel's runtime layout
     (QuantLinear.native_scale) and tables rebuilt on load (rotary inv_freq), not what another device holds."""
     buffers = [b for m in module.modules() for name, b in m._buffers.items()
                if b is not None and name not in m._non_persistent_buffers_set]
-    return _tensor_bytes(list(module.parameters()) + buffers, float_bytes) + _extra_bytes(module)
+    return _tensor_bytes(list(module.parameters()) + buffers, float_bytes) + extra_weight_bytes(module)
 
 
 def state_dict_bytes(module: nn.Module) -> int:

@@ -8,70 +8,30 @@
 
 Loading builds the model skeleton from config.json with parameters on the meta device (no weight
 memory), gives structurally pruned layers their own shapes from config.json's "pruned_layout"
-(written by the "structured" stage), puts an empty packed module of each listed type in place
-(`cls.empty(**metadata)`, parents before the modules nested in them), and
-fills everything from model.safetensors with `load_state_dict(assign=True)`, so tensors keep the
-dtypes they were saved with and the logits are identical. Only module types registered here can be
-named by a config (a config never chooses arbitrary classes to import); pickle is never used.
+(written by the "structured" stage, compressor/engine/layout.py), puts an empty packed module of each
+listed type in place (parents before the modules nested in them), and fills everything from
+model.safetensors with `load_state_dict(assign=True)`, so tensors keep the dtypes they were saved with
+and the logits are identical. Only the packed types of compressor/engine/packed.py can be named by a
+config (a config never chooses arbitrary classes to import); pickle is never used. A type that has no
+saved form (bitsandbytes) is listed as {"type": ..., "saved": false}, and loading refuses it by name.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compressor.engine.layout import resize_to_layout
+from compressor.engine.packed import packed_type_of, packed_types
 from compressor.errors import ModelLoadError
 
 SECTION = "compression_lab"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ModuleCodec:
-    """How to describe a packed module type (`meta`) and allocate an empty one from that (`empty`)."""
-
-    cls: type
-    meta: Callable[[nn.Module], dict]
-    empty: Callable[[dict], nn.Module]
-
-
-CODECS: dict[str, ModuleCodec] = {}
-
-
-def register_module_type(cls: type, meta: Callable[[nn.Module], dict] | None = None,
-                         empty: Callable[[dict], nn.Module] | None = None, name: str | None = None) -> None:
-    """Allow `cls` in saved models. Defaults: `module.metadata()` and `cls.empty(**metadata)`."""
-    CODECS[name or cls.__name__] = ModuleCodec(cls, meta or (lambda m: m.metadata()),
-                                               empty or (lambda md, c=cls: c.empty(**md)))
-
-
-def _register_kernel_modules() -> None:
-    from kernels.modules import FP8Linear, Int8DynamicLinear, QuantLinear
-
-    for cls in (QuantLinear, Int8DynamicLinear, FP8Linear):
-        if cls.__name__ not in CODECS:
-            register_module_type(cls)
-
-
-def _codec_for(module: nn.Module) -> tuple[str, ModuleCodec] | None:
-    for name, codec in CODECS.items():
-        if type(module) is codec.cls:
-            return name, codec
-    return None
-
-
-def _ensure_codecs() -> None:
-    from compressor.engine.registry import load_methods
-
-    _register_kernel_modules()
-    load_methods()  # methods register the codecs of their own module types
 
 
 def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -88,14 +48,13 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_compressed(model: nn.Module, tokenizer, folder: str | Path, report=None) -> Path:
     """Write model.safetensors, config.json with the compression section, the tokenizer and report.json."""
-    _ensure_codecs()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     modules = {}
     for name, mod in model.named_modules():
-        found = _codec_for(mod)
-        if found:
-            modules[name] = {"type": found[0], **found[1].meta(mod)}
+        t = packed_type_of(mod)
+        if t is not None:
+            modules[name] = {"type": t.name, **t.meta(mod)} if t.saveable else {"type": t.name, "saved": False}
     save_file(_unique_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     model.config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
@@ -133,7 +92,6 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    _ensure_codecs()
     folder = Path(folder)
     if not is_compressed_folder(folder):
         raise ModelLoadError(f"{folder} has no '{SECTION}' section in config.json: it was not saved by "
@@ -142,6 +100,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     if section.get("format") != FORMAT_VERSION:
         raise ModelLoadError(f"{folder}: compression format {section.get('format')!r}, this version reads "
                              f"{FORMAT_VERSION}: save it again with this version")
+    _check_types(section["modules"], folder)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -149,14 +108,12 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     if layout:
         _resize_pruned_layers(model, layout, folder)
     # Parents first: a factored layer (LowRankLinear) must exist before its quantized factors go in.
+    types = packed_types()
     for name, meta in sorted(section["modules"].items(), key=lambda item: item[0].count(".")):
         meta = dict(meta)
         type_name = meta.pop("type")
-        if type_name not in CODECS:
-            raise ModelLoadError(f"{folder}: module {name} has type {type_name!r}, which this version cannot "
-                                 f"load (known: {', '.join(sorted(CODECS))})")
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, CODECS[type_name].empty(meta))
+        setattr(model.get_submodule(parent_name), child, types[type_name].empty(meta))
     state = load_file(str(folder / WEIGHTS_FILE))
     # Own, aligned memory: tensors straight from the file are memory-mapped, and native CPU kernels
     # that repack in place (int8pack) crashed on them.
@@ -193,8 +150,23 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
     return model.to(device).eval()
 
 
+def _check_types(modules: dict[str, dict], folder: Path) -> None:
+    """Before any work: every listed module type is registered and has a saved form."""
+    types = packed_types()
+    for name, meta in modules.items():
+        type_name = meta.get("type")
+        t = types.get(type_name)
+        if meta.get("saved") is False or (t is not None and not t.saveable):
+            n = sum(m.get("type") == type_name for m in modules.values())
+            why = t.unsaved if t is not None else "compress the original model again with the saved recipe"
+            raise ModelLoadError(f"{folder}: {n} module(s) such as {name} are {type_name}, which this format "
+                                 f"cannot rebuild: {why}")
+        if t is None:
+            raise ModelLoadError(f"{folder}: module {name} has type {type_name!r}, which this version cannot "
+                                 f"load (known: {', '.join(n for n, k in sorted(types.items()) if k.saveable)})")
+
+
 def _resize_pruned_layers(model: nn.Module, layout: dict, folder: Path) -> None:
-    from compressor.engine.methods.prune_structured import resize_to_layout
     from compressor.engine.sequential import find_decoder_layers
 
     try:

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from compressor.engine.hessian import output_sqnr_db
+from compressor.engine.modules import LowRankLinear
 from compressor.engine.quant import sqnr_db
 from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
-from compressor.engine.serialize import register_module_type
 from compressor.errors import RecipeError
 
 # Relative ridge added to H before the Cholesky factorisation (as GPTQ's percdamp), so that inputs
@@ -171,51 +171,6 @@ def asvd(W: torch.Tensor, x_abs_mean: torch.Tensor, rank: int | None = None, ene
     r = _pick_rank(S, rank, energy)
     up, down = _split(U, S, Vh, r)
     return up.float(), (down / s.reshape(1, -1)).float(), S.float()
-
-
-class LowRankLinear(nn.Module):
-    """y = up(down(x)): a rank-r factored linear, down [r, K] (no bias) then up [N, r] (+ bias [N]).
-
-    Both factors are ordinary nn.Linear modules, so later stages (quantization, distillation) see
-    and treat them like any other linear.
-    """
-
-    def __init__(self, up: torch.Tensor, down: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        r, K = down.shape
-        N = up.shape[0]
-        self.in_features, self.out_features, self.rank = K, N, r
-        self.down = nn.Linear(K, r, bias=False, dtype=down.dtype, device=down.device)
-        self.up = nn.Linear(r, N, bias=bias is not None, dtype=up.dtype, device=up.device)
-        self.down.weight.data.copy_(down)
-        self.up.weight.data.copy_(up)
-        if bias is not None:
-            self.up.bias.data.copy_(bias)
-
-    @classmethod
-    def empty(cls, in_features: int, out_features: int, rank: int, bias: bool = False,
-              dtype: torch.dtype = torch.float32, device: str | torch.device = "meta") -> LowRankLinear:
-        """Allocate a module from its metadata (no memory on "meta"); fill it with
-        `load_state_dict(assign=True)`, which also gives each factor its saved dtype."""
-        up = torch.empty(out_features, rank, dtype=dtype, device=device)
-        down = torch.empty(rank, in_features, dtype=dtype, device=device)
-        return cls(up, down, torch.empty(out_features, dtype=dtype, device=device) if bias else None)
-
-    def metadata(self) -> dict:
-        """The integers `empty` needs to rebuild this module before `load_state_dict`."""
-        return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
-                "bias": self.up.bias is not None}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., r] -> [..., N]
-        return self.up(self.down(x))
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-# Saved models may name it; a later stage that quantizes its factors (svd -> rtn) saves them as
-# children of their own registered types.
-register_module_type(LowRankLinear)
 
 
 def saves_parameters(N: int, K: int, r: int) -> bool:

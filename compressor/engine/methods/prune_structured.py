@@ -14,8 +14,8 @@ a column of down).
 Per-layer head counts: transformers' Llama attention derives the number of heads from the
 projection sizes (`view(..., -1, head_dim)`) and only reads `num_key_value_groups` from the module,
 which removing whole KV groups keeps unchanged, so `generate()` works with fewer heads per layer.
-The per-layer layout is written to `config.pruned_layout`; `resize_to_layout` rebuilds those shapes
-in the empty skeleton that `compressor.engine.serialize.load_compressed` builds from config.json.
+The per-layer layout is written to `config.pruned_layout`; `resize_to_layout` (compressor/engine/layout.py)
+rebuilds those shapes in the empty skeleton that `compressor.engine.serialize.load_compressed` builds.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from compressor.engine.layout import LAYOUT_KEYS, pruned_layout, resize_to_layout  # noqa: F401  (resize re-exported)
 from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
 from compressor.errors import RecipeError
@@ -154,66 +155,6 @@ def n_to_keep(total: int, prune_fraction: float, multiple: int = 1) -> int:
     return max(1, min(keep, total))
 
 
-def _layout(config, n_layers: int) -> dict[str, list[int]]:
-    """config.pruned_layout: per-layer head and channel counts (created with the uniform values)."""
-    layout = getattr(config, "pruned_layout", None)
-    if not layout:
-        layout = {"num_attention_heads": [config.num_attention_heads] * n_layers,
-                  "num_key_value_heads": [getattr(config, "num_key_value_heads", None)
-                                          or config.num_attention_heads] * n_layers,
-                  "intermediate_size": [config.intermediate_size] * n_layers}
-        config.pruned_layout = layout
-    return layout
-
-
-LAYOUT_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
-
-
-def _empty_linear(like: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
-    """A meta-device linear with `like`'s bias and dtype, to be filled by load_state_dict(assign=True)."""
-    return nn.Linear(in_features, out_features, bias=like.bias is not None, dtype=like.weight.dtype, device="meta")
-
-
-def resize_to_layout(layers: nn.ModuleList, layout: dict) -> None:
-    """Give an empty model's decoder layers the per-layer shapes of `config.pruned_layout`, in place.
-
-    Mirrors `apply`: q/k/v/o_proj are resized to n_heads * head_dim and n_kv_heads * head_dim,
-    gate/up/down_proj to intermediate_size channels (and the MLP's `intermediate_size` attribute);
-    the attention keeps head_dim and num_key_value_groups, which removing whole KV groups never changes.
-    Layers whose shapes already match are left alone. Raises ValueError naming the layer and value
-    when the layout does not fit the model.
-    """
-    if not isinstance(layout, dict) or any(k not in layout for k in LAYOUT_KEYS):
-        raise ValueError(f"pruned_layout needs the lists {', '.join(LAYOUT_KEYS)}, got {layout!r}")
-    for key in LAYOUT_KEYS:
-        v = layout[key]
-        if not isinstance(v, list) or len(v) != len(layers) or \
-                not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v):
-            raise ValueError(f"pruned_layout[{key!r}] must list a positive integer for each of the "
-                             f"{len(layers)} decoder layers, got {v!r}")
-    for i, layer in enumerate(layers):
-        n_heads, n_kv, n_ch = (layout[k][i] for k in LAYOUT_KEYS)
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is not None and hasattr(attn, "o_proj"):
-            hd, n_rep = attn.head_dim, attn.num_key_value_groups
-            if n_heads != n_kv * n_rep:
-                raise ValueError(f"layer {i}: {n_heads} heads over {n_kv} KV heads, but this attention "
-                                 f"shares each KV head among {n_rep} query heads; structured pruning "
-                                 f"removes whole KV groups and keeps heads = {n_rep} * KV heads")
-            if attn.q_proj.out_features != n_heads * hd or attn.k_proj.out_features != n_kv * hd:
-                hidden = attn.q_proj.in_features
-                for child, n_out in (("q_proj", n_heads * hd), ("k_proj", n_kv * hd), ("v_proj", n_kv * hd)):
-                    setattr(attn, child, _empty_linear(getattr(attn, child), hidden, n_out))
-                attn.o_proj = _empty_linear(attn.o_proj, n_heads * hd, attn.o_proj.out_features)
-        if mlp is not None and hasattr(mlp, "down_proj") and mlp.down_proj.in_features != n_ch:
-            hidden = mlp.down_proj.out_features
-            for child in ("gate_proj", "up_proj"):
-                setattr(mlp, child, _empty_linear(getattr(mlp, child), hidden, n_ch))
-            mlp.down_proj = _empty_linear(mlp.down_proj, n_ch, hidden)
-            if hasattr(mlp, "intermediate_size"):
-                mlp.intermediate_size = n_ch
-
-
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
 
@@ -270,7 +211,7 @@ def apply(cfg: StructuredConfig, layer_ctx) -> None:
     # ||X_j||^2 up to a shared factor: diag of the shared Hessian (2/n X^T X).
     x_sq = {n: torch.diag(H) for n, H in layer_ctx.hessians(names).items()}
     config = getattr(attn if attn is not None else mlp, "config", None)
-    layout = _layout(config, layer_ctx.n_layers) if config is not None else None
+    layout = pruned_layout(config, layer_ctx.n_layers) if config is not None else None
 
     if c_attn is not None:
         n_kv = attn.k_proj.out_features // attn.head_dim
