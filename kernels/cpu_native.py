@@ -117,14 +117,6 @@ def to_int4pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     return native, NativeWeight(INT4PACK, sz, None, g_native)
 
 
-def int4pack_mm(x: torch.Tensor, native: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
-    """x [..., K] -> y [..., N] in x's dtype, computed with bf16 activations."""
-    lead, k = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, k).to(torch.bfloat16, memory_format=torch.contiguous_format)  # the op needs a contiguous A
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, native, nw.group_size, nw.scale)  # (M, N)
-    return y.to(x.dtype).reshape(*lead, native.shape[0])
-
-
 def int4pack_dequant_t(native: torch.Tensor, nw: NativeWeight, in_features: int) -> torch.Tensor | None:
     """W.T bf16 [K, N] from the native layout, for N a multiple of 64 (one block shape); None otherwise.
 

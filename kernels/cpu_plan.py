@@ -32,7 +32,8 @@ DENSE_FROM = {INT4PACK: 96, INT8PACK: 48, REFERENCE: 1 << 62}
 
 
 class CpuPlan:
-    """Callable x [..., K] -> (y [..., N] in x's dtype, path); tensors are shared with the module, not copied."""
+    """Callable x [..., K] -> y [..., N] in x's dtype, `path` naming the last call's kernel; the tensors are the
+    module's (its buffers), not copies, so what the plan holds is what weight_bytes counts."""
 
     def __init__(self, kind: str | None, weight: torch.Tensor, nw: NativeWeight | None, *, in_features: int,
                  out_features: int, bits: int, group_size: int, scales: torch.Tensor, zeros: torch.Tensor,
@@ -94,6 +95,6 @@ class CpuPlan:
 
     def dense_weight(self) -> torch.Tensor:
         """W bf16 [N, K] of a native layout (a transposed view for int4pack), dequantized now and not kept."""
-        if self.kind == INT4PACK:
+        if self.kind is INT4PACK:
             return cpu_native.int4pack_dequant_t(self.weight, self.nw, self.k).T
         return cpu_native.int8pack_dequant(self.weight, self.nw)

@@ -4,11 +4,13 @@
 
 Paths for the weight-only format (docs/architecture.md):
     "triton-gemv" / "triton-gemm"    fused dequant-matmul on CUDA for fp16/bf16 x (GEMV for M <= 16 rows).
-    "cpu-int4pack" / "cpu-int8pack"  PyTorch's native CPU kernels; the module converts its weight to their
-                                     layout once (`native_kind`, kernels/cpu_native.py) and passes `native`.
+    "cpu-int4pack" / "cpu-int8pack"  PyTorch's native CPU kernels (2/3/4-bit and per-channel 8-bit), and
+    "cpu-dequant-bf16"               dequantize to bf16 + one dense matmul from some M on: a QuantLinear on
+                                     CPU builds a kernels.cpu_plan.CpuPlan once (layouts in
+                                     kernels/cpu_native.py), which picks among them by M on every call.
     "reference"                      pure torch dequantize + matmul, any device.
-Rule (measured, docs/benchmarks.md "## Kernels"): on CPU a native kernel, where one supports the weight,
-beat the reference at every measured shape and batch (1..64), so it is always taken there.
+`qmatmul` serves the canonical layout (Triton or the reference); `native_kind` says which native CPU
+layout, if any, a weight can adopt.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import importlib.util
 import torch
 
 from kernels import cpu_native
-from kernels.cpu_native import NativeWeight
 from kernels.reference import fp8_matmul_ref, int8_dynamic_matmul_ref, qmatmul_ref, quantize_per_token_int8
 
 REFERENCE = "reference"
@@ -34,24 +35,9 @@ def native_kind(device: torch.device, *, bits: int, group_size: int, in_features
 
 
 def qmatmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
-            group_size: int, in_features: int, perm: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-            native: NativeWeight | None = None) -> tuple[torch.Tensor, str]:
-    """y [..., N] = x[..., perm] @ W.T + bias for a packed weight; returns (y, path).
-
-    `qweight` is canonical (kernels.pack) unless `native` is given, in which case it is in that native
-    CPU layout (QuantLinear manages the conversion and converts back for its state dict).
-    """
-    if native is not None:
-        if x.device.type != "cpu":
-            raise ValueError(f"native layout {native.kind} is CPU-only but x is on {x.device}: move the module with "
-                             ".to(device), which converts the weight back to the canonical layout")
-        if x.shape[-1] != in_features:
-            raise ValueError(f"x has {x.shape[-1]} features in its last dim, the layer expects in_features={in_features}")
-        if perm is not None:
-            x = x[..., perm.long()]
-        mm = cpu_native.int4pack_mm if native.kind == cpu_native.INT4PACK else cpu_native.int8pack_mm
-        y = mm(x, qweight, native)
-        return (y if bias is None else y + bias.to(y.dtype)), native.kind
+            group_size: int, in_features: int, perm: torch.Tensor | None = None,
+            bias: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+    """y [..., N] = x[..., perm] @ W.T + bias for a canonical packed weight (kernels.pack); returns (y, path)."""
     if HAS_TRITON and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
         from kernels.triton_ops import qmatmul_triton, triton_path
 
