@@ -1,4 +1,6 @@
-"""Named recipes: `list_presets()` -> {name: description}, `get_preset(name)` -> Recipe."""
+"""Named recipes as plain stage dicts: `list_presets()` -> {name: description}, `preset_stages(name)` ->
+[stage dict, ...]. `compressor.engine.recipe` builds them (`load_recipe(name)`, `get_preset(name)`);
+this module imports nothing of the engine, so recipe -> presets is the only arrow between them."""
 
 from __future__ import annotations
 
@@ -46,10 +48,17 @@ def list_presets() -> dict[str, str]:
     return {name: desc for name, (desc, _) in PRESETS.items()}
 
 
-def get_preset(name: str):
-    """The Recipe of a named preset; RecipeError listing the presets for an unknown name."""
-    from compressor.engine.recipe import Recipe
-
+def preset_stages(name: str) -> list[dict]:
+    """The stage dicts of a named preset (copies); RecipeError listing the presets for an unknown name."""
     if name not in PRESETS:
         raise RecipeError("preset", name, f"known presets are {', '.join(PRESETS)}")
-    return Recipe.from_dict({"stages": [dict(s) for s in PRESETS[name][1]]})
+    return [dict(s) for s in PRESETS[name][1]]
+
+
+def get_preset(name: str):
+    """Transitional: `compressor.engine.recipe.get_preset` is the one to import. Kept until
+    compressor/__init__.py and compressor/cli/presets.py import it from there; it is the last arrow
+    from presets back to recipe."""
+    from compressor.engine.recipe import get_preset as build
+
+    return build(name)

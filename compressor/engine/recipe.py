@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import yaml
 from torch import nn
 
+from compressor.engine.presets import list_presets, preset_stages
 from compressor.engine.registry import get_method, load_methods
 from compressor.errors import RecipeError
 
@@ -403,10 +404,13 @@ def _check_stacking(cfg: StageConfig, where: str, targets: dict, final: dict, pa
                           "targets/ignore/overrides match the children too (e.g. drop a '$' anchor)", where)
 
 
+def get_preset(name: str) -> Recipe:
+    """The Recipe of a named preset (compressor/engine/presets.py); RecipeError listing them otherwise."""
+    return Recipe.from_dict({"stages": preset_stages(name)})
+
+
 def load_recipe(x: Any) -> Recipe:
     """A Recipe from a preset name, a YAML/JSON string, a path, a dict, a list, a stage config or a Recipe."""
-    from compressor.engine.presets import get_preset, list_presets
-
     if isinstance(x, Recipe):
         return x
     if isinstance(x, StageConfig):

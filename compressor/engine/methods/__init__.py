@@ -1,3 +1,3 @@
-"""Compression methods, one file each. `compressor.registry.load_methods()` imports every module here
-(import errors propagate); a method registers itself with `@register(name, Config, ...)`."""
-from compressor.engine.methods import kv  # noqa: F401  (KV-cache stages: kivi, gear, streaming)
+"""Compression methods, one file each: a config dataclass, pure tensor functions, and `apply(cfg, ctx)`
+registered with `@register(name, Config)`. `compressor.engine.registry.load_methods()` imports every
+module here (import errors propagate), so this package imports nothing itself."""
