@@ -1,7 +1,8 @@
 """The run store: one SQLite file (WAL) in the data folder holding run history and the baseline cache.
 
 Only the standard library is imported here: the worker process opens the store for the baseline
-cache before it has loaded torch, and the app opens it from Gradio's threads.
+cache before it has loaded torch, and the app opens it from Gradio's threads. Runs come back as
+`RunRecord`s; `RunRecord.load_report()` imports the run contract (and so torch) only when called.
 
 Tables
     runs            one row per submitted job: what was asked (model spec, recipe, hardware profile,
@@ -14,14 +15,21 @@ Tables
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from compressor.errors import LabError
 from compressor.paths import default_data_dir
+
+if TYPE_CHECKING:  # the contract imports the engine and torch: loaded by load_report only
+    from compressor.runs.contract import Report
 
 # Status values of a run. A run ends in one of FINAL_STATUSES and never leaves it.
 QUEUED, RUNNING = "queued", "running"
@@ -76,6 +84,83 @@ def _first(payload: dict, *keys: str) -> object:
         if payload.get(key) is not None:
             return payload[key]
     return None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as stored: what was asked, where it stands, what came out.
+
+    JSON cells arrive parsed. One damaged cell (a torn write, a hand edit) reads as None and the
+    run's `error` names it, so it cannot hide the rest of the history.
+
+    Attributes:
+        id, owner, status: the run's id, who submitted it, one of STATUSES.
+        seq: submission order across the store (increasing).
+        model_spec, hardware: as the payload gave them (a hardware value that is not a string as JSON text).
+        recipe: the payload's recipe as given: a preset name, a list of stages or a dict; None if absent.
+        eval_settings: the payload's evaluation settings (its "eval" mapping), or None.
+        payload: exactly what the job target received (None only when its cell is damaged).
+        created_at, started_at, finished_at: `time.time()` stamps, None until reached.
+        progress: the latest progress event (`compressor.runs.context.progress_dict`), or None.
+        report: the report as stored JSON, or None; `load_report()` gives the typed `Report`.
+        error: why the run did not succeed, and which cells are damaged; None when neither.
+        log: the run's log (its last LOG_MAX_CHARS characters).
+        artifact_path: the folder kept for download (a compressed model), or None.
+        position: filled by `JobManager.get_run`: 1 = next in the queue, 0 = running; None otherwise.
+        partial: True when listed with `include_report=False`: the report and log were not read.
+    """
+
+    id: str
+    owner: str
+    status: str
+    seq: int
+    payload: dict | None
+    created_at: float
+    model_spec: str | None = None
+    recipe: str | list | dict | None = None
+    hardware: str | None = None
+    eval_settings: dict | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: dict | None = None
+    report: dict | None = None
+    error: str | None = None
+    log: str = ""
+    artifact_path: str | None = None
+    position: int | None = None
+    partial: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """The run ended (in one of FINAL_STATUSES) and will not change again."""
+        return self.status in FINAL_STATUSES
+
+    def load_report(self) -> Report | None:
+        """The typed report (`compressor.runs.contract.Report`), reports of older schemas upgraded.
+
+        None when the run has no report: it did not succeed, or its report cell was damaged (then
+        `error` says so). Raises LabError, naming the run, when a stored report cannot be read as a
+        Report (a newer schema, a shape no upgrade knows); ValueError for a record listed without
+        its report (`partial`): read it with `get_run(id)`.
+        """
+        if self.partial:
+            raise ValueError(f"run {self.id} was listed with include_report=False; read it with get_run({self.id!r})")
+        if self.report is None:
+            return None
+        from compressor.runs.contract import Report
+
+        try:
+            return Report.from_dict(self.report)
+        except LabError as e:
+            raise LabError(f"the report of run {self.id} cannot be read: {e}") from e
+        except (TypeError, ValueError, KeyError, AttributeError) as e:  # a shape the contract does not know
+            raise LabError(
+                f"the report of run {self.id} does not fit the report contract ({type(e).__name__}: {e}); "
+                "open it with the version of the lab that wrote it, or delete the run"
+            ) from e
+
+
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(RunRecord))
 
 
 class RunStore:
@@ -173,10 +258,10 @@ class RunStore:
         with self._lock, self._db:
             self._db.execute(f"UPDATE runs SET {sets} WHERE id = :_id", {**values, "_id": run_id})
 
-    def get_run(self, run_id: str) -> dict | None:
+    def get_run(self, run_id: str) -> RunRecord | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else self._row(row)
+        return None if row is None else self._record(row)
 
     def list_runs(
         self,
@@ -184,8 +269,9 @@ class RunStore:
         status: str | tuple[str, ...] | None = None,
         limit: int | None = 100,
         include_report: bool = True,
-    ) -> list[dict]:
-        """Runs, newest first; filtered by owner and/or status."""
+    ) -> list[RunRecord]:
+        """Runs, newest first; filtered by owner and/or status. `include_report=False` skips the report
+        and log (records marked `partial`), for a long history that needs neither."""
         where, args = [], []
         if owner is not None:
             where.append("owner = ?")
@@ -204,7 +290,7 @@ class RunStore:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [self._row(r) for r in rows]
+        return [self._record(r) for r in rows]
 
     def delete_run(self, run_id: str) -> bool:
         with self._lock, self._db:
@@ -223,19 +309,19 @@ class RunStore:
         return ids
 
     @staticmethod
-    def _row(row: sqlite3.Row) -> dict:
+    def _record(row: sqlite3.Row) -> RunRecord:
         # One damaged cell (a torn write, a hand edit) must not hide the whole history: it reads as
         # None and the run's error says which column could not be read.
-        out = dict(row)
+        cells = {k: row[k] for k in row.keys() if k in _RECORD_FIELDS}
         for key in _JSON_COLUMNS:
-            if out.get(key) is not None:
+            if cells.get(key) is not None:
                 try:
-                    out[key] = json.loads(out[key])
+                    cells[key] = json.loads(cells[key])
                 except ValueError:
-                    out[key] = None
+                    cells[key] = None
                     note = f"the stored {key} of this run is not valid JSON and was ignored"
-                    out["error"] = f"{out['error']}; {note}" if out.get("error") else note
-        return out
+                    cells["error"] = f"{cells['error']}; {note}" if cells.get("error") else note
+        return RunRecord(**cells, partial="report" not in cells)
 
     # -- baseline cache --------------------------------------------------------------------------
 

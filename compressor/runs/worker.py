@@ -1,9 +1,11 @@
 """The worker process: runs job targets one at a time and streams what happens back over a pipe.
 
-Runs in a child started with multiprocessing's "spawn" context by `compressor.runs.jobs.JobManager`.
-Start-up imports only the standard library and light `compressor` modules; torch and transformers
-load when the target imports them, so a fresh worker (after a cancel or a crash) is ready in a
-fraction of a second.
+Both ends of the pipe live here: `WorkerProcess` is the app's handle (start, hand a run, read its
+messages, stop), `worker_main` the loop inside the child, which `WorkerProcess` starts with
+multiprocessing's "spawn" context for `compressor.runs.manager.JobManager`. Start-up imports only the
+standard library and light `compressor` modules (this module imports the job context, never the
+manager); torch and transformers load when the target imports them, so a fresh worker (after a
+cancel or a crash) is ready in a fraction of a second.
 
 Pipe protocol (tuples of plain values; reports travel as JSON text, never pickled objects)
     parent -> worker   ("run", run_id, target, payload_json, artifact_dir)   |   ("stop",)
@@ -23,19 +25,92 @@ import io
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from multiprocessing import parent_process
 from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
 from pathlib import Path
 
 from compressor.errors import LabError
-from compressor.runs.jobs import BaselineCache, JobContext, dict_json
+from compressor.runs.context import BaselineCache, JobContext, dict_json, failure_message
 from compressor.runs.store import RunStore
 
 PARENT_CHECK_S = 1.0  # how often an orphaned worker notices that the app is gone
+KILL_GRACE_S = 2.0  # SIGTERM first, SIGKILL after this
+NAME_PREFIX = "lab-worker"  # process names; a JobManager built inside a worker sees it and stays inert
+
+
+class WorkerProcess:
+    """The app's handle on one worker process.
+
+    Attributes:
+        process, conn: the child process and the app's end of its pipe.
+        ready: the child has imported what it needs; runs are handed over only now, so start-up is
+            not counted as run time.
+        run_id: the run it is working on, or None when idle.
+    """
+
+    def __init__(self, mp: SpawnContext, data_dir: str, name: str):
+        parent_conn, child_conn = mp.Pipe(duplex=True)
+        self.process = mp.Process(
+            target=worker_main,
+            args=(child_conn, data_dir),
+            name=name,
+            daemon=False,  # a daemonic worker could not start processes of its own (tokenizers, compile)
+        )
+        # Spawn re-runs the parent's __main__ module in the child so that pickled references to it
+        # resolve. The worker needs nothing from it, and for `python app.py` it would mean importing
+        # Gradio and building the page in every worker, so the child is shown a blank __main__.
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self.process.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
+        child_conn.close()
+        self.conn = parent_conn
+        self.ready = False
+        self.run_id: str | None = None
+
+    def hand(self, run_id: str, target: str, payload_json: str, artifact_dir: str) -> None:
+        """Gives the idle worker a run; raises OSError if it died meanwhile."""
+        self.conn.send(("run", run_id, target, payload_json, artifact_dir))
+        self.run_id = run_id
+
+    def messages(self) -> Iterator[tuple]:
+        """The messages waiting in the pipe, without blocking."""
+        try:
+            while self.conn.poll():
+                yield self.conn.recv()
+        except (EOFError, OSError):  # a worker that died mid-message: its exit code tells the rest
+            return
+
+    def close(self) -> None:
+        """Frees the pipe and process handle of a worker that has exited."""
+        self.conn.close()
+        self.process.close()
+
+    def stop(self, graceful: bool) -> None:
+        """Ends the process: asks an idle one to stop; terminates, then kills, a busy one."""
+        if graceful:
+            with contextlib.suppress(OSError):
+                self.conn.send(("stop",))
+            self.process.join(KILL_GRACE_S)
+        if self.process.is_alive():
+            self.process.terminate()  # no handler in the worker: SIGTERM ends it even inside a C kernel
+            self.process.join(KILL_GRACE_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(KILL_GRACE_S)
+        self.conn.close()
+        if not self.process.is_alive():
+            self.process.close()
 
 
 def resolve_target(spec: str) -> Callable[[dict, JobContext], dict]:
@@ -157,13 +232,8 @@ def _run_one(send, cache: BaselineCache, run_id: str, target: str, payload: dict
             finally:
                 out.flush()
         report_json = dict_json(report, f"the report returned by job target {target!r}")
-    except LabError as e:
-        send("error", run_id, str(e), traceback.format_exc())
-    except MemoryError as e:  # str(MemoryError()) is empty: say what happened and what to change
-        send("error", run_id, f"the job ran out of memory (MemoryError{f': {e}' if str(e) else ''}); "
-             "try a smaller model, a shorter context or fewer samples", traceback.format_exc())
     except BaseException as e:  # noqa: B036 - SystemExit/KeyboardInterrupt in a target still end only the job
-        send("error", run_id, f"{type(e).__name__}: {e}", traceback.format_exc())
+        send("error", run_id, failure_message(e), traceback.format_exc())
     else:
         send("done", run_id, report_json)
     finally:

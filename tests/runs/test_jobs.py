@@ -15,7 +15,9 @@ import pytest
 
 from compressor.errors import LabError
 from compressor.progress import Progress
-from compressor.runs.jobs import ArtifactPolicy, JobContext, JobManager, progress_dict
+from compressor.runs.artifacts import ArtifactPolicy
+from compressor.runs.context import JobContext, progress_dict
+from compressor.runs.manager import JobManager
 from compressor.runs.store import RunStore
 
 T = "tests.jobtargets:"
@@ -61,13 +63,13 @@ def test_job_succeeds_and_report_is_stored(manager):
     m = manager("steps")
     run_id = m.submit({"model": "demo", "recipe": [{"method": "rtn", "bits": 4}], "n": 4, "tag": "a"}, owner="alice")
     run = m.wait(run_id, timeout=WAIT_S)
-    assert run["status"] == "succeeded", run["error"]
-    assert run["report"]["steps"] == 4 and run["report"]["tag"] == "a"
-    assert run["owner"] == "alice" and run["model_spec"] == "demo"
-    assert run["recipe"] == [{"method": "rtn", "bits": 4}]
-    assert run["progress"]["layer"] == 4 and run["progress"]["fraction"] == 1.0
-    assert "done 4 steps" in run["log"]
-    assert run["started_at"] >= run["created_at"] and run["finished_at"] >= run["started_at"]
+    assert run.status == "succeeded", run.error
+    assert run.report["steps"] == 4 and run.report["tag"] == "a"
+    assert run.owner == "alice" and run.model_spec == "demo"
+    assert run.recipe == [{"method": "rtn", "bits": 4}]
+    assert run.progress["layer"] == 4 and run.progress["fraction"] == 1.0
+    assert "done 4 steps" in run.log
+    assert run.started_at >= run.created_at and run.finished_at >= run.started_at
     # Progress streamed back as events, in order, dicts and Progress objects alike.
     layers = [e["layer"] for e in m.events(run_id) if e["kind"] == "progress"]
     assert layers == [1, 2, 3, 4]
@@ -75,17 +77,17 @@ def test_job_succeeds_and_report_is_stored(manager):
     assert statuses == ["queued", "running", "succeeded"]
     # The stored row is what a fresh reader of the file sees.
     other = RunStore(m.data_dir)
-    assert other.get_run(run_id)["report"] == run["report"]
+    assert other.get_run(run_id).report == run.report
     other.close()
 
 
 def test_worker_runs_in_another_process_without_torch(manager):
     m = manager("echo")
     run = m.wait(m.submit({"x": 1}, owner="a"), timeout=WAIT_S)
-    assert run["status"] == "succeeded", run["error"]
-    assert run["report"]["pid"] != os.getpid() and run["report"]["pid"] in m.worker_pids()
-    assert run["report"]["torch_loaded"] is False, "worker start-up must not import torch"
-    assert run["report"]["payload"] == {"x": 1}
+    assert run.status == "succeeded", run.error
+    assert run.report["pid"] != os.getpid() and run.report["pid"] in m.worker_pids()
+    assert run.report["torch_loaded"] is False, "worker start-up must not import torch"
+    assert run.report["payload"] == {"x": 1}
 
 
 def test_failures_end_failed_with_message_and_next_job_runs(manager):
@@ -94,24 +96,24 @@ def test_failures_end_failed_with_message_and_next_job_runs(manager):
     other = m.submit({"fn": "raise_other", "zero": 0}, owner="a")
     ok = m.submit({"fn": "steps", "n": 2}, owner="b")
     lab_run, other_run, ok_run = (m.wait(r, timeout=WAIT_S) for r in (lab, other, ok))
-    assert lab_run["status"] == "failed"
-    assert lab_run["error"] == "stage 'rtn': bits=5 is not valid: use 2, 3, 4 or 8"
-    assert other_run["status"] == "failed"
-    assert other_run["error"] == "ZeroDivisionError: division by zero"
-    assert "Traceback" in other_run["log"] and "jobtargets.py" in other_run["log"]
-    assert ok_run["status"] == "succeeded" and ok_run["report"]["steps"] == 2
+    assert lab_run.status == "failed"
+    assert lab_run.error == "stage 'rtn': bits=5 is not valid: use 2, 3, 4 or 8"
+    assert other_run.status == "failed"
+    assert other_run.error == "ZeroDivisionError: division by zero"
+    assert "Traceback" in other_run.log and "jobtargets.py" in other_run.log
+    assert ok_run.status == "succeeded" and ok_run.report["steps"] == 2
 
 
 def test_bad_targets_and_payloads_fail_clearly(manager, tmp_path):
     m = manager("not_a_dict")
     run = m.wait(m.submit({}, owner="a"), timeout=WAIT_S)
-    assert run["status"] == "failed" and "must be a dict, got list" in run["error"]
+    assert run.status == "failed" and "must be a dict, got list" in run.error
     missing = JobManager(tmp_path / "missing", target="tests.no_such_module:run")
     try:
         run = missing.wait(missing.submit({}, owner="a"), timeout=WAIT_S)
     finally:
         missing.shutdown()
-    assert run["status"] == "failed" and "cannot be imported" in run["error"] and "no_such_module" in run["error"]
+    assert run.status == "failed" and "cannot be imported" in run.error and "no_such_module" in run.error
     with pytest.raises(LabError, match="not JSON"):
         m.submit({"x": object()}, owner="a")
     with pytest.raises(LabError, match="owner"):
@@ -130,7 +132,7 @@ def test_workers_that_cannot_start_fail_the_run(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(broken.parent))
     with JobManager(tmp_path / "data", target=T + "echo") as m:
         run = m.wait(m.submit({}, owner="a"), timeout=WAIT_S)
-    assert run["status"] == "failed" and "could not start" in run["error"] and "exit code 1" in run["error"]
+    assert run.status == "failed" and "could not start" in run.error and "exit code 1" in run.error
 
 
 def test_sigkill_mid_job_fails_that_job_and_queue_goes_on(manager):
@@ -141,10 +143,10 @@ def test_sigkill_mid_job_fails_that_job_and_queue_goes_on(manager):
     assert m.position(doomed) == 0 and m.position(after) == 1
     os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
     run = m.wait(doomed, timeout=10)
-    assert run["status"] == "failed"
-    assert "worker process died" in run["error"] and "signal 9" in run["error"] and "memory" in run["error"]
+    assert run.status == "failed"
+    assert "worker process died" in run.error and "signal 9" in run.error and "memory" in run.error
     nxt = m.wait(after, timeout=WAIT_S)
-    assert nxt["status"] == "succeeded"
+    assert nxt.status == "succeeded"
     assert pid not in m.worker_pids()
     assert m.store.integrity_check() == "ok"
 
@@ -158,14 +160,14 @@ def test_cancel_running_job_within_5_s(manager):
     assert m.cancel(run_id) is True
     run = m.wait(run_id, timeout=5)
     elapsed = time.monotonic() - t0
-    assert run["status"] == "cancelled" and elapsed < 5, elapsed
+    assert run.status == "cancelled" and elapsed < 5, elapsed
     deadline = time.monotonic() + 5
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not pid_alive(pid), "the cancelled job's worker process is still alive"
     assert m.cancel(run_id) is False  # already over
     # A fresh worker takes the next job.
-    assert m.wait(m.submit({"fn": "steps", "n": 1}, owner="a"), timeout=WAIT_S)["status"] == "succeeded"
+    assert m.wait(m.submit({"fn": "steps", "n": 1}, owner="a"), timeout=WAIT_S).status == "succeeded"
 
 
 def test_cancel_queued_job_and_positions(manager):
@@ -182,8 +184,8 @@ def test_cancel_queued_job_and_positions(manager):
     assert m.status(second) == "cancelled" and m.position(second) is None
     assert m.position(third) == 1
     m.cancel(first)
-    assert m.wait(third, timeout=WAIT_S)["status"] == "succeeded"
-    assert m.wait(first, timeout=5)["status"] == "cancelled"
+    assert m.wait(third, timeout=WAIT_S).status == "succeeded"
+    assert m.wait(first, timeout=5).status == "cancelled"
 
 
 def test_four_concurrent_submissions_complete_in_submission_order(manager):
@@ -202,10 +204,10 @@ def test_four_concurrent_submissions_complete_in_submission_order(manager):
     for t in threads:
         t.join()
     runs = [m.wait(r, timeout=WAIT_S) for r in ids]
-    assert all(r["status"] == "succeeded" for r in runs), [r["error"] for r in runs]
-    by_submission = sorted(runs, key=lambda r: r["seq"])
-    starts = [r["started_at"] for r in by_submission]
-    ends = [r["finished_at"] for r in by_submission]
+    assert all(r.status == "succeeded" for r in runs), [r.error for r in runs]
+    by_submission = sorted(runs, key=lambda r: r.seq)
+    starts = [r.started_at for r in by_submission]
+    ends = [r.finished_at for r in by_submission]
     assert starts == sorted(starts) and ends == sorted(ends)
     # One at a time by default: each started after the previous one finished.
     assert all(b >= a for a, b in zip(ends, starts[1:], strict=False))
@@ -216,17 +218,17 @@ def test_concurrency_two_runs_jobs_side_by_side(manager):
     assert m.warm_up(timeout=WAIT_S)
     a, b = m.submit({"seconds": 1.0}, owner="a"), m.submit({"seconds": 1.0}, owner="b")
     ra, rb = m.wait(a, timeout=WAIT_S), m.wait(b, timeout=WAIT_S)
-    assert ra["status"] == rb["status"] == "succeeded"
-    assert rb["report"]["started"] < ra["report"]["started"] + 0.9  # overlapped, not queued
+    assert ra.status == rb.status == "succeeded"
+    assert rb.report["started"] < ra.report["started"] + 0.9  # overlapped, not queued
     assert len(set(m.worker_pids())) == 2
 
 
 def test_time_limit_stops_a_job(manager):
     m = manager("sleep_then_return", time_limit_s=0.5)
     run = m.wait(m.submit({"seconds": 30}, owner="a"), timeout=WAIT_S)
-    assert run["status"] == "failed" and "time limit of 0.5 s" in run["error"]
-    assert "pid=" in run["log"]  # the limit counts from the target's start, not the worker's start-up
-    assert run["finished_at"] - run["started_at"] < 5
+    assert run.status == "failed" and "time limit of 0.5 s" in run.error
+    assert "pid=" in run.log  # the limit counts from the target's start, not the worker's start-up
+    assert run.finished_at - run.started_at < 5
 
 
 def test_history_survives_restart(tmp_path):
@@ -236,10 +238,10 @@ def test_history_survives_restart(tmp_path):
         failed = m.submit({"n": 1}, owner="bob")
         m.wait(failed, timeout=WAIT_S)
     with JobManager(tmp_path, target=T + "steps") as m2:
-        runs = {r["id"]: r for r in m2.list_runs()}
-        assert runs[done]["status"] == "succeeded" and runs[done]["report"]["tag"] == "kept"
-        assert [r["id"] for r in m2.list_runs(owner="alice")] == [done]
-        assert m2.get_run(done)["position"] is None
+        runs = {r.id: r for r in m2.list_runs()}
+        assert runs[done].status == "succeeded" and runs[done].report["tag"] == "kept"
+        assert [r.id for r in m2.list_runs(owner="alice")] == [done]
+        assert m2.get_run(done).position is None
         assert m2.delete_run(done, owner="alice") is True
         assert m2.get_run(done) is None
 
@@ -248,7 +250,7 @@ def test_run_left_running_by_a_dead_process_is_marked_interrupted(tmp_path):
     # A real app process: it starts a job, then dies by SIGKILL while the job runs.
     script = textwrap.dedent(f"""
         import sys, time
-        from compressor.runs.jobs import JobManager
+        from compressor.runs.manager import JobManager
         m = JobManager({str(tmp_path)!r}, target="tests.jobtargets:sleep_then_return")
         rid = m.submit({{"seconds": 60}}, owner="a")
         m.submit({{"seconds": 0}}, owner="b")
@@ -268,14 +270,14 @@ def test_run_left_running_by_a_dead_process_is_marked_interrupted(tmp_path):
         app.wait()
     store = RunStore(tmp_path)
     left = store.list_runs()
-    assert {r["status"] for r in left} == {"running", "queued"}
-    worker_pid = int(store.get_run(run_id)["log"].split("pid=")[1].split()[0])
+    assert {r.status for r in left} == {"running", "queued"}
+    worker_pid = int(store.get_run(run_id).log.split("pid=")[1].split()[0])
     store.close()
     with JobManager(tmp_path, target=T + "steps") as m:
         runs = m.list_runs()
-        assert len(runs) == 2 and all(r["status"] == "interrupted" for r in runs)
-        assert "before this run finished" in m.get_run(run_id)["error"]
-        assert m.wait(m.submit({"n": 1}, owner="a"), timeout=WAIT_S)["status"] == "succeeded"
+        assert len(runs) == 2 and all(r.status == "interrupted" for r in runs)
+        assert "before this run finished" in m.get_run(run_id).error
+        assert m.wait(m.submit({"n": 1}, owner="a"), timeout=WAIT_S).status == "succeeded"
         assert m.store.integrity_check() == "ok"
     # The orphaned worker notices its parent is gone and exits instead of computing on.
     deadline = time.monotonic() + 5
@@ -288,24 +290,24 @@ def test_baseline_cache_is_shared_across_runs(manager):
     m = manager("use_cache")
     first = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="a"), timeout=WAIT_S)
     second = m.wait(m.submit({"key": "demo|ppl|n=8"}, owner="b"), timeout=WAIT_S)
-    assert first["report"]["cached"] is False and second["report"]["cached"] is True
-    assert second["report"]["baseline"] == first["report"]["baseline"]
-    assert m.store.cache_get("demo|ppl|n=8") == first["report"]["baseline"]
+    assert first.report["cached"] is False and second.report["cached"] is True
+    assert second.report["baseline"] == first.report["baseline"]
+    assert m.store.cache_get("demo|ppl|n=8") == first.report["baseline"]
 
 
 def test_artifacts_are_capped_and_pruned(manager):
     m = manager("save_artifact", artifacts=ArtifactPolicy(keep_last=2, max_run_bytes=64 * 1024))
     ids = [m.submit({"kb": 8}, owner="a") for _ in range(3)]
     runs = [m.wait(r, timeout=WAIT_S) for r in ids]
-    assert all(r["status"] == "succeeded" for r in runs)
-    kept = [m.get_run(r)["artifact_path"] for r in ids]
+    assert all(r.status == "succeeded" for r in runs)
+    kept = [m.get_run(r).artifact_path for r in ids]
     assert kept[0] is None and kept[1] and kept[2]  # only the newest two stay
     assert sorted(p.name for p in m.artifact_root.iterdir()) == sorted(ids[1:])
     assert (Path(kept[2]) / "model.safetensors").stat().st_size == 8 * 1024
     big = m.wait(m.submit({"kb": 100}, owner="a"), timeout=WAIT_S)
-    assert big["status"] == "succeeded" and big["artifact_path"] is None
-    assert "larger than the artifact cap" in big["log"]
-    assert not (m.artifact_root / big["id"]).exists()
+    assert big.status == "succeeded" and big.artifact_path is None
+    assert "larger than the artifact cap" in big.log
+    assert not (m.artifact_root / big.id).exists()
     m.delete_run(ids[2])
     assert not Path(kept[2]).exists()
 
@@ -324,12 +326,12 @@ def test_app_main_module_is_not_rerun_in_the_worker(tmp_path):
     app = tmp_path / "fake_app.py"
     app.write_text(textwrap.dedent(f"""
         import os
-        from compressor.runs.jobs import JobManager
+        from compressor.runs.manager import JobManager
         with open({str(tmp_path / "imports.txt")!r}, "a") as f:
             f.write(f"{{os.getpid()}}\\n")
         m = JobManager({str(tmp_path / "data")!r}, target="tests.jobtargets:echo")
         run = m.wait(m.submit({{"x": 1}}, owner="a"), timeout={WAIT_S})
-        print(run["status"], run["report"]["pid"] != os.getpid())
+        print(run.status, run.report["pid"] != os.getpid())
         m.shutdown()
     """))
     out = subprocess.run([sys.executable, str(app)], cwd=REPO, capture_output=True, text=True, timeout=2 * WAIT_S,
@@ -380,9 +382,10 @@ def test_default_target_runs_the_real_experiment(tmp_path):
         runs = [m.wait(r, timeout=300) for r in (first, second)]
         stages = {e["stage"] for e in m.events(first) if e["kind"] == "progress"}
     for run in runs:
-        assert run["status"] == "succeeded", f"{run['error']}\n{run['log'][-3000:]}"
-        assert {"baseline", "compressed"} <= set(run["report"]), sorted(run["report"])
+        assert run.status == "succeeded", f"{run.error}\n{run.log[-3000:]}"
+        assert {"baseline", "compressed"} <= set(run.report), sorted(run.report)
     assert stages, "run_job reported no progress"
-    assert runs[0]["report"]["baseline"]["perplexity"] == runs[1]["report"]["baseline"]["perplexity"]
-    assert runs[0]["report"]["timings"]["baseline_cached"] is False
-    assert runs[1]["report"]["timings"]["baseline_cached"] is True
+    reports = [run.load_report() for run in runs]  # the typed Report, whatever schema the target wrote
+    assert reports[0].baseline.perplexity == reports[1].baseline.perplexity
+    assert reports[0].timings.baseline_cached is False
+    assert reports[1].timings.baseline_cached is True

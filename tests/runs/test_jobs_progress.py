@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from compressor.progress import Progress
-from compressor.runs.jobs import JobManager, progress_dict
+from compressor.runs.context import progress_dict
+from compressor.runs.manager import JobManager
 
 T = "tests.runs.test_jobs_progress:"
 WAIT_S = 120  # a busy shared CPU can slow a worker's start-up
@@ -52,12 +53,12 @@ def test_numpy_progress_run_is_stored_as_succeeded_with_its_report(tmp_path):
     with JobManager(tmp_path, target=T + "numpy_progress") as m:
         run_id = m.submit({}, owner="me")
         run = m.wait(run_id, timeout=WAIT_S)
-        assert run["status"] == "succeeded", run["error"]
-        assert run["report"] == {"ok": 1}
-        assert run["progress"]["fraction"] == 1.0
-        assert m.store.get_run(run_id)["status"] == m.status(run_id) == "succeeded"
+        assert run.status == "succeeded", run.error
+        assert run.report == {"ok": 1}
+        assert run.progress["fraction"] == 1.0
+        assert m.store.get_run(run_id).status == m.status(run_id) == "succeeded"
         # and the queue goes on
-        assert m.wait(m.submit({}, owner="me"), timeout=WAIT_S)["status"] == "succeeded"
+        assert m.wait(m.submit({}, owner="me"), timeout=WAIT_S).status == "succeeded"
 
 
 def test_failed_store_write_in_finish_keeps_store_and_memory_consistent(tmp_path, monkeypatch):
@@ -76,9 +77,9 @@ def _finish_with_a_failing_store(m: JobManager, monkeypatch) -> None:
     monkeypatch.setattr(m.store, "update_run", refuses_reports)
     run_id = m.submit({}, owner="me")
     run = m.wait(run_id, timeout=WAIT_S)
-    assert run["status"] == "failed"
-    assert "could not be stored" in run["error"] and "disk is full" in run["error"]
-    assert m.status(run_id) == m.store.get_run(run_id)["status"] == "failed"
+    assert run.status == "failed"
+    assert "could not be stored" in run.error and "disk is full" in run.error
+    assert m.status(run_id) == m.store.get_run(run_id).status == "failed"
     assert [e["status"] for e in m.events(run_id) if e["kind"] == "status"][-1] == "failed"
     monkeypatch.setattr(m.store, "update_run", real)
-    assert m.wait(m.submit({}, owner="me"), timeout=WAIT_S)["status"] == "succeeded"
+    assert m.wait(m.submit({}, owner="me"), timeout=WAIT_S).status == "succeeded"

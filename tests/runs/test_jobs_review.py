@@ -3,12 +3,17 @@ recorded outside the queue. `_run_one` is called in this process with a recordin
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
-from compressor.runs.jobs import ArtifactPolicy, BaselineCache, JobManager
+from compressor.runs.artifacts import ArtifactPolicy
+from compressor.runs.context import BaselineCache
+from compressor.runs.manager import JobManager
 from compressor.runs.store import RUNNING, RunStore
 from compressor.runs.worker import _run_one
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def oom(payload: dict, ctx) -> dict:
@@ -53,3 +58,11 @@ def test_pruning_keeps_the_folder_of_a_run_recorded_running_outside_the_queue(tm
         (folder / "config.json").write_text("{}")
         m.prune_artifacts()
         assert folder.exists()
+
+
+def test_the_worker_imports_neither_the_manager_nor_torch():
+    code = ("import sys, compressor.runs.worker; "
+            "print(sorted(m for m in ('compressor.runs.manager', 'compressor.runs.scheduler', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]

@@ -31,11 +31,11 @@ def test_a_corrupted_json_cell_does_not_hide_the_history(store, column):
     bad = store.create_run("alice", {"model": "demo", "recipe": "w4-g128"})
     store.update_run(good, status="succeeded", report={"compressed": {"perplexity": 9.0}})
     _corrupt(store, bad, column, '{"compressed": {"perplex')  # a torn write, a hand edit
-    runs = {r["id"]: r for r in store.list_runs()}
-    assert runs[good]["report"] == {"compressed": {"perplexity": 9.0}}
-    assert runs[bad][column] is None
-    assert column in (runs[bad]["error"] or "")  # the damage is named, not silent
-    assert store.get_run(bad)[column] is None
+    runs = {r.id: r for r in store.list_runs()}
+    assert runs[good].report == {"compressed": {"perplexity": 9.0}}
+    assert getattr(runs[bad], column) is None
+    assert column in (runs[bad].error or "")  # the damage is named, not silent
+    assert getattr(store.get_run(bad), column) is None
 
 
 def test_a_corrupted_baseline_cache_entry_is_a_miss(store):
@@ -55,7 +55,7 @@ def test_an_unversioned_older_file_opens_with_its_rows(tmp_path):
         db.execute("PRAGMA user_version=0")
     s = RunStore(tmp_path)
     try:
-        assert s.get_run(run_id)["model_spec"] == "demo"
+        assert s.get_run(run_id).model_spec == "demo"
     finally:
         s.close()
 
@@ -86,7 +86,7 @@ def test_two_processes_write_the_same_file_without_losing_rows(tmp_path):
     s = RunStore(tmp_path)
     try:
         runs = s.list_runs(limit=None)
-        assert len(runs) == 120 and all(r["status"] == "succeeded" for r in runs)
+        assert len(runs) == 120 and all(r.status == "succeeded" for r in runs)
         assert s.integrity_check() == "ok"
     finally:
         s.close()
@@ -111,7 +111,7 @@ def test_a_store_opened_while_another_process_sets_up_the_file_tries_again(tmp_p
     s = RunStore(tmp_path)
     try:
         assert _LockedAtFirst.refusals == 0
-        assert s.get_run(s.create_run("alice", {}))["owner"] == "alice"
+        assert s.get_run(s.create_run("alice", {})).owner == "alice"
     finally:
         s.close()
 
