@@ -6,11 +6,12 @@
     manager.events(run_id, since=0)   # progress and log events, for a polling UI
     manager.cancel(run_id)            # kills the worker mid-computation and starts a fresh one
     manager.wait(run_id, timeout=60)  # the finished run: a RunRecord (status, report, error, log)
+    manager.run_inline(payload, owner, fn)  # runs fn(payload, ctx) here instead (ZeroGPU), recorded alike
 
 A queued job runs `target(payload, ctx) -> dict` in a worker process (`compressor.runs.worker`,
 multiprocessing "spawn"), never in the app's process, so a crash or an out-of-memory kill ends only
 that job. One background thread in the app process hands queued runs to idle workers, reads their
-messages, enforces cancels and time limits. Every run is recorded by the
+messages, enforces cancels and time limits. Every run, queued or inline, is recorded by the same
 `RunBook` (`compressor.runs.lifecycle`) in the SQLite run store (`compressor.runs.store`). Every
 public method is thread-safe, so Gradio handlers may call them from any thread.
 
@@ -22,26 +23,30 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import logging
 import multiprocessing
 import shutil
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from compressor.errors import LabError
 from compressor.runs.artifacts import ArtifactPolicy
-from compressor.runs.context import dict_json
+from compressor.runs.context import BaselineCache, JobContext, dict_json, failure_message
 from compressor.runs.lifecycle import LiveRun, RunBook
 from compressor.runs.lock import FolderLock
 from compressor.runs.scheduler import Scheduler
 from compressor.runs.store import (
     CANCELLED,
+    FAILED,
     FINAL_STATUSES,
     INTERRUPTED,
     RUNNING,
+    SUCCEEDED,
     RunRecord,
     RunStore,
 )
@@ -134,7 +139,7 @@ class JobManager:
         self._atexit = _shutdown_at_exit
         atexit.register(self._atexit)
 
-    # -- submitting -----------------------------------------------------------------------
+    # -- submitting and running ------------------------------------------------------------
 
     def submit(self, payload: dict, owner: str) -> str:
         """Queues a job; returns its run id. The payload must be a JSON-serialisable dict."""
@@ -144,7 +149,39 @@ class JobManager:
         self._sched.wake()
         return live.run_id
 
-    def _open(self, payload: dict, owner: str) -> LiveRun:
+    def run_inline(self, payload: dict, owner: str, fn: Callable[[dict, JobContext], dict]) -> RunRecord:
+        """Runs `fn(payload, ctx)` in the calling thread and returns the finished run, recorded as a
+        queued run is: same store row, events, artifact settling and pruning, error messages.
+
+        For hosts where the work must run in the app's own process (ZeroGPU lends a GPU to a
+        decorated function of the app). It starts at once, beside the queue; `ctx.artifact_dir` and
+        `ctx.cache` are the run's own, progress and log calls become its events. Nothing can stop it
+        from outside: `cancel` refuses it and the time limit does not apply.
+        """
+        with self._cond:
+            live = self._open(payload, owner, inline=True)
+            self._runs.start(live)
+        art = self.artifact_root / live.run_id
+        ctx = JobContext(run_id=live.run_id, artifact_dir=art, cache=BaselineCache(self.store),
+                         on_progress=lambda p: self._record(self._runs.progress, live, p),
+                         on_log=lambda line: self._record(self._runs.log, live, line))
+        try:
+            art.mkdir(parents=True, exist_ok=True)
+            report = json.loads(dict_json(fn(json.loads(live.payload_json), ctx), "the report returned by the job"))
+        except Exception as e:
+            with self._cond:
+                self._runs.log(live, traceback.format_exc().rstrip())
+                self._runs.finish(live, FAILED, error=failure_message(e))
+        except BaseException as e:  # Ctrl-C, SystemExit: the app is stopping; the run must still end
+            with self._cond:
+                self._runs.finish(live, INTERRUPTED, error=f"the app stopped while this run ran ({failure_message(e)})")
+            raise
+        else:
+            with self._cond:
+                self._runs.finish(live, SUCCEEDED, report=report)
+        return self.get_run(live.run_id)
+
+    def _open(self, payload: dict, owner: str, inline: bool = False) -> LiveRun:
         """Checks a submission and records it as queued (called with the lock held)."""
         if self._inert:
             raise RuntimeError("this JobManager was built inside a worker process and runs nothing")
@@ -160,7 +197,11 @@ class JobManager:
                     f"you already have {mine} runs queued or running (the limit is "
                     f"{self.max_queued_per_owner}); wait for one to finish or cancel one"
                 )
-        return self._runs.open(owner, payload_json)
+        return self._runs.open(owner, payload_json, inline=inline)
+
+    def _record(self, step: Callable, live: LiveRun, value: object) -> None:
+        with self._cond:
+            step(live, value)
 
     # -- where runs stand ------------------------------------------------------------------
 
@@ -201,6 +242,9 @@ class JobManager:
             if live is None or live.finished:
                 return False
             _check_owner(live.owner, owner, run_id)
+            if live.inline:
+                raise LabError(f"run {run_id} runs inside the app's own process (ZeroGPU) and cannot be "
+                               "cancelled; it ends by itself within the GPU time limit")
             if run_id in self._sched.queue:
                 self._sched.queue.remove(run_id)
                 self._runs.finish(live, CANCELLED, error="cancelled before it started")
