@@ -148,8 +148,9 @@ class SparsityConfig(StageConfig):
         return n / m if m else self.sparsity
 
     def traits(self) -> tuple[set[str], float | None]:
-        """2:4 (dense or compact) is the one pattern kernels treat differently (sparse tensor cores)."""
-        return ({"sparse-2:4"} if "2:4" in (self.pattern, *self.override_values("pattern")) else set()), None
+        """2:4 (dense or compact) is the one pattern kernels treat differently (sparse tensor cores). An
+        override's `pattern` is its module regex, so the N:M pattern is the stage's own."""
+        return ({"sparse-2:4"} if self.pattern == "2:4" else set()), None
 
     def final_format(self, kind: str | None = None) -> tuple[str, str] | None:
         """Compact storage swaps in Sparse24Linear, which later stages cannot rewrite; dense stays nn.Linear."""
