@@ -19,9 +19,16 @@ import random
 import sysconfig
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compressor.paths import ASSETS
+
+if TYPE_CHECKING:
+    import torch
+
+    from compressor.measure.settings import EvalSettings
 
 EVAL_DIR = ASSETS / "eval"
 
@@ -136,3 +143,30 @@ def load_prompts(path: Path | None = None) -> list[str]:
     """Prompts for side-by-side generation."""
     path = path or EVAL_DIR / "prompts.json"
     return json.loads(path.read_text())["prompts"]
+
+
+# --- what one run is measured on ----------------------------------------------------------------
+
+# Held-out characters tokenized for perplexity: ~4 characters per token with room to spare.
+CHARS_PER_TOKEN = 6
+
+
+@dataclass
+class EvalData:
+    """What a baseline and its compressed model are both measured on: held-out tokens ([ppl_tokens + 1]),
+    arithmetic problems and side-by-side sample prompts."""
+
+    tokens: torch.Tensor
+    problems: list[dict]
+    prompts: list[str]
+
+
+def load_eval_data(tokenizer, settings: EvalSettings) -> EvalData:
+    """The evaluation data for `settings`, tokenized by `tokenizer`."""
+    from compressor.measure.quality import eval_tokens
+
+    text = held_out_text()
+    tokens = eval_tokens(tokenizer, text[: settings.ppl_tokens * CHARS_PER_TOKEN], settings.ppl_tokens)
+    if tokens.numel() <= settings.ppl_tokens:  # text denser than expected: use all of it
+        tokens = eval_tokens(tokenizer, text, settings.ppl_tokens)
+    return EvalData(tokens, load_arithmetic()[: settings.arithmetic_samples], load_prompts())

@@ -62,6 +62,11 @@ class HardwareProfile:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> HardwareProfile:
+        """A profile from JSON; keys this version does not know (a newer writer's) are left out."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
 
 def list_profiles() -> list[HardwareProfile]:
     """The bundled profiles, sorted by id ("this-machine" is not listed: it needs a probe)."""
@@ -69,9 +74,7 @@ def list_profiles() -> list[HardwareProfile]:
 
 
 def load_profile_file(path: Path) -> HardwareProfile:
-    data = json.loads(path.read_text())
-    known = set(HardwareProfile.__dataclass_fields__)
-    return HardwareProfile(**{k: v for k, v in data.items() if k in known})
+    return HardwareProfile.from_dict(json.loads(path.read_text()))
 
 
 _PROFILE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -248,6 +251,10 @@ class ModelFacts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelFacts:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 # Profile compute dtypes that hold floats in 16 bits, by torch's name.

@@ -1,0 +1,77 @@
+"""Greedy generation, and the positions a model may be fed: what samples, arithmetic and the prompt
+box share."""
+
+from __future__ import annotations
+
+import torch
+
+from compressor.errors import LabError
+from compressor.measure.settings import EvalSettings
+
+
+def max_positions(model) -> int | None:
+    """The positions a model was trained for (`config.max_position_embeddings`), None when it declares none."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id when this tokenizer starts every text with it (Llama's, the demo model's), else None.
+
+    Such models only ever saw BOS at position 0 in training, so each evaluation window and each
+    prompt starts with it too; a window starting mid-sentence at position 0 is out of distribution.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a")["input_ids"]
+    return bos if bos is not None and ids and ids[0] == bos else None
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
+    """Greedy continuations (text only, prompt removed), batched with left padding."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            # special tokens as the tokenizer adds them by default: prompts look like a user's
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None,
+                                 temperature=None, top_p=None, top_k=None)
+            new = gen[:, enc["input_ids"].shape[1] :]  # (B, max_new_tokens)
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
+def check_positions(model, tokenizer, settings: EvalSettings, n_tokens: int, prompts: list[str]) -> None:
+    """Refuse evaluation lengths beyond the positions the model was trained for, whose numbers would
+    measure extrapolation (RoPE) or fail (learned positions), not the model.
+
+    Checked: the longest perplexity window (min(context, n_tokens) tokens, plus the BOS that
+    window_logprobs prepends when the tokenizer leads with one), the speed test's prompt + new
+    tokens, and the longest sample prompt + max_new_tokens.
+    """
+    max_pos = max_positions(model)
+    if max_pos is None:
+        return  # no learned limit to check against
+    where = f"the model's max_position_embeddings={max_pos}"
+    lead = 0 if leading_bos(tokenizer) is None else 1
+    window = min(settings.context, n_tokens) + lead
+    if window > max_pos:
+        bos = " (with the BOS token prepended to each window)" if lead else ""
+        raise LabError(f"eval setting context={settings.context} feeds {window} positions per window{bos}, beyond "
+                       f"{where}: use context <= {max_pos - lead}.")
+    speed = settings.speed_prompt_tokens + settings.speed_new_tokens
+    if speed > max_pos:
+        raise LabError(f"eval settings speed_prompt_tokens={settings.speed_prompt_tokens} + speed_new_tokens="
+                       f"{settings.speed_new_tokens} = {speed} positions, beyond {where}: use speed_prompt_tokens "
+                       f"<= {max_pos - settings.speed_new_tokens}.")
+    longest = max((len(tokenizer(p)["input_ids"]) for p in prompts), default=0)
+    if prompts and longest + settings.max_new_tokens > max_pos:
+        raise LabError(f"eval setting max_new_tokens={settings.max_new_tokens} after a sample prompt of {longest} "
+                       f"tokens reaches {longest + settings.max_new_tokens} positions, beyond {where}: use "
+                       f"max_new_tokens <= {max_pos - longest}.")
