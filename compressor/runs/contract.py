@@ -14,84 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 
 from compressor.engine.recipe import Recipe, load_recipe
 from compressor.engine.report import CompressionReport
 from compressor.errors import LabError
-from compressor.measure.evaluate import EvalSettings
 from compressor.measure.hardware import THIS_MACHINE, HardwareProfile, ModelFacts
+from compressor.measure.settings import EvalSettings
+from compressor.runs.record import Record, to_json  # noqa: F401  (to_json: re-exported with the types)
 
 SCHEMA_VERSION = 2  # 1: the untyped report dict before the contract (no "schema_version" key)
 PROJECTION_CONTEXT = 2048
-
-
-# --- JSON <-> dataclasses ---------------------------------------------------------------------
-
-
-def to_json(obj: object) -> object:
-    """Plain JSON values of a contract object: dataclasses by field (or their own `to_dict`), tuples as
-    lists, NaN and infinities as None so the JSON is strict."""
-    if hasattr(obj, "to_dict") and not isinstance(obj, Record):
-        return to_json(obj.to_dict())
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _build(tp: object, value: object) -> object:
-    """`value` (parsed JSON) as type `tp`: contract records, their lists and dicts, or plain values."""
-    if value is None:
-        return None
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value) if len(inner) == 1 else value
-    if origin is list:
-        return [_build(args[0], v) for v in value]
-    if origin is tuple:
-        return tuple(value)
-    if origin is dict:
-        return {k: _build(args[1], v) for k, v in value.items()}
-    if isinstance(tp, type) and issubclass(tp, Record):
-        return tp.from_dict(value)
-    if tp in _FOREIGN:
-        return _FOREIGN[tp](value)
-    return value
-
-
-class Record:
-    """A contract dataclass: `to_dict()` for JSON, `from_dict()` that ignores keys it does not know
-    (a newer writer's additions) and leaves missing ones at their defaults."""
-
-    def to_dict(self) -> dict:
-        return {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        if not isinstance(d, dict):
-            raise LabError(f"{cls.__name__} must be a mapping, got {type(d).__name__}")
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        return cls(**{k: _build(hints[k], v) for k, v in d.items() if k in known})
-
-
-# Types from other modules, rebuilt by their own constructors.
-_FOREIGN = {
-    Recipe: Recipe.from_dict,
-    EvalSettings: EvalSettings.from_dict,
-    CompressionReport: CompressionReport.from_dict,
-    HardwareProfile: lambda d: HardwareProfile(**d),
-    ModelFacts: lambda d: ModelFacts(**d),
-}
 
 
 # --- the request ------------------------------------------------------------------------------
@@ -126,24 +59,25 @@ class RunRequest(Record):
         for name in ("model", "hardware", "device"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise LabError(f"request {name}={value!r} must be a non-empty string, e.g. "
+                raise LabError(f"request '{name}'={value!r} must be a non-empty string, e.g. "
                                f"{ {'model': 'demo', 'hardware': THIS_MACHINE, 'device': 'cpu'}[name]!r}.")
             setattr(self, name, value.strip())
         if not isinstance(self.recipe, Recipe):
             self.recipe = load_recipe(self.recipe)
         if not isinstance(self.eval, EvalSettings):
             if self.eval is not None and not isinstance(self.eval, dict):
-                raise LabError(f"request eval={self.eval!r} must be a mapping of eval settings, "
+                raise LabError(f"request 'eval'={self.eval!r} must be a mapping of eval settings, "
                                "e.g. {\"ppl_tokens\": 512}.")
             self.eval = EvalSettings.from_dict(self.eval)
         for name in ("allow_pickle", "trust_remote_code"):  # bool("false") is True: JSON booleans only
             if not isinstance(getattr(self, name), bool):
-                raise LabError(f"request {name}={getattr(self, name)!r} must be true or false "
+                raise LabError(f"request '{name}'={getattr(self, name)!r} must be true or false "
                                "(a JSON boolean, not a string or number).")
         for name in ("projection_context", "projection_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LabError(f"request {name}={value!r} must be a positive integer.")
+                raise LabError(f"request '{name}'={value!r} must be a positive integer, e.g. "
+                               f"{PROJECTION_CONTEXT if name == 'projection_context' else 1}.")
 
     @classmethod
     def from_dict(cls, d: dict) -> RunRequest:
@@ -154,7 +88,8 @@ class RunRequest(Record):
         d = dict(d)
         evald = d.get("eval") or {}
         if not isinstance(evald, dict):
-            raise LabError(f"request eval={evald!r} must be a mapping of eval settings, e.g. {{\"ppl_tokens\": 512}}.")
+            raise LabError(f"request 'eval'={evald!r} must be a mapping of eval settings, "
+                           "e.g. {\"ppl_tokens\": 512}.")
         evald = dict(evald)
         for short, name in _PAYLOAD_ALIASES.items():
             if d.get(short) is not None:
@@ -168,7 +103,7 @@ class RunRequest(Record):
         if d.get("model") in (None, "") or d.get("recipe") in (None, ""):
             raise LabError("a run request needs 'model' (e.g. 'demo') and 'recipe' (a preset name, YAML or a mapping).")
         if not isinstance(d["recipe"], str | dict | list | Recipe):
-            raise LabError(f"request recipe={d['recipe']!r} must be a preset name, YAML/JSON text, a mapping or a "
+            raise LabError(f"request 'recipe'={d['recipe']!r} must be a preset name, YAML/JSON text, a mapping or a "
                            "list of stages.")
         d.pop("schema_version", None)
         return cls(**d)
@@ -210,6 +145,7 @@ class Speed(Record):
     peak_memory_delta_bytes: int | None = None
     kv_bytes_per_token_measured: float | None = None
     kernel_paths: dict[str, int] = field(default_factory=dict)
+    memory_method: str | None = None  # how peak memory was read (CUDA allocator, process RSS peak)
     seconds: float | None = None
 
     @property
@@ -355,6 +291,7 @@ class ProjectedSide(Record):
     decode_bound: str
     decode_breakdown_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    label: str = "projection"
 
 
 @dataclass

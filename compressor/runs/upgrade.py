@@ -72,7 +72,7 @@ def _recipe_v1(r: object) -> object:
 
 
 def _settings_v1(s: object) -> dict:
-    from compressor.measure.evaluate import EvalSettings
+    from compressor.measure.settings import EvalSettings
 
     known = {f.name for f in dataclasses.fields(EvalSettings)}
     return {k: v for k, v in (s or {}).items() if k in known} if isinstance(s, dict) else {}
