@@ -28,3 +28,33 @@ def tiny_folder(tmp_path, monkeypatch):
     from tests.helpers import tiny_model_folder
 
     return tiny_model_folder(tmp_path, monkeypatch)
+
+
+# --- one finished demo run, shared by the end-to-end tests --------------------------------------------
+
+# The CLI flags `--recipe w4-g128 --hardware t4 --samples 24 --ppl-tokens 512 --max-new-tokens 8` make
+# this same request: a CLI run with them finds this run's baseline in the cache.
+DEMO_RUN_PAYLOAD = {"model": "demo", "recipe": "w4-g128", "hardware": "t4",
+                    "eval": {"arithmetic_samples": 24, "ppl_tokens": 512, "max_new_tokens": 8}}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """ONE real run (RTN 4-bit on the demo model, small evaluation, projected onto a T4) through the job
+    target `compressor.runs.runner.run_job`, for every test that only reads a finished report.
+
+    Yields a namespace: `report` (a Report), `payload`, `data_dir` (its baseline cache: point
+    LAB_DATA_DIR here to reuse the baseline), `artifact_dir` (report.json and the saved compressed model).
+    Treat it as read-only: tests that change a report change a copy (`Report.from_dict(report.to_dict())`).
+    """
+    from types import SimpleNamespace
+
+    from compressor.runs.contract import Report
+    from compressor.runs.context import JobContext
+    from compressor.runs.runner import run_job
+
+    root = tmp_path_factory.mktemp("demo-run")
+    ctx = JobContext.local(root / "data", artifact_dir=root / "artifacts", on_log=None)
+    report = Report.from_dict(run_job(dict(DEMO_RUN_PAYLOAD), ctx))
+    return SimpleNamespace(report=report, payload=DEMO_RUN_PAYLOAD, data_dir=root / "data",
+                           artifact_dir=root / "artifacts")

@@ -1,6 +1,6 @@
 """Answer one free prompt with the baseline and a run's compressed model, for the app's prompt box.
 
-A job target (`target(payload, ctx) -> dict`), run by a `compressor.runs.jobs.JobManager` in a worker
+A job target (`target(payload, ctx) -> dict`), run by the job manager (compressor.runs) in a worker
 process so that the UI thread never loads a model or generates.
 
     payload = {"model": "demo", "recipe": {...}, "artifact": "/data/.../artifacts/<run_id>" or None,
@@ -27,7 +27,7 @@ MAX_NEW_TOKENS = (1, 128)
 def answer(payload: dict, ctx=None) -> dict:
     """Greedy answers of the baseline model and of the compressed artifact to the same prompt."""
     from compressor.engine.kvcache import kv_cache_in_generate
-    from compressor.measure.evaluate import greedy_generate
+    from compressor.measure.generation import greedy_generate
     from compressor.models.loading import load_model
 
     prompt = str(payload.get("prompt") or "")
@@ -74,7 +74,7 @@ def answer(payload: dict, ctx=None) -> dict:
 def _check_positions(model, tokenizer, prompt: str, n_new: int) -> None:
     """Refuses a prompt whose tokens and answer go beyond the positions the model was trained for: RoPE
     models would answer with extrapolated noise, learned-position ones would fail with an IndexError."""
-    from compressor.measure.evaluate import max_positions
+    from compressor.measure.generation import max_positions
 
     max_pos = max_positions(model)
     if max_pos is None:

@@ -9,7 +9,8 @@ from compressor.errors import LabError
 from compressor.measure import evaluate as ev
 from compressor.measure.evaldata import load_prompts
 from compressor.models.loading import load_model
-from compressor.runs import experiment
+from compressor.runs import measure_model, runner
+from compressor.runs.contract import RunRequest
 
 BASE = {"ppl_tokens": 512, "stride": 64, "arithmetic_samples": 0, "max_new_tokens": 2, "repeats": 1,
         "speed_prompt_tokens": 8, "speed_new_tokens": 2, "speed_batch": 1, "online_extras": False,
@@ -22,8 +23,9 @@ def no_evaluation(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("evaluation started before the positions were checked")
 
-    monkeypatch.setattr(ev, "evaluate_quality", refuse)
-    monkeypatch.setattr(experiment, "measure_performance", refuse)
+    monkeypatch.setattr(measure_model, "evaluate_quality", refuse)
+    monkeypatch.setattr(runner, "measure_quality", refuse)
+    monkeypatch.setattr(runner, "measure_performance", refuse)
 
 
 @pytest.mark.parametrize("settings,needles", [
@@ -35,7 +37,7 @@ def no_evaluation(monkeypatch):
 ])
 def test_lengths_beyond_the_positions_are_refused_before_evaluation(tiny_folder, no_evaluation, settings, needles):
     with pytest.raises(LabError) as e:
-        experiment.run_experiment(str(tiny_folder), "int8", "t4", BASE | settings)
+        runner.run(RunRequest(model=str(tiny_folder), recipe="int8", hardware="t4", eval=BASE | settings))
     for needle in needles:
         assert needle in str(e.value)
 
@@ -44,11 +46,11 @@ def test_the_largest_allowed_lengths_pass():
     model, tok = load_model("demo")
     n = model.config.max_position_embeddings  # 512
     ok = ev.EvalSettings.from_dict(BASE | {"context": n - 1, "speed_prompt_tokens": n - 16, "speed_new_tokens": 16})
-    experiment.check_positions(model, tok, ok, n_tokens=4096, prompts=load_prompts())
+    ev.check_positions(model, tok, ok, n_tokens=4096, prompts=load_prompts())
     with pytest.raises(LabError, match="context <= 511"):
-        experiment.check_positions(model, tok, ev.EvalSettings.from_dict(BASE | {"context": n}), 4096, [])
+        ev.check_positions(model, tok, ev.EvalSettings.from_dict(BASE | {"context": n}), 4096, [])
     # a window is no longer than the scored text: context 512 over 129 tokens feeds 130 positions
-    experiment.check_positions(model, tok, ev.EvalSettings.from_dict(BASE | {"context": n}), 129, [])
+    ev.check_positions(model, tok, ev.EvalSettings.from_dict(BASE | {"context": n}), 129, [])
 
 
 @pytest.mark.parametrize("settings", [
@@ -60,4 +62,4 @@ def test_app_and_test_settings_stay_valid_for_the_demo_model(settings):
     model, tok = load_model("demo")
     s = ev.EvalSettings.from_dict(settings)
     text_tokens = ev.eval_tokens(tok, "word " * 4 * s.ppl_tokens, s.ppl_tokens).numel()
-    experiment.check_positions(model, tok, s, text_tokens, load_prompts())
+    ev.check_positions(model, tok, s, text_tokens, load_prompts())

@@ -4,8 +4,9 @@ import pytest
 
 from compressor.errors import LabError
 from compressor.measure.hardware import get_profile
-from compressor.runs.experiment import run_job, settings_from_payload
-from compressor.runs.jobs import JobContext
+from compressor.runs.contract import RunRequest
+from compressor.runs.context import JobContext
+from compressor.runs.runner import run_job
 
 BASE = {"model": "demo", "recipe": "int8"}
 
@@ -42,7 +43,7 @@ def test_bad_payload_values_are_lab_errors(payload, match):
 
 def test_a_context_given_as_text_is_refused_by_the_settings_not_a_type_error():
     with pytest.raises(LabError, match="context='256' is not valid"):
-        settings_from_payload({"context": "256"})
+        RunRequest.from_dict({**BASE, "context": "256"})
 
 
 def test_hardware_ids_are_file_stems_not_paths():

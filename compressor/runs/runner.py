@@ -1,0 +1,173 @@
+"""One run: load, measure the baseline, compress, measure again, project onto hardware.
+
+    report = run(RunRequest.from_dict({"model": "demo", "recipe": "w4-g128", "hardware": "t4"}))
+
+`run_job(payload, ctx)` is the same for the background worker (the job target
+"compressor.runs.runner:run_job"): the payload is a RunRequest's JSON, the result `Report.to_dict()`.
+Baseline and compressed models are measured the same way on the same tokens
+(compressor/runs/measure_model.py); the baseline's quality (its top-k reference for KL included) is
+cached through `cache`, keyed by compressor/runs/fingerprint.py, so a second recipe on the same model
+skips it. Speed and memory are measured again every time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from compressor.measure import hardware as hw
+from compressor.measure.evaldata import load_eval_data
+from compressor.measure.generation import check_positions
+from compressor.measure.quality import Reference
+from compressor.progress import Progress
+from compressor.runs import fingerprint as fp
+from compressor.runs.contract import ModelInfo, Report, RunRequest, Sample, Timings
+from compressor.runs.footprint import float16_weight_bytes, footprint
+from compressor.runs.measure_model import (
+    QualityPart,
+    measure_performance,
+    measure_quality,
+    measurement,
+    quality_summary,
+    stage_quality,
+)
+from compressor.runs.projection import project_report
+
+# Fraction of the whole run each phase covers, for progress events.
+PHASES = {"load": (0.0, 0.05), "evaluate-baseline": (0.05, 0.3), "compress": (0.3, 0.7),
+          "evaluate-compressed": (0.7, 0.95), "project": (0.95, 1.0)}
+TARGET = "compressor.runs.runner:run_job"  # what a JobManager runs
+
+
+class _Phases:
+    """Maps a phase's own 0..1 progress onto the run's fraction and forwards Progress events."""
+
+    def __init__(self, progress: Callable[[Progress], None] | None):
+        self.progress = progress
+
+    def emit(self, phase: str, within: float = 0.0, message: str = "") -> None:
+        if self.progress is not None:
+            lo, hi = PHASES[phase]
+            self.progress(Progress(stage=phase, fraction=lo + (hi - lo) * min(max(within, 0.0), 1.0), message=message))
+
+    def within(self, phase: str) -> Callable[[float, str], None]:
+        return lambda fraction, message: self.emit(phase, fraction, message)
+
+    def engine_callback(self) -> Callable[[Progress], None]:
+        def forward(p: Progress) -> None:
+            if self.progress is not None:
+                lo, hi = PHASES["compress"]
+                self.progress(dataclasses.replace(p, fraction=lo + (hi - lo) * p.fraction, eta_s=None))
+        return forward
+
+
+def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None] | None = None,
+        log: Callable[[str], None] | None = None, save_dir: str | Path | None = None) -> Report:
+    """Load `request.model`, measure it, compress it with `request.recipe`, measure again, project.
+
+    Bad input (a hardware id, a model spec, lengths beyond the model's positions) raises a LabError
+    before any long work starts. `cache` is anything with get(key) -> dict | None and put(key, dict)
+    (a JobContext's cache). With `save_dir`, the compressed model is saved there (`load_model(folder)`).
+    """
+    from compressor.engine.compress import compress
+    from compressor.models.loading import load_model
+
+    log = log or (lambda _: None)
+    t_start = time.perf_counter()
+    phases = _Phases(progress)
+    settings = request.eval
+    if request.hardware != hw.THIS_MACHINE:
+        hw.get_profile(request.hardware)  # a bad id fails now; "this-machine" is probed when projecting
+
+    phases.emit("load", 0.0, f"loading {request.model}")
+    t0 = time.perf_counter()
+    net, tokenizer = load_model(request.model, allow_pickle=request.allow_pickle,
+                                trust_remote_code=request.trust_remote_code, device=request.device)
+    load_s = time.perf_counter() - t0
+    env = fp.environment(request.device)
+    fingerprint = fp.model_fingerprint(net, request.model)
+    n_params = sum(p.numel() for p in net.parameters())  # logical count, before compression
+    data = load_eval_data(tokenizer, settings)
+    check_positions(net, tokenizer, settings, data.tokens.numel(), data.prompts)
+    # what a 16-bit profile would hold of the baseline: counted now, before compression changes `net`
+    base_bytes16, base_float_bytes = float16_weight_bytes(net), next(net.parameters()).element_size()
+
+    if cache is not None and not fingerprint["identified"]:
+        log(f"{request.model}: no local files or hub revision identify these weights; the baseline is measured again")
+        cache = None
+    key = fp.baseline_cache_key(fingerprint, settings, env, fp.eval_data_digest(data.tokens, data.problems,
+                                                                                 data.prompts))
+    cached = cache.get(key) if cache is not None else None
+    t0 = time.perf_counter()
+    if cached is not None:
+        log("baseline quality from cache (speed and memory are measured again)")
+        base_part, reference = QualityPart.from_dict(cached["part"]), Reference.from_dict(cached["reference"])
+    else:
+        base_part, reference = measure_quality(net, tokenizer, data, settings,
+                                               emit=phases.within("evaluate-baseline"))
+        if cache is not None:
+            cache.put(key, {"part": base_part.to_dict(), "reference": reference.to_dict()})
+    baseline = measurement(base_part, measure_performance(net, settings, phases.within("evaluate-baseline")))
+    baseline_s = time.perf_counter() - t0
+
+    phases.emit("compress", 0.0, "compressing")
+    t0 = time.perf_counter()
+    after_stage = None
+    if settings.attribute_stages and len(request.recipe.stages) > 1:
+        last = len(request.recipe.stages) - 1  # the last stage's model is the compressed model, measured below
+
+        def after_stage(index: int, model) -> dict:
+            return {} if index == last else stage_quality(model, tokenizer, data, settings, reference)
+
+    net, creport = compress(net, request.recipe, progress=phases.engine_callback(), tokenizer=tokenizer,
+                            after_stage=after_stage)
+    compress_s = time.perf_counter() - t0  # includes the per-stage quality checks (timings: stage_eval_s)
+    log(f"compressed in {compress_s:.1f} s")
+    if save_dir is not None:
+        from compressor.engine.serialize import save_compressed
+
+        save_compressed(net, tokenizer, save_dir)
+        log(f"compressed model saved to {save_dir}")
+
+    t0 = time.perf_counter()
+    emit = phases.within("evaluate-compressed")
+    comp_part, _ = measure_quality(net, tokenizer, data, settings, reference=reference, emit=emit)
+    # a model cannot be projected beyond the positions it was trained for (ModelFacts.max_context)
+    kv_context = min(request.projection_context, getattr(net.config, "max_position_embeddings", 2048))
+    compressed = measurement(comp_part, measure_performance(net, settings, emit), model=net, kv_context=kv_context,
+                             baseline=baseline)
+    compressed_s = time.perf_counter() - t0
+    if after_stage is not None:
+        creport.stages[-1].quality = quality_summary(compressed)
+
+    phases.emit("project", 0.0, "projecting onto hardware")
+    report = Report(
+        request=request,
+        model=ModelInfo(spec=request.model, n_params=n_params, architecture=type(net).__name__,
+                        fingerprint=fingerprint),
+        baseline=baseline, compressed=compressed, compression=creport,
+        samples=[Sample(p, b, c) for p, b, c in zip(data.prompts, base_part.samples, comp_part.samples, strict=True)],
+        footprint=footprint(net, n_params, request.recipe, baseline, compressed, base_bytes16, base_float_bytes),
+        environment=env, warnings=list(creport.warnings))
+    report.projection = project_report(report, request.hardware, request.projection_context, request.projection_batch)
+    report.timings = Timings(load_s=load_s, baseline_eval_s=baseline_s, baseline_cached=cached is not None,
+                             compress_s=compress_s, stage_eval_s=sum(s.quality.get("seconds", 0.0)
+                                                                     for s in creport.stages),
+                             compressed_eval_s=compressed_s, total_s=time.perf_counter() - t_start)
+    phases.emit("project", 1.0, "done")
+    return report
+
+
+def run_job(payload: dict, ctx) -> dict:
+    """The background worker's target: a RunRequest's JSON -> `Report.to_dict()`, also written to
+    `ctx.artifact_dir`/report.json beside the saved compressed model."""
+    request = RunRequest.from_dict(payload)
+    artifact_dir = getattr(ctx, "artifact_dir", None)
+    report = run(request, cache=ctx.cache, progress=ctx.progress, log=ctx.log, save_dir=artifact_dir).to_dict()
+    if artifact_dir is not None:
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        (Path(artifact_dir) / "report.json").write_text(json.dumps(report, indent=2))
+    return report
