@@ -25,15 +25,16 @@ def run(preset: str, out: Path) -> tuple[int, float]:
     return proc.returncode, time.perf_counter() - t
 
 
-def row(preset: str, r: dict, rc: int | None, wall: float | None) -> str:
-    b, c = r["baseline"], r["compressed"]
-    check = r["projection"].get("check_against_measured", {}).get("compressed", {})
-    ratio = check.get("ratio_projected_over_measured")
-    paths = ", ".join(sorted(c.get("kernel_paths") or {})) or "-"
-    return (f"| {preset} | {c['weight_bytes'] / 2**20:.1f} | {c['perplexity']:.2f} | "
-            f"{100 * (c['perplexity'] / b['perplexity'] - 1):+.1f}% | {c['kld']:.4f} | "
-            f"{c['arithmetic_accuracy']:.0%} | {c['decode_tokens_per_s']:.0f} | {b['decode_tokens_per_s']:.0f} | "
-            f"{paths} | {'-' if ratio is None else f'{ratio:.2f}'} | {r['compress_seconds']:.1f} | "
+def row(preset: str, r, rc: int | None, wall: float | None) -> str:
+    """One table row of a Report (compressor.runs.contract)."""
+    b, c = r.baseline, r.compressed
+    check = (r.projection.check_against_measured or {}).get("compressed") if r.projection else None
+    ratio = check.ratio if check else None
+    paths = ", ".join(sorted(c.kernel_paths)) or "-"
+    return (f"| {preset} | {c.weight_bytes / 2**20:.1f} | {c.perplexity:.2f} | "
+            f"{100 * (c.perplexity / b.perplexity - 1):+.1f}% | {c.kld:.4f} | "
+            f"{c.arithmetic_accuracy:.0%} | {c.decode_tokens_per_s:.0f} | {b.decode_tokens_per_s:.0f} | "
+            f"{paths} | {'-' if ratio is None else f'{ratio:.2f}'} | {r.timings.compress_s:.1f} | "
             f"{'-' if wall is None else f'{wall:.0f}'} | {'-' if rc is None else rc} |")
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     from compressor.engine.presets import list_presets
+    from compressor.runs.contract import Report
 
     presets = [s for s in args.only.split(",") if s] or list(list_presets())
     results = {}
@@ -57,12 +59,12 @@ def main() -> None:
             print(f"{preset}: exit {rc}, {wall:.1f} s", file=sys.stderr, flush=True)
         path = out / f"{preset}.json"
         if path.is_file():
-            results[preset] = (json.loads(path.read_text()), rc, wall)
+            results[preset] = (Report.from_dict(json.loads(path.read_text())), rc, wall)
     first = next(iter(results.values()))[0]
-    b = first["baseline"]
-    print(f"Baseline (fp32): {b['weight_bytes'] / 2**20:.1f} MiB weights, perplexity {b['perplexity']:.2f}, "
-          f"arithmetic {b['arithmetic_accuracy']:.0%} ({first['settings']['arithmetic_samples']} problems), "
-          f"{first['settings']['ppl_tokens']} perplexity tokens.\n")
+    b, settings = first.baseline, first.request.eval
+    print(f"Baseline (fp32): {b.weight_bytes / 2**20:.1f} MiB weights, perplexity {b.perplexity:.2f}, "
+          f"arithmetic {b.arithmetic_accuracy:.0%} ({settings.arithmetic_samples} problems), "
+          f"{settings.ppl_tokens} perplexity tokens.\n")
     print("| preset | weights MiB | perplexity | change | KL | arithmetic | decode tok/s | baseline decode | "
           "kernel path | projected/measured decode | compress s | wall s | exit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

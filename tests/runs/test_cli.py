@@ -1,10 +1,13 @@
-"""The command line: exit codes, messages, and one real end-to-end run on the demo model."""
+"""The command line: exit codes, messages, the request its flags make, and real runs on the demo model."""
 
 import json
 
 import pytest
 
 from compressor.__main__ import main
+from compressor.cli import build_parser
+from compressor.cli.run import request_from_args
+from compressor.runs.contract import Report, RunRequest
 
 
 @pytest.fixture(autouse=True)
@@ -40,30 +43,45 @@ def test_usage_error_exits_2(capsys):
     assert e.value.code == 2
 
 
-def test_end_to_end_rtn_run_writes_the_report(tmp_path, capsys):
+def test_a_cli_run_is_the_runners_run_and_writes_the_report(demo_run, tmp_path, monkeypatch, capsys):
+    """The CLI run with the demo run's settings: the same RunRequest, so it finds the demo run's baseline
+    in the cache and measures the compressed model to the same figures."""
+    r = demo_run.report
+    for section in (r.baseline, r.compressed):
+        for key in ("weight_bytes", "perplexity", "arithmetic_accuracy", "prefill_tokens_per_s",
+                    "decode_tokens_per_s", "peak_memory_bytes", "kv_bytes_per_token"):
+            assert getattr(section, key) is not None, key
+    c, b = r.compressed, r.baseline
+    assert c.weight_bytes < b.weight_bytes  # 4-bit packed decoder weights
+    assert c.kld > 0 and 0 < c.top1_agreement <= 1
+    assert r.timings.compress_s > 0
+    assert len(r.samples) > 0 and all(s.prompt and isinstance(s.baseline, str) and isinstance(s.compressed, str)
+                                      for s in r.samples)
+    assert r.projection.label == "projection" and r.projection.compressed.label == "projection"
+    assert r.compression.stages and r.compression.layers and r.environment.torch
+
     out = tmp_path / "r.json"
     argv = ["run", "--model", "demo", "--recipe", "w4-g128", "--hardware", "t4", "--json", str(out),
             "--samples", "24", "--ppl-tokens", "512", "--max-new-tokens", "8", "--quiet"]
+    assert request_from_args(build_parser().parse_args(argv)) == r.request
+    monkeypatch.setenv("LAB_DATA_DIR", str(demo_run.data_dir))  # the demo run's baseline cache
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "perplexity" in table and "projection" in table
-    r = json.loads(out.read_text())
-    for section in ("baseline", "compressed"):
-        for key in ("weight_bytes", "perplexity", "arithmetic_accuracy", "prefill_tokens_per_s",
-                    "decode_tokens_per_s", "peak_memory_bytes", "kv_bytes_per_token"):
-            assert r[section][key] is not None, (section, key)
-    c, b = r["compressed"], r["baseline"]
-    assert c["weight_bytes"] < b["weight_bytes"]  # 4-bit packed decoder weights
-    assert c["kld"] > 0 and 0 < c["top1_agreement"] <= 1
-    assert r["compress_seconds"] > 0
-    assert len(r["samples"]) > 0 and {"prompt", "baseline", "compressed"} <= set(r["samples"][0])
-    assert r["projection"]["label"] == "projection" and r["projection"]["compressed"]["label"] == "projection"
-    assert r["stages"] and r["layers"] and r["environment"]["torch"]
-    # a second run reuses the cached baseline and still measures the compressed model
-    assert main(argv) == 0
-    r2 = json.loads(out.read_text())
-    assert r2["timings"]["baseline_cached"] and r2["baseline"]["perplexity"] == b["perplexity"]
-    assert r2["compressed"]["kld"] == pytest.approx(c["kld"], rel=1e-3)
+    r2 = Report.from_dict(json.loads(out.read_text()))
+    assert r2.timings.baseline_cached and r2.baseline.perplexity == b.perplexity
+    assert r2.compressed.kld == pytest.approx(c.kld, rel=1e-3)
+    assert r2.compressed.perplexity == pytest.approx(c.perplexity, rel=1e-6)
+
+
+def test_the_cli_and_a_page_payload_make_the_same_request():
+    """One rule for defaults: the page sends {eval: {context: 512}}, the CLI --context 512; both stride 256."""
+    args = build_parser().parse_args(["run", "--recipe", "w4-g128", "--hardware", "t4", "--context", "512",
+                                      "--samples", "8"])
+    page = RunRequest.from_dict({"model": "demo", "recipe": "w4-g128", "hardware": "t4",
+                                 "eval": {"context": 512, "arithmetic_samples": 8}})
+    assert request_from_args(args) == page
+    assert page.eval.stride == 256
 
 
 def test_stacked_recipe_attributes_the_quality_change_to_each_stage(tmp_path, capsys):
@@ -74,15 +92,15 @@ def test_stacked_recipe_attributes_the_quality_change_to_each_stage(tmp_path, ca
     assert "quality after each stage" in capsys.readouterr().out
     assert main(["run", "--model", "demo", "--recipe", "{method: magnitude, sparsity: 0.6}",
                  "--json", str(alone), *small]) == 0
-    r, one = json.loads(stacked.read_text()), json.loads(alone.read_text())
-    rows = r["attribution"]
-    assert [row["method"] for row in rows] == ["magnitude", "rtn"]
+    r, one = (Report.from_dict(json.loads(p.read_text())) for p in (stacked, alone))
+    rows = r.attribution
+    assert [row.method for row in rows] == ["magnitude", "rtn"]
     # Stage 0's numbers are those of the same pruning run on its own; the last are the compressed column.
-    assert rows[0]["perplexity"] == pytest.approx(one["compressed"]["perplexity"], rel=1e-6)
-    assert rows[0]["kld"] == pytest.approx(one["compressed"]["kld"], rel=1e-6)
-    assert rows[1]["perplexity"] == r["compressed"]["perplexity"]
-    assert rows[0]["delta_perplexity"] > 0 and rows[1]["delta_perplexity"] != 0
-    total = sum(row["delta_perplexity"] for row in rows)
-    assert total == pytest.approx(r["compressed"]["perplexity"] - r["baseline"]["perplexity"])
-    assert r["timings"]["stage_eval_s"] > 0
-    assert one["attribution"] == []  # one stage: nothing to attribute, no extra evaluation
+    assert rows[0].after["perplexity"] == pytest.approx(one.compressed.perplexity, rel=1e-6)
+    assert rows[0].after["kld"] == pytest.approx(one.compressed.kld, rel=1e-6)
+    assert rows[1].after["perplexity"] == r.compressed.perplexity
+    assert rows[0].delta["perplexity"] > 0 and rows[1].delta["perplexity"] != 0
+    total = sum(row.delta["perplexity"] for row in rows)
+    assert total == pytest.approx(r.compressed.perplexity - r.baseline.perplexity)
+    assert r.timings.stage_eval_s > 0
+    assert one.attribution == []  # one stage: nothing to attribute, no extra evaluation

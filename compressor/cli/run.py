@@ -1,0 +1,140 @@
+"""`python -m compressor run`: compress a model with a recipe, measure baseline and compressed, project.
+
+The flags become a RunRequest through `request_from_args`, the same request the page and a job
+payload make for the same settings (`RunRequest.from_dict`); the Report is printed by its attributes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compressor.runs.contract import PROJECTION_CONTEXT, Report, RunRequest
+from compressor.runs.format import fmt, fmt_change, fmt_interval, fmt_kl, fmt_num, fmt_pct, fmt_rate
+
+# flag -> eval setting; flags left out keep EvalSettings' defaults (the stride: half the context)
+EVAL_FLAGS = {"samples": "arithmetic_samples", "context": "context", "max_new_tokens": "max_new_tokens",
+              "ppl_tokens": "ppl_tokens"}
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("run", help="compress a model with a recipe and measure baseline vs compressed")
+    r.add_argument("--model", default="demo", help="'demo', a local folder or a hub id")
+    r.add_argument("--recipe", required=True, help="preset name, .yaml/.json file, or YAML/JSON text")
+    r.add_argument("--hardware", default="this-machine", help="profile id for the projection (see `hardware`)")
+    r.add_argument("--json", type=Path, help="write the full report here")
+    r.add_argument("--samples", type=int, help="arithmetic problems to score (default 100)")
+    r.add_argument("--context", type=int, help="perplexity window in tokens (stride = context / 2)")
+    r.add_argument("--max-new-tokens", type=int, help="tokens generated per side-by-side sample")
+    r.add_argument("--ppl-tokens", type=int, help="held-out tokens scored for perplexity and KL")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--projection-context", type=int, default=PROJECTION_CONTEXT)
+    r.add_argument("--projection-batch", type=int, default=1)
+    r.add_argument("--no-cache", action="store_true", help="measure the baseline again instead of using the cache")
+    r.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (only for sources you trust)")
+    r.add_argument("--trust-remote-code", action="store_true", help="run model code from the repository")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=cmd_run)
+
+
+def request_from_args(args: argparse.Namespace) -> RunRequest:
+    """The RunRequest of `run`'s flags: the job payload the page sends for the same settings."""
+    payload = {"model": args.model, "recipe": args.recipe, "hardware": args.hardware,
+               "eval": {name: getattr(args, flag) for flag, name in EVAL_FLAGS.items()
+                        if getattr(args, flag) is not None},
+               "device": args.device, "projection_context": args.projection_context,
+               "projection_batch": args.projection_batch, "allow_pickle": args.allow_pickle,
+               "trust_remote_code": args.trust_remote_code}
+    return RunRequest.from_dict(payload)
+
+
+def cmd_run(args) -> int:
+    from compressor.runs.context import JobContext
+    from compressor.runs.runner import run
+
+    def progress(p):
+        if not args.quiet:
+            layer = f" layer {p.layer}/{p.n_layers}" if p.layer else ""
+            print(f"[{100 * p.fraction:5.1f}%] {p.stage}{layer} {p.message}", file=sys.stderr)
+
+    request = request_from_args(args)  # bad flags fail here, before the model loads
+    cache = None if args.no_cache else JobContext.local(on_log=None).cache
+    report = run(request, cache=cache, progress=progress,
+                 log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"\nreport written to {args.json}")
+    return 0
+
+
+# label, Measurement attribute, figure kind (compressor/runs/format.py)
+ROWS = (("weight bytes", "weight_bytes", "bytes"), ("perplexity", "perplexity", "num"),
+        ("arithmetic exact match", "arithmetic_accuracy", "pct"), ("KL to baseline (nats)", "kld", "kl"),
+        ("top-1 agreement", "top1_agreement", "pct"), ("prefill tokens/s", "prefill_tokens_per_s", "rate"),
+        ("decode tokens/s (batch 1)", "decode_tokens_per_s", "rate"),
+        ("time to first token", "time_to_first_token_s", "latency"),
+        ("peak memory (RSS)", "peak_memory_bytes", "bytes"), ("KV bytes per token", "kv_bytes_per_token", "bytes"))
+
+
+def attribution_table(report: Report) -> str:
+    """Per-stage quality of a stacked recipe: value after each stage and the change it caused."""
+    def cell(row, key, kind):
+        v = row.after.get(key)
+        return "n/a" if v is None else f"{fmt(v, kind)} ({fmt_change(row.delta.get(key), kind) or 'n/a'})"
+
+    b = report.baseline
+    lines = ["quality after each stage (change caused by the stage):",
+             f"  {'stage':<22}{'perplexity':>20}{'KL to baseline':>22}{'arithmetic':>20}",
+             f"  {'baseline':<22}{fmt_num(b.perplexity, 3):>20}{fmt_kl(0.0):>22}{fmt_pct(b.arithmetic_accuracy):>20}"]
+    for row in report.attribution:
+        lines.append(f"  {f'{row.index} {row.method}':<22}{cell(row, 'perplexity', 'num'):>20}"
+                     f"{cell(row, 'kld', 'kl'):>22}{cell(row, 'arithmetic_accuracy', 'pct'):>20}")
+        if row.note:
+            lines.append(f"    note: {row.note}")
+    return "\n".join(lines)
+
+
+def format_report(report: Report) -> str:
+    """The readable table printed after a run."""
+    from compressor.runs.projection import projection_lines
+
+    b, c = report.baseline, report.compressed
+    lines = [f"model {report.model.spec} ({report.model.n_params:,} parameters), "
+             f"recipe {', '.join(s.method for s in report.request.recipe.stages)}, "
+             f"compressed in {fmt(report.timings.compress_s, 'duration')}", ""]
+    w = max(len(r[0]) for r in ROWS) + 2
+    lines.append(f"{'':<{w}}{'baseline':>14}{'compressed':>14}")
+    for label, attr, kind in ROWS:
+        lines.append(f"{label:<{w}}{fmt(getattr(b, attr), kind):>14}{fmt(getattr(c, attr), kind):>14}")
+    if b.arithmetic and c.arithmetic and c.arithmetic.n:
+        lines.append(f"arithmetic 95% CI: baseline {fmt_interval(b.arithmetic.ci95)}, compressed "
+                     f"{fmt_interval(c.arithmetic.ci95)}, paired difference {fmt_interval(c.arithmetic_diff_ci95, 'pts')}"
+                     f" (n={c.arithmetic.n})")
+    if b.speed and c.speed:
+        spread = [f"{name} [{fmt_rate(s.batch1.decode_tokens_per_s.min)}, {fmt_rate(s.batch1.decode_tokens_per_s.max)}]"
+                  for name, s in (("baseline", b.speed), ("compressed", c.speed))]
+        lines.append(f"decode tokens/s: median of {c.speed.repeats} repeat(s), range {', '.join(spread)}")
+    q = c.quality
+    if q:
+        lines.append(f"perplexity over {q.n_tokens} tokens, window {q.context}, stride {q.stride}; "
+                     f"kernel paths: {c.kernel_paths or 'dense torch'}")
+    if report.attribution:
+        lines += ["", attribution_table(report)]
+    p = report.projection
+    if p is not None:
+        lines += ["", f"[{p.label}] hardware {p.hardware.id}"] + [f"  {t}" for t in projection_lines(report)]
+        lines += [f"  warning: {warning}" for warning in p.compressed.warnings]
+        for name, chk in (p.check_against_measured or {}).items():
+            ratio = f"x{chk.ratio:.2f}" if chk.ratio is not None else "n/a"
+            lines.append(f"  {name}: projected decode {fmt_rate(chk.projected_decode_tokens_per_s)} tok/s vs measured "
+                         f"{fmt_rate(chk.measured_decode_tokens_per_s)} tok/s ({ratio})")
+    lines += ["", "samples (greedy):"]
+    for s in report.samples[:3]:
+        lines.append(f"  {s.prompt!r}\n    baseline:   {s.baseline!r}\n    compressed: {s.compressed!r}")
+    for extra, res in (b.online or {}).items():
+        lines.append(f"online {extra}: {res.get('status') if isinstance(res, dict) else res}")
+    return "\n".join(lines)
