@@ -1,0 +1,40 @@
+"""The runner's job target on the session's demo run: a complete report, stored once per fact, written
+beside the saved compressed model, which the prompt box (compressor.runs.ask) then answers with."""
+
+from __future__ import annotations
+
+import json
+
+from compressor.runs.contract import Report
+
+
+def test_the_report_is_complete_and_keeps_each_fact_once(demo_run):
+    r = demo_run.report
+    for m in (r.baseline, r.compressed):
+        assert m.quality.n_tokens == 512 and m.quality.stride == r.request.eval.stride
+        assert m.arithmetic.n == 24 and len(m.arithmetic.correct) == 24
+        assert set(m.speed.by_batch) == {"1", str(r.request.eval.speed_batch)} and m.speed.memory_method
+    assert r.baseline.kld is None and r.compressed.quality.reference_top_k == r.request.eval.top_k
+    assert r.compressed.arithmetic_diff_ci95 is not None
+    assert [s.prompt for s in r.samples] and all(s.expected is None for s in r.samples)
+    assert set(r.footprint) == {"baseline", "compressed"} and r.footprint["compressed"].measured_dtype == "float32"
+    assert r.model.fingerprint["identified"] and r.environment.device == "cpu"
+    assert r.timings.total_s >= r.timings.compress_s > 0 and not r.timings.baseline_cached
+    d = r.to_dict()
+    assert "stages" not in d and "layers" not in d and "samples" not in d["baseline"]
+
+
+def test_run_job_writes_its_report_beside_the_saved_model(demo_run):
+    stored = json.loads((demo_run.artifact_dir / "report.json").read_text())
+    assert stored == json.loads(json.dumps(demo_run.report.to_dict()))
+    assert Report.from_dict(stored).compressed.kld == demo_run.report.compressed.kld
+    assert (demo_run.artifact_dir / "config.json").is_file()  # the compressed model, loadable
+
+
+def test_the_prompt_box_answers_with_the_runs_saved_model(demo_run):
+    from compressor.runs.ask import answer
+
+    out = answer({"model": "demo", "recipe": demo_run.report.request.recipe.to_dict(),
+                  "artifact": str(demo_run.artifact_dir), "prompt": "27+58=", "max_new_tokens": 4})
+    assert out["source"] == "artifact"
+    assert isinstance(out["baseline"], str) and isinstance(out["compressed"], str)
