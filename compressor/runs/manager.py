@@ -1,6 +1,6 @@
 """The job manager: a FIFO queue across sessions, worker processes, cancel, time limits, run history.
 
-    manager = JobManager(data_dir, target="compressor.runs.experiment:run_job", concurrency=1, time_limit_s=900)
+    manager = JobManager(data_dir, target="compressor.runs.runner:run_job", concurrency=1, time_limit_s=900)
     run_id = manager.submit({"model": "demo", "recipe": [...]}, owner=session_id)
     manager.position(run_id)          # 1 = next in the queue, 0 = running, None = finished
     manager.events(run_id, since=0)   # progress and log events, for a polling UI
@@ -54,7 +54,7 @@ from compressor.runs.worker import NAME_PREFIX
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET = "compressor.runs.experiment:run_job"
+DEFAULT_TARGET = "compressor.runs.runner:run_job"  # RunRequest JSON -> Report JSON
 
 
 def _target_string(target: str | Callable) -> str:

@@ -360,23 +360,22 @@ def test_local_context_for_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_target_runs_the_real_experiment(tmp_path):
-    # The real default target "compressor.runs.experiment:run_job" on the bundled demo model, in a worker,
+def test_default_target_runs_the_real_runner(tmp_path):
+    # The real default target "compressor.runs.runner:run_job" on the bundled demo model, in a worker,
     # twice: the second run must find the baseline in the cache the first one filled.
-    pytest.importorskip("compressor.runs.experiment")
     from dataclasses import fields as dc_fields
 
-    from compressor.measure import evaluate as ev
+    from compressor.measure.settings import EvalSettings
     from compressor.models.loading import DEMO_DIR
 
     if not (DEMO_DIR / "config.json").is_file():
         pytest.skip(f"the demo model is not in {DEMO_DIR} yet")
     small = {"ppl_tokens": 256, "context": 128, "stride": 64, "arithmetic_samples": 4, "max_new_tokens": 4,
              "speed_prompt_tokens": 16, "speed_new_tokens": 4, "speed_batch": 2, "repeats": 1}
-    known = {f.name for f in dc_fields(ev.EvalSettings)}
+    known = {f.name for f in dc_fields(EvalSettings)}
     payload = {"model": "demo", "recipe": "int8", "eval": {k: v for k, v in small.items() if k in known}}
     with JobManager(tmp_path) as m:
-        assert m.target == "compressor.runs.experiment:run_job"
+        assert m.target == "compressor.runs.runner:run_job"
         first = m.submit(payload, owner="a")
         second = m.submit(payload, owner="b")
         runs = [m.wait(r, timeout=300) for r in (first, second)]
