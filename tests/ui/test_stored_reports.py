@@ -1,0 +1,141 @@
+"""A report stored by the code before the typed contract (schema 1) still opens in the page: every result
+builder renders each stored fixture with the figures it holds. The expected figures are read from the
+fixture's own JSON, in its old shape, so the page's path (upgrade, then attributes) is checked end to end."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import pytest
+
+from compressor.runs import format as f
+from tests.ui.reports import V1, run_of, stored
+from ui.cards import metric_cards_html, samples_html
+from ui.hardware import details_markdown, hardware_html
+from ui.history import HISTORY_COLUMNS, history_rows
+from ui.plots import layer_error_plot, memory_plot, quality_plot, throughput_plot
+from ui.records import report_of
+
+MiB = 2**20
+
+
+@pytest.fixture(params=V1, ids=lambda p: p.stem)
+def old(request):
+    return stored(request.param)
+
+
+def test_cards_show_the_stored_figures(old):
+    cards = metric_cards_html(report_of(run_of(old)))
+    b, c = old["baseline"], old["compressed"]
+    for key, kind in (("weight_bytes", "bytes"), ("kv_bytes_per_token", "bytes"), ("decode_tokens_per_s", "rate"),
+                      ("prefill_tokens_per_s", "rate"), ("perplexity", "num"), ("arithmetic_accuracy", "pct")):
+        assert f'<div class="lab-card-value">{f.fmt(c[key], kind)}</div>' in cards, key
+        assert f"baseline {f.fmt(b[key], kind)}" in cards, key
+    assert f.fmt_kl(c["kld"]) in cards and f"top-1 agreement {f.fmt_pct(c['top1_agreement'])}" in cards
+    assert f.fmt_interval(c["arithmetic_diff_ci95"], "pts") in cards
+    assert f"compressed in {old['compress_seconds']:.1f} s" in cards
+    assert html.escape(old["model"]["spec"]) in cards
+
+
+def test_a_stacked_report_shows_each_stage_share(old):
+    cards = metric_cards_html(report_of(run_of(old)))
+    if not old["attribution"]:
+        assert 'id="lab-attribution"' not in cards
+        return
+    assert 'id="lab-attribution"' in cards
+    for a in old["attribution"]:
+        assert f"{a['index']}: {a['method']}" in cards
+        for key, kind in (("perplexity", "num"), ("kld", "kl"), ("arithmetic_accuracy", "pct")):
+            if a[f"delta_{key}"]:
+                assert f.fmt_change(a[f"delta_{key}"], kind) in cards, (a["method"], key)
+        if a.get("note"):
+            assert html.escape(a["note"]) in cards
+
+
+def test_samples_show_both_generations(old):
+    out = samples_html(report_of(run_of(old)))
+    assert out.count('class="lab-sample"') == len(old["samples"])
+    for s in old["samples"]:
+        assert all(html.escape(s[k]) in out for k in ("prompt", "baseline", "compressed"))
+
+
+def test_plots_draw_the_stored_figures(old):
+    report = report_of(run_of(old))
+    b, c = old["baseline"], old["compressed"]
+    memory = memory_plot(report)
+    assert list(memory.data[0].y) == [b["weight_bytes"] / MiB, c["weight_bytes"] / MiB]
+    context = old["settings"]["context"]
+    assert list(memory.data[1].y) == [b["kv_bytes_per_token"] * context / MiB, c["kv_bytes_per_token"] * context / MiB]
+    assert list(memory.data[2].y) == [b["peak_memory_bytes"] / MiB, c["peak_memory_bytes"] / MiB]
+
+    speed = throughput_plot(report, projected=True)
+    assert [list(bar.y) for bar in speed.data] == [
+        [b["prefill_tokens_per_s"], b["decode_tokens_per_s"]],
+        [old["projection"]["baseline"]["prefill_tokens_per_s"], old["projection"]["baseline"]["decode_tokens_per_s"]],
+        [c["prefill_tokens_per_s"], c["decode_tokens_per_s"]],
+        [old["projection"]["compressed"]["prefill_tokens_per_s"],
+         old["projection"]["compressed"]["decode_tokens_per_s"]]]
+    assert "projected" in speed.data[1].name
+
+    quality = quality_plot(report)
+    assert list(quality.data[0].y) == [b["perplexity"], c["perplexity"]]
+    assert list(quality.data[1].y) == [100 * b["arithmetic_accuracy"], 100 * c["arithmetic_accuracy"]]
+    assert quality.data[1].error_y.array[1] == pytest.approx(100 * (c["arithmetic_ci95"][1] - c["arithmetic_accuracy"]))
+    assert list(quality.data[2].y) == [100 * c["kld"], 100 * c["top1_agreement"]]
+
+    layers = layer_error_plot(report)
+    assert sorted(y for bar in layers.data for y in bar.y) == sorted(r["sqnr_db"] for r in old["layers"])
+    assert {bar.name for bar in layers.data} == {f"stage {r['stage']} {r['method']}" for r in old["layers"]}
+
+
+def test_the_hardware_panel_shows_the_stored_projection(old):
+    out = hardware_html(report_of(run_of(old)))
+    p = old["projection"]
+    assert html.escape(p["hardware"]["name"]) in out and "projection" in out and "not a measurement" in out
+    assert f"context {p['context']} x batch {p['batch']}" in out
+    if p["context_clamped_from"]:
+        assert f"asked for {p['context_clamped_from']}" in out
+    for side in ("baseline", "compressed"):
+        assert f.fmt_rate(p[side]["decode_tokens_per_s"]) in out
+        assert f.fmt_bytes(p[side]["memory_needed_bytes"]) in out
+    fits = [p[side]["fits"] for side in ("baseline", "compressed")]
+    assert out.count('lab-fit yes">fits') == fits.count(True)
+    assert out.count("does not fit") == fits.count(False)
+    for side, check in (p.get("check_against_measured") or {}).items():
+        if side in ("baseline", "compressed"):
+            assert (f"projected {f.fmt_rate(check['projected_decode_tokens_per_s'])} vs measured "
+                    f"{f.fmt_rate(check['measured_decode_tokens_per_s'])}") in out
+
+
+def test_details_show_the_stored_sanity_report(old):
+    text = details_markdown(report_of(run_of(old)))
+    for s in old["stages"]:
+        assert f"stage {s['index']}: **{s['method']}** ({s['kind']})" in text
+    assert f"effective bits {old['compression']['summary']['effective_bits']:.3f}" in text
+    for path, n in old["compressed"]["kernel_paths"].items():
+        assert f"{path}: {n}" in text
+    assert f"total {old['timings']['total_s']:.1f} s" in text
+    assert f"stride {old['compressed']['quality']['stride']}" in text
+    assert old["environment"]["torch"] in text
+
+
+def test_the_history_row_holds_the_stored_figures(old):
+    row = dict(zip(HISTORY_COLUMNS, history_rows([run_of(old, recipe=old["recipe"], model_spec="demo")])[0],
+                   strict=True))
+    b, c = old["baseline"], old["compressed"]
+    assert row["weights MiB"] == round(c["weight_bytes"] / MiB, 3)
+    assert row["weights x"] == round(b["weight_bytes"] / c["weight_bytes"], 2)
+    assert row["perplexity"] == round(c["perplexity"], 3) and row["KL"] == round(c["kld"], 5)
+    assert row["top-1 %"] == round(100 * c["top1_agreement"], 1)
+    assert row["arith %"] == round(100 * c["arithmetic_accuracy"], 1)
+    assert row["decode tok/s"] == round(c["decode_tokens_per_s"], 1)
+    assert row["recipe"].startswith(f"{old['recipe']['stages'][0]['method']} w{old['recipe']['stages'][0]['bits']}")
+    assert row["error"] == ""
+
+
+def test_the_raw_report_is_the_current_schema_and_strict_json(old):
+    d = report_of(run_of(old)).to_dict()
+    assert d["schema_version"] == 2
+    text = json.dumps(d, allow_nan=False)
+    assert report_of(run_of(json.loads(text))).to_dict() == d
