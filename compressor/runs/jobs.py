@@ -1,6 +1,5 @@
-"""The old import path of the job manager, kept only for importers outside compressor/runs that have
-not moved yet (app.py, compressor/__main__.py, tests/ui/test_app_review.py, tests/runs/test_payload.py).
-Delete it once they import from where each name lives now:
+"""The old import path of the job manager, kept only while an importer outside compressor/runs has
+not moved yet (tests/ui/test_app_review.py). Delete it once none imports from where each name lives now:
 
     compressor.runs.manager    JobManager, DEFAULT_TARGET (queue, scheduler, cancel, run_inline)
     compressor.runs.context    JobContext, BaselineCache, progress_dict, dict_json (what a target sees)
