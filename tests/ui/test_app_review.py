@@ -1,4 +1,4 @@
-"""Review of app.py's report rendering as pure functions: odd numbers (None, NaN, inf), reports from older
+"""Review of the page's report rendering as pure functions: odd numbers (None, NaN, inf), reports from older
 versions, the Pareto front, CSV export, and the ZeroGPU path with a fake `spaces` module. No served app."""
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import types
 
 import pytest
 
-import app
+from compressor.errors import LabError
+from tests.ui.reports import opened, run_of
+from ui import backend
+from ui.cards import CARDS, attribution_html, metric_cards_html, samples_html
+from ui.hardware import details_markdown, hardware_html
+from ui.history import HISTORY_COLUMNS, history_rows, runs_csv
+from ui.plots import layer_error_plot, memory_plot, pareto_front, pareto_plot, quality_plot, throughput_plot
+from ui.recipes import stored_recipe_label
+from ui.records import report_of
 
 NAN, INF = float("nan"), float("inf")
 
@@ -22,28 +30,18 @@ def _deltas(html_text: str) -> list[tuple[str, str]]:
     return re.findall(r'lab-delta (\w+)">([^<]*)<', html_text)
 
 
-@pytest.mark.parametrize("value,kind", [(NAN, "bytes"), (NAN, "num"), (NAN, "rate"), (NAN, "pct"), ("12", "num")])
-def test_fmt_shows_na_for_values_that_are_not_numbers(value, kind):
-    assert app._fmt(value, kind) == "n/a"
-
-
-def test_fmt_shows_infinity_as_a_symbol_not_a_unit():
-    assert app._fmt(INF, "num") == "∞"
-    assert app._fmt(INF, "bytes") == "∞"
-
-
 def test_cards_give_no_delta_or_colour_for_a_nan_measurement():
-    rep = {"baseline": {"perplexity": 10.0, "weight_bytes": 100},
-           "compressed": {"perplexity": NAN, "weight_bytes": NAN}}
-    by_label = dict(zip([c[0] for c in app.CARDS], _deltas(app.metric_cards_html(rep)), strict=False))
+    rep = opened({"baseline": {"perplexity": 10.0, "weight_bytes": 100},
+                  "compressed": {"perplexity": NAN, "weight_bytes": NAN}})
+    by_label = dict(zip([c[0] for c in CARDS], _deltas(metric_cards_html(rep)), strict=False))
     assert by_label["Perplexity"] == ("neutral", "&nbsp;")
     assert by_label["Weight memory"] == ("neutral", "&nbsp;")
 
 
 def test_cards_show_points_for_accuracy_from_a_zero_baseline():
     # 0 % -> 25 % is +25 points: the relative change is undefined, the difference in points is not
-    rep = {"baseline": {"arithmetic_accuracy": 0.0}, "compressed": {"arithmetic_accuracy": 0.25}}
-    by_label = dict(zip([c[0] for c in app.CARDS], _deltas(app.metric_cards_html(rep)), strict=False))
+    rep = opened({"baseline": {"arithmetic_accuracy": 0.0}, "compressed": {"arithmetic_accuracy": 0.25}})
+    by_label = dict(zip([c[0] for c in CARDS], _deltas(metric_cards_html(rep)), strict=False))
     assert by_label["Arithmetic accuracy"] == ("good", "+25.0 pts")
 
 
@@ -53,19 +51,24 @@ def test_cards_show_points_for_accuracy_from_a_zero_baseline():
     ("arithmetic_accuracy", 0.5, 0.4, "bad"),
 ])
 def test_card_colours_follow_the_direction_of_each_metric(key, b, c, cls):
-    html_text = app.metric_cards_html({"baseline": {key: b}, "compressed": {key: c}})
-    i = [card[1] for card in app.CARDS].index(key)
+    # schema 1 stored the batch-1 speeds together: a decode rate came with its prefill rate and first-token time
+    same = {"prefill_tokens_per_s": 80.0, "time_to_first_token_s": 0.1} if key == "decode_tokens_per_s" else {}
+    html_text = metric_cards_html(opened({"baseline": {key: b, **same}, "compressed": {key: c, **same}}))
+    i = [card[1] for card in CARDS].index(key)
     assert _deltas(html_text)[i][0] == cls
 
 
 def test_attribution_gives_a_nan_delta_no_colour():
-    rep = {"baseline": {"perplexity": 10.0},
-           "attribution": [{"index": 0, "method": "rtn", "perplexity": NAN, "delta_perplexity": NAN}]}
-    out = app.attribution_html(rep)
+    rep = opened({"baseline": {"perplexity": 10.0},
+                  "stages": [{"index": 0, "method": "rtn", "kind": "quantize", "quality": {"perplexity": NAN}},
+                             {"index": 1, "method": "kivi", "kind": "kv", "quality": {"perplexity": 11.0}}]})
+    out = attribution_html(rep)
+    assert "0: rtn" in out and "1: kivi" in out
     assert "nan" not in out.lower()
 
 
-# Reports as older versions (or a partial run) wrote them: keys missing, None where a number was.
+# Reports as older versions wrote them: keys missing, None where a number was. Every stored report named
+# its model and recipe (both were required fields), which `opened` adds.
 OLD_REPORTS = [
     {},
     {"baseline": None, "compressed": None, "projection": None, "stages": None},
@@ -78,31 +81,42 @@ OLD_REPORTS = [
 
 @pytest.mark.parametrize("report", OLD_REPORTS)
 def test_every_panel_renders_an_older_report(report):
-    app.metric_cards_html(report)
-    app.samples_html(report)
-    app.memory_plot(report)
-    app.throughput_plot(report, projected=True)
-    app.quality_plot(report)
-    app.layer_error_plot(report)
-    app.hardware_html(report)
-    app.details_markdown(report)
-    app.history_rows([{"id": "r1", "status": "succeeded", "report": report}])
+    rep = opened(report)
+    metric_cards_html(rep)
+    samples_html(rep)
+    memory_plot(rep)
+    throughput_plot(rep, projected=True)
+    quality_plot(rep)
+    layer_error_plot(rep)
+    hardware_html(rep)
+    details_markdown(rep)
+    history_rows([run_of({"model": "demo", "recipe": "int8", **report})])
+
+
+@pytest.mark.parametrize("report", [{}, {"schema_version": 2, "model": {"spec": "demo"}}, {"schema_version": 99}])
+def test_a_report_that_cannot_be_opened_is_named_in_the_history_not_raised(report):
+    with pytest.raises(LabError, match="the report of run r1") as problem:
+        report_of(run_of(report))
+    row = history_rows([run_of(report)])[0]
+    assert row[HISTORY_COLUMNS.index("error")] == str(problem.value)[:160]
+    assert row[HISTORY_COLUMNS.index("perplexity")] is None
 
 
 def test_details_list_integer_timings():
-    assert "total 3.0 s" in app.details_markdown({"timings": {"total_s": 3}})
+    assert "total 3.0 s" in details_markdown(opened({"timings": {"total_s": 3}}))
 
 
 def test_a_list_recipe_is_labelled_by_its_stages_not_its_python_repr():
     stages = [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "kivi", "bits": 2}]
-    assert app._recipe_label({"recipe": stages}) == "rtn w4 g128 + kivi w2"
+    # the recipe as it ran: kivi's default group size included
+    assert stored_recipe_label(stages) == "rtn w4 g128 + kivi w2 g32"
 
 
 # -- Pareto front --------------------------------------------------------------------------------
 
 
 def _front(points, lower_x=True, lower_y=True):
-    return sorted((x, y) for x, y, *_ in app.pareto_front(points, lower_x, lower_y))
+    return sorted((x, y) for x, y, *_ in pareto_front(points, lower_x, lower_y))
 
 
 def _dominated(p, q, lower_x, lower_y) -> bool:
@@ -134,9 +148,10 @@ def test_pareto_front_is_exactly_the_non_dominated_set(lower_x, lower_y):
 
 
 def test_pareto_plot_draws_the_front_for_the_chosen_axes():
-    runs = [{"id": i, "report": {"compressed": {"weight_bytes": w * 2**20, "top1_agreement": t}}}
+    runs = [(run_of(id=str(i)), opened({"compressed": {"weight_bytes": w * 2**20, "perplexity": 10.0,
+                                                       "top1_agreement": t}}))
             for i, (w, t) in enumerate([(1, 0.5), (1, 0.9), (2, 0.95), (3, 0.93)])]
-    fig = app.pareto_plot(runs, "Top-1 agreement (higher better)", "Weight memory")
+    fig = pareto_plot(runs, "Top-1 agreement (higher better)", "Weight memory")
     assert list(zip(fig.data[1].x, fig.data[1].y, strict=True)) == [(1.0, 0.9), (2.0, 0.95)]
 
 
@@ -145,17 +160,16 @@ def test_pareto_plot_draws_the_front_for_the_chosen_axes():
 
 @pytest.mark.parametrize("text", ['=HYPERLINK("http://x")', "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"])
 def test_csv_export_neutralises_spreadsheet_formulas(text):
-    runs = [{"id": "r1", "status": "failed", "model_spec": text, "error": text}]
-    row = list(csv.reader(io.StringIO(app.runs_csv(runs))))[1]
-    model, error = row[app.HISTORY_COLUMNS.index("model")], row[app.HISTORY_COLUMNS.index("error")]
+    runs = [run_of(status="failed", model_spec=text, error=text)]
+    row = list(csv.reader(io.StringIO(runs_csv(runs))))[1]
+    model, error = row[HISTORY_COLUMNS.index("model")], row[HISTORY_COLUMNS.index("error")]
     assert model == "'" + text and error == "'" + text
 
 
 def test_csv_export_keeps_numbers_numeric():
-    runs = [{"id": "r1", "status": "succeeded",
-             "report": {"compressed": {"perplexity": -1.5, "weight_bytes": 2**20}}}]
-    row = list(csv.reader(io.StringIO(app.runs_csv(runs))))[1]
-    assert row[app.HISTORY_COLUMNS.index("perplexity")] == "-1.5"
+    runs = [run_of({"model": "demo", "recipe": "int8", "compressed": {"perplexity": -1.5, "weight_bytes": 2**20}})]
+    row = list(csv.reader(io.StringIO(runs_csv(runs))))[1]
+    assert row[HISTORY_COLUMNS.index("perplexity")] == "-1.5"
 
 
 # -- ZeroGPU ----------------------------------------------------------------------------------------
@@ -176,12 +190,12 @@ def test_zero_gpu_wraps_the_job_with_a_fake_spaces_module(monkeypatch):
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setenv("LAB_ZERO_GPU_DURATION_S", "60")
     try:
-        mod = importlib.reload(app)
+        mod = importlib.reload(backend)
         assert mod.ZERO_GPU and ("_run_job_on_gpu", 60) in calls
     finally:
         monkeypatch.delitem(sys.modules, "spaces")
         monkeypatch.delenv("SPACES_ZERO_GPU")
-        mod = importlib.reload(app)
+        mod = importlib.reload(backend)
     assert mod.spaces is None and not mod.ZERO_GPU
 
 
@@ -195,10 +209,10 @@ def test_inline_gpu_runs_keep_only_the_last_artifacts(tmp_path, monkeypatch):
         (Path(artifact_dir) / "config.json").write_text("{}")
         return {"compressed": {}}
 
-    monkeypatch.setattr(app, "_run_job_on_gpu", fake_job)
+    monkeypatch.setattr(backend, "_run_job_on_gpu", fake_job)
     with JobManager(tmp_path, target="tests.jobtargets:echo", artifacts=ArtifactPolicy(keep_last=1)) as m:
-        ids = [app.run_inline_on_gpu(m, {"model": "demo"}, "alice") for _ in range(3)]
-        kept = [r["id"] for r in m.list_runs() if r["artifact_path"]]
+        ids = [backend.run_inline_on_gpu(m, {"model": "demo"}, "alice") for _ in range(3)]
+        kept = [r.id for r in m.list_runs() if r.artifact_path]
         assert kept == [ids[-1]]
         assert sorted(p.name for p in m.artifact_root.iterdir()) == [ids[-1]]
 
@@ -212,11 +226,11 @@ def test_inline_gpu_failure_leaves_no_artifact_folder(tmp_path, monkeypatch):
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(app, "_run_job_on_gpu", failing_job)
+    monkeypatch.setattr(backend, "_run_job_on_gpu", failing_job)
     with JobManager(tmp_path, target="tests.jobtargets:echo") as m:
-        run_id = app.run_inline_on_gpu(m, {"model": "demo"}, "alice")
+        run_id = backend.run_inline_on_gpu(m, {"model": "demo"}, "alice")
         run = m.get_run(run_id)
-        assert run["status"] == "failed" and "out of memory" in run["error"]
+        assert run.status == "failed" and "out of memory" in run.error
         assert not (m.artifact_root / run_id).exists()
 
 
@@ -224,7 +238,6 @@ def test_inline_gpu_failure_leaves_no_artifact_folder(tmp_path, monkeypatch):
 
 
 def test_prompt_box_refuses_a_prompt_beyond_the_model_positions():
-    from compressor.errors import LabError
     from compressor.runs.ask import answer
 
     # 1,960 characters: under the character cap, but ~1,960 tokens for a 512-position model

@@ -94,6 +94,13 @@ def test_preset_run_in_browser(browser, url, tmp_path):
     expect(plots.nth(3)).to_be_visible(timeout=60_000)
     assert plots.count() >= 4
     page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+
+    page.get_by_role("tab", name="Hardware (projection)").click()
+    expect(page.locator("#lab-hardware-panel")).to_contain_text("not a measurement")
+    expect(page.locator("#lab-hardware-panel .lab-fit").first).to_be_visible()
+    page.get_by_role("tab", name="History").click()
+    expect(page.locator("#lab-history")).to_contain_text("succeeded", timeout=30_000)
+    page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
     assert not outside, f"the page made requests outside the app: {outside[:5]}"
 
 

@@ -64,3 +64,11 @@ def test_change_of_a_stage(delta, kind, text):
 ])
 def test_interval(ci, kind, text):
     assert f.fmt_interval(ci, kind) == text
+
+
+def test_formatting_loads_no_gradio():
+    import subprocess
+    import sys
+
+    code = "import sys, compressor.runs.format; assert 'gradio' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

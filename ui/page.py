@@ -1,0 +1,123 @@
+"""The page: the panels assembled side by side, and how it is launched.
+
+    settings column              results column (tabs)
+    ---------------              ---------------------
+    model, recipe, hardware,     Comparison (cards, samples, prompt box) · Plots · Hardware (projection)
+    evaluation, run / cancel     · History · How to read this;  raw report and log below
+
+The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
+check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps the
+page in step (forms, notes, plots) and is api_visibility="private": hidden and refused to clients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from compressor.errors import LabError
+from compressor.runs.manager import JobManager
+from ui.backend import make_managers
+from ui.hardware import hardware_panel
+from ui.history import history_panel
+from ui.plots import plots_panel
+from ui.records import report_of
+from ui.results import results_panel
+from ui.run import wire_run
+from ui.settings import settings_panel
+from ui.views import ReportViews
+
+STATIC = Path(__file__).resolve().parents[1] / "assets" / "static"
+
+HEADER = ('<div class="lab-header"><h1>Compression Lab</h1><p>Compress a language model and compare it side by side '
+          "with the original: generations, memory, speed and quality, for the hardware you choose.</p></div>")
+
+HOW_TO_READ = """
+**How to read this**
+
+- *Weight memory* is the bytes of the model's parameters and buffers, measured after real packing
+  (4-bit weights really take ~4 bits plus scales). *KV per token* is the cache each generated token
+  adds. Lower is better for both.
+- *Prefill / decode tokens/s* are measured on **this** machine (median of repeats). On a CPU, low-bit
+  kernels may be slower than fp32: speed-ups appear where memory bandwidth is the limit (GPUs).
+- *Perplexity* (lower is better) and *arithmetic accuracy* (exact match) are measured on bundled
+  held-out data. *KL* is the mean KL divergence of the compressed model's next-token distribution
+  from the original's on the same tokens, and *top-1 agreement* how often both pick the same next
+  token: these see differences that perplexity hides. KL near 0 and agreement near 100 % mean the
+  compressed model behaves like the original.
+- An arithmetic change is only a difference when its *paired 95 % interval* (under the card) leaves
+  out 0: a few dozen problems move by several points by chance.
+- The **hardware panel is a projection** from a roofline model of the chosen profile (memory
+  bandwidth and peak compute), not a measurement, unless the profile is *this machine*.
+- Deltas are compressed minus baseline; green means better, red worse.
+- A recipe of several stages (e.g. prune -> distil -> quantize) also gets a **per-stage table**: the
+  quality after each stage and the change that stage caused, on the same tokens and problems.
+- **Pruning** zeros stored densely save no memory or time by themselves (the report says so per
+  module); compact 2:4 storage saves bytes, structured pruning saves bytes and time. Watch the
+  arithmetic card: pruning can cost it far more than perplexity suggests.
+"""
+
+
+def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
+    """The whole page. `manager` runs compressions; `ask_manager` answers the prompt box
+    (target compressor.runs.ask:answer; None turns the prompt box off)."""
+
+    def shown_report(rid: str | None):
+        """The report of the run on show, for a panel redrawing one figure (None if there is none)."""
+        run = manager.get_run(rid) if rid else None
+        try:
+            return report_of(run) if run is not None else None
+        except LabError:
+            return None  # the cards say why it cannot be read
+
+    with gr.Blocks(title="Compression Lab", analytics_enabled=False) as demo:
+        run_id = gr.State(None)  # the run on show: the prompt box asks its models
+        raw = gr.JSON(label="Report", render=False)
+        log = gr.Textbox(label="Log", lines=6, max_lines=20, interactive=False, render=False)
+        gr.HTML(HEADER)
+        with gr.Row(equal_height=False, elem_classes="lab-main"):
+            with gr.Column(scale=2, min_width=300, elem_classes="lab-settings"):
+                settings = settings_panel(demo)
+            with gr.Column(scale=3, min_width=300, elem_classes="lab-results"):
+                with gr.Tabs():
+                    with gr.Tab("Comparison"):
+                        results = results_panel(manager, ask_manager, run_id)
+                    with gr.Tab("Plots"):
+                        plots = plots_panel(shown_report, run_id)
+                    with gr.Tab("Hardware (projection)"):
+                        hardware = hardware_panel()
+                    views = ReportViews(results, plots, hardware, raw)
+                    with gr.Tab("History"):
+                        history = history_panel(demo, manager, views, run_id, plots.show_projected)
+                    with gr.Tab("How to read this"):
+                        gr.Markdown(HOW_TO_READ)
+                with gr.Accordion("Raw report (JSON)", open=False):
+                    raw.render()
+                    log.render()
+        run_event = wire_run(settings, views, log, manager, run_id, plots.show_projected)
+        run_event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Theme and CSS (Gradio 6 takes them at launch)."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [STATIC / "lab.css"]}
+
+
+def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,
+          block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, str, tuple[JobManager, JobManager]]:
+    """Builds and launches the app; returns (demo, local url, managers). With block=False (tests) the
+    caller stops it with `stop(demo, managers)`."""
+    managers = make_managers(data_dir)
+    demo = build_app(*managers)
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
+                            **launch_kwargs())
+    return demo, url, managers
+
+
+def stop(demo: gr.Blocks, managers: tuple[JobManager, ...]) -> None:
+    demo.close()
+    for m in managers:
+        m.shutdown()
