@@ -124,11 +124,14 @@ def arithmetic_max_new_tokens(tokenizer, problems: list[dict]) -> int:
 
 def evaluate_arithmetic(model, tokenizer, problems: list[dict]) -> dict:
     """Exact match on `problems` (dicts with prompt, answer, kind). Per-item outcomes are kept for
-    paired comparisons; accuracy comes with a 95% Wilson interval and a per-kind breakdown."""
+    paired comparisons; accuracy comes with a 95% Wilson interval and a per-kind breakdown.
+    `max_tokens`: the longest prompt (as the tokenizer encodes it) plus the new tokens generated, the
+    most positions a KV cache holds during the evaluation."""
     if not problems:
-        return {"accuracy": None, "n": 0, "ci95": None, "correct": [], "by_kind": {}, "examples": []}
-    texts = greedy_generate(model, tokenizer, [p["prompt"] for p in problems],
-                            arithmetic_max_new_tokens(tokenizer, problems))
+        return {"accuracy": None, "n": 0, "ci95": None, "correct": [], "by_kind": {}, "examples": [],
+                "max_tokens": None}
+    n_new = arithmetic_max_new_tokens(tokenizer, problems)
+    texts = greedy_generate(model, tokenizer, [p["prompt"] for p in problems], n_new)
     correct = [parse_answer(t) == p["answer"] for t, p in zip(texts, problems, strict=True)]
     by_kind: dict[str, list[bool]] = {}
     for ok, p in zip(correct, problems, strict=True):
@@ -139,4 +142,5 @@ def evaluate_arithmetic(model, tokenizer, problems: list[dict]) -> dict:
         "by_kind": {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(by_kind.items())},
         "examples": [{"prompt": p["prompt"], "answer": p["answer"], "output": t}
                      for p, t in list(zip(problems, texts, strict=True))[:5]],
+        "max_tokens": max(len(tokenizer(p["prompt"])["input_ids"]) for p in problems) + n_new,
     }

@@ -194,6 +194,7 @@ class Arithmetic(Record):
     correct: list[int] = field(default_factory=list)
     by_kind: dict[str, KindScore] = field(default_factory=dict)
     examples: list[ArithmeticExample] = field(default_factory=list)
+    max_tokens: int | None = None  # longest prompt + new tokens: the most a KV cache held while scoring
 
 
 @dataclass

@@ -19,8 +19,9 @@ from compressor.measure.settings import EvalSettings
 from compressor.runs.contract import Environment
 
 # Bump when what the baseline's cache entry holds changes: what is measured, or its shape.
-# 3: file contents and eval data in the key; 4: typed sections (contract Quality, Arithmetic).
-CACHE_VERSION = 4
+# 3: file contents and eval data in the key; 4: typed sections (contract Quality, Arithmetic);
+# 5: Arithmetic.max_tokens.
+CACHE_VERSION = 5
 
 # Model files up to this size are hashed whole; larger ones by sampled chunks (see _file_digest).
 FULL_HASH_MAX_BYTES = 256 * 2**20

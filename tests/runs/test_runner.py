@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+from compressor.measure.arithmetic import arithmetic_max_new_tokens
+from compressor.measure.evaldata import load_arithmetic
+from compressor.models.loading import load_model
 from compressor.runs.contract import Report
 
 
@@ -14,6 +17,11 @@ def test_the_report_is_complete_and_keeps_each_fact_once(demo_run):
         assert m.quality.n_tokens == 512 and m.quality.stride == r.request.eval.stride
         assert m.arithmetic.n == 24 and len(m.arithmetic.correct) == 24
         assert set(m.speed.by_batch) == {"1", str(r.request.eval.speed_batch)} and m.speed.memory_method
+    _, tokenizer = load_model("demo")
+    problems = load_arithmetic()[: r.request.eval.arithmetic_samples]
+    longest = max(len(tokenizer(p["prompt"])["input_ids"]) for p in problems)
+    assert r.baseline.arithmetic.max_tokens == r.compressed.arithmetic.max_tokens \
+        == longest + arithmetic_max_new_tokens(tokenizer, problems)
     assert r.baseline.kld is None and r.compressed.quality.reference_top_k == r.request.eval.top_k
     assert r.compressed.arithmetic_diff_ci95 is not None
     assert [s.prompt for s in r.samples] and all(s.expected is None for s in r.samples)
@@ -38,3 +46,12 @@ def test_the_prompt_box_answers_with_the_runs_saved_model(demo_run):
                   "artifact": str(demo_run.artifact_dir), "prompt": "27+58=", "max_new_tokens": 4})
     assert out["source"] == "artifact"
     assert isinstance(out["baseline"], str) and isinstance(out["compressed"], str)
+
+
+def test_the_target_string_a_job_manager_runs_names_run_job():
+    import importlib
+
+    from compressor.runs.runner import TARGET, run_job
+
+    module, name = TARGET.split(":")
+    assert getattr(importlib.import_module(module), name) is run_job
