@@ -49,8 +49,8 @@ def demo_run(tmp_path_factory):
     """
     from types import SimpleNamespace
 
-    from compressor.runs.contract import Report
     from compressor.runs.context import JobContext
+    from compressor.runs.contract import Report
     from compressor.runs.runner import run_job
 
     root = tmp_path_factory.mktemp("demo-run")

@@ -4,8 +4,8 @@ import pytest
 
 from compressor.errors import LabError
 from compressor.measure.hardware import get_profile
-from compressor.runs.contract import RunRequest
 from compressor.runs.context import JobContext
+from compressor.runs.contract import RunRequest
 from compressor.runs.runner import run_job
 
 BASE = {"model": "demo", "recipe": "int8"}
