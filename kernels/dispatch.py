@@ -66,8 +66,9 @@ def int8_dynamic_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: tor
     if x.device.type == "cpu" or (on_cuda and m > 16 and k % 8 == 0 and n % 8 == 0):
         lead = x.shape[:-1]
         xq, x_scale = quantize_per_token_int8(x.reshape(m, k))  # (M, K), (M, 1)
-        acc = torch._int_mm(xq, weight.T)  # (M, N) int32
-        y = (acc.float() * x_scale * weight_scale.float()).to(x.dtype).reshape(*lead, n)
+        # int32 * fp32 promotes in the multiply itself: (acc * x_scale) * w_scale, the reference's order
+        y = torch.mul(torch._int_mm(xq, weight.T), x_scale).mul_(weight_scale.float())  # (M, N) fp32
+        y = y.to(x.dtype).view(*lead, n)
         y = y if bias is None else y + bias.to(y.dtype)
         return y, "cuda-int-mm" if on_cuda else "cpu-int-mm"
     return int8_dynamic_matmul_ref(x, weight, weight_scale, bias), REFERENCE

@@ -263,7 +263,9 @@ class Int8DynamicLinear(_ScaledWeightLinear):
     CAST_HINT = "quantize with torch.round(W / scale[:, None]).clamp(-127, 127).to(torch.int8)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
-        y, self.kernel_path = dispatch.int8_dynamic_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        y, path = dispatch.int8_dynamic_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        if path is not self.kernel_path:  # an nn.Module attribute write costs ~2 us: only on a change
+            self.kernel_path = path
         return y
 
 

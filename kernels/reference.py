@@ -72,8 +72,9 @@ def qmatmul_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
 def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric dynamic per-token int8: x [M, K] -> (xq int8 [M, K], x_scale fp32 [M, 1]), x ~ xq * x_scale."""
     x = x.float()
-    x_scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127.0  # (M, 1)
-    xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8)
+    # one reduction and in-place steps: the same numbers as |x|.amax() / 127 with half the torch calls
+    x_scale = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_(min=1e-8).div_(127.0)  # (M, 1)
+    xq = torch.div(x, x_scale).round_().clamp_(-127, 127).to(torch.int8)
     return xq, x_scale
 
 
