@@ -13,6 +13,7 @@ import pytest
 
 from compressor.runs.contract import Report
 from tests.helpers import free_port
+from ui.request import EVAL_FIELDS
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -27,11 +28,11 @@ PUBLIC_ENDPOINTS = {"/run", "/cancel", "/ask", "/show_run", "/check_recipe", "/h
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(demo_run):
     import app
 
-    demo, url, managers = app.serve(tmp_path_factory.getbasetemp() / "lab-data", port=free_port(), block=False,
-                                    quiet=True)
+    # the session's demo run's data folder: its baseline is in the cache for the same settings
+    demo, url, managers = app.serve(demo_run.data_dir, port=free_port(), block=False, quiet=True)
     try:
         # download_files=False: the report JSON holds local paths (the model's folder) that are data, not files.
         yield gradio_client.Client(url, verbose=False, download_files=False), *managers
@@ -82,6 +83,26 @@ def test_the_page_says_when_the_kv_window_holds_every_arithmetic_problem(finishe
     cards = finished[1][3]
     # The default residual window holds every arithmetic problem: the page says so and names the fix.
     assert "lab-kv-note" in cards and "residual: 0" in cards
+
+
+def test_a_preset_on_the_page_asks_and_measures_what_the_runner_does(lab, demo_run):
+    """The page and the job target, given the same settings, make the same RunRequest and the same quality
+    figures (the CLI builds the same request: tests/ui/test_request.py)."""
+    client = lab[0]
+    want = demo_run.report
+    sliders = [getattr(want.request.eval, name) for name in EVAL_FIELDS]
+    out = client.predict("demo", "w4-g128", want.request.hardware, False, *sliders, api_name="/run")
+    assert "finished" in out[1], out[1]
+    got = Report.from_dict(out[-1])
+    assert got.request == want.request
+    for side in ("baseline", "compressed"):
+        g, w = getattr(got, side), getattr(want, side)
+        assert g.weight_bytes == w.weight_bytes
+        assert g.perplexity == pytest.approx(w.perplexity, rel=1e-4)
+        assert g.arithmetic.correct == w.arithmetic.correct
+    assert got.compressed.kld == pytest.approx(want.compressed.kld, rel=1e-3, abs=1e-6)
+    assert got.compressed.top1_agreement == pytest.approx(want.compressed.top1_agreement, abs=1e-3)
+    assert [s.compressed for s in got.samples] == [s.compressed for s in want.samples]
 
 
 def test_prompt_box_answers_with_both_models(lab, finished):

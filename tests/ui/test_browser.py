@@ -28,11 +28,11 @@ RUN_TIMEOUT_MS = 450_000  # generous: the CI machine may be shared
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def url(demo_run):
     import app
 
-    demo, url, managers = app.serve(tmp_path_factory.getbasetemp() / "lab-data", port=free_port(), block=False,
-                                    quiet=True)
+    # the session's demo run's data folder, as tests/ui/test_app_api.py uses: baselines are cached there
+    demo, url, managers = app.serve(demo_run.data_dir, port=free_port(), block=False, quiet=True)
     try:
         yield url
     finally:
