@@ -66,7 +66,6 @@ def test_reference_round_trips_through_json_dict():
     assert back.n_tokens == ref.n_tokens == 99
 
 
-
 @pytest.mark.parametrize("n, context, stride", [(1000, 256, 128), (1000, 256, 256), (513, 256, 256), (10, 4, 1)])
 def test_sliding_windows_score_every_position_once(n, context, stride):
     scored = []
