@@ -16,7 +16,8 @@ values, so calibrated presets get a few random token sequences as calibration (t
 here). A preset whose group size does not divide a model's in_features (SmolLM2: 576) runs at the largest of
 64 / 32 that does, and the table says so. lm_head and embeddings stay fp32 (the presets' default):
 `--with-lm-head` adds variants with lm_head quantized too, and every table shows the lm_head's share of
-the weight bytes and of a baseline decode step.
+the weight bytes and of a baseline decode step. "MiB stored" is the state dict, "MiB held" what the model
+holds once its CPU runtime layouts are in place (2/3-bit layers keep an int4 copy beside their bytes).
 """
 
 from __future__ import annotations
@@ -171,14 +172,14 @@ def report(model_name: str, variants: dict, res: dict, prompt_tokens: int) -> li
 
     times, names = res["times"], list(variants)
     base = times[names[0]]
-    lines = [f"| variant | weight MiB held | decode tok/s | decode x baseline [spread] (best/best) | prefill tok/s "
-             f"| prefill x baseline [spread] (best/best) | decode paths | prefill paths |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | MiB stored | MiB held | decode tok/s | decode x baseline [spread] (best/best) | prefill tok/s "
+             f"| prefill x baseline [spread] (best/best) | decode paths | prefill paths |", "|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for n in names:
         t = times[n]
         d, p = _ratio(base["decode"], t["decode"]), _ratio(base["prefill"], t["prefill"])
         paths = res["paths"][n]
-        lines.append(f"| {n} | {weight_bytes(variants[n]) / 2**20:.1f} | {1 / statistics.median(t['decode']):.1f} "
+        lines.append(f"| {n} | {stored_bytes(variants[n]) / 2**20:.1f} | {weight_bytes(variants[n]) / 2**20:.1f} | {1 / statistics.median(t['decode']):.1f} "
                      f"| x{d[0]:.2f} [{d[1]:.2f}-{d[2]:.2f}] ({d[3]:.2f}) "
                      f"| {prompt_tokens / statistics.median(t['prefill']):.0f} "
                      f"| x{p[0]:.2f} [{p[1]:.2f}-{p[2]:.2f}] ({p[3]:.2f}) | {paths['decode']} | {paths['prefill']} |")
@@ -196,6 +197,12 @@ def report(model_name: str, variants: dict, res: dict, prompt_tokens: int) -> li
                  f"{1e3 * res['lm_head_s']:.2f} ms per decode step = {100 * res['lm_head_s'] / step:.0f}% of a "
                  f"baseline step ({1e3 * step:.1f} ms), the same fp32 cost in every variant that keeps it")
     return lines + [""] + verdicts
+
+
+def stored_bytes(model) -> int:
+    """Bytes of the state dict (what a checkpoint stores), tied tensors once: held bytes include runtime layouts."""
+    seen = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in model.state_dict().values()}
+    return sum(t.numel() * t.element_size() for t in seen.values())
 
 
 def load_average() -> str:
