@@ -89,20 +89,13 @@ def kv_notes_html(report: Report) -> str:
     return "".join(f'<div class="lab-note lab-kv-note">{n}</div>' for n in kv_notes(report))
 
 
-def arithmetic_max_tokens(report: Report) -> int | None:
-    """The longest arithmetic problem the run scored, prompt and generated tokens, as its tokenizer counted.
-
-    The report does not carry this figure yet, and the page does not count tokens itself (that would be
-    the evaluation data measured again here): until the runner records it (Arithmetic.max_tokens), no KV
-    note is shown."""
-    return None
-
-
 def kv_notes(report: Report) -> list[str]:
     """For each KV stage whose uncompressed window (KIVI-style `residual`, StreamingLLM's `sinks` +
-    `window`, fields of the stage's config) holds a whole arithmetic problem: why the arithmetic
-    accuracy cannot change, and what to set to test the compressed cache. HTML (field names as code)."""
-    longest = arithmetic_max_tokens(report)
+    `window`, fields of the stage's config) holds the longest arithmetic problem the run scored (prompt
+    and new tokens, as the run's tokenizer counted them): why the arithmetic accuracy cannot change, and
+    what to set to test the compressed cache. HTML (field names as code). None without the figure."""
+    arithmetic = report.compressed.arithmetic
+    longest = arithmetic.max_tokens if arithmetic is not None else None
     if not f.is_number(longest):
         return []
     notes = []
@@ -112,14 +105,14 @@ def kv_notes(report: Report) -> list[str]:
             continue
         if isinstance(cfg.get("residual"), int) and cfg["residual"] >= longest:
             notes.append(f"{method} keeps the last residual={cfg['residual']} tokens in fp16, and an arithmetic "
-                         f"problem (prompt and answer) is at most {longest} tokens, so its cache is never compressed "
-                         "during arithmetic: that accuracy is unchanged by construction. Set <code>residual: 0</code> "
-                         "to stress-test the compressed cache.")
+                         f"problem (prompt and answer tokens) fills at most {longest} tokens of cache, so it is never "
+                         "compressed during arithmetic: that accuracy is unchanged by construction. Set "
+                         "<code>residual: 0</code> to stress-test the compressed cache.")
         elif isinstance(cfg.get("window"), int) and cfg["window"] + (cfg.get("sinks") or 0) >= longest:
             kept = cfg["window"] + (cfg.get("sinks") or 0)
             notes.append(f"{method} keeps sinks + window = {kept} tokens, and an arithmetic problem (prompt and "
-                         f"answer) is at most {longest} tokens, so nothing is evicted during arithmetic. Make "
-                         f"sinks + window smaller than {longest} to stress-test eviction.")
+                         f"answer tokens) fills at most {longest} tokens of cache, so nothing is evicted during "
+                         f"arithmetic. Make sinks + window smaller than {longest} to stress-test eviction.")
     return notes
 
 

@@ -76,9 +76,6 @@ def test_stacked_recipe_runs_on_demo_model(lab, finished):
     assert "weights MiB" in table["headers"] and run_id in [row[0] for row in table["data"]]
 
 
-@pytest.mark.xfail(strict=True, reason="the report does not yet carry the longest arithmetic problem in tokens "
-                   "(Arithmetic.max_tokens, for the runner to record); the page no longer counts it from the "
-                   "evaluation data, see ui/cards.arithmetic_max_tokens")
 def test_the_page_says_when_the_kv_window_holds_every_arithmetic_problem(finished):
     cards = finished[1][3]
     # The default residual window holds every arithmetic problem: the page says so and names the fix.

@@ -15,7 +15,7 @@ import pytest
 from compressor.errors import LabError
 from tests.ui.reports import opened, run_of
 from ui import backend
-from ui.cards import CARDS, attribution_html, metric_cards_html, samples_html
+from ui.cards import CARDS, attribution_html, kv_notes, metric_cards_html, samples_html
 from ui.hardware import details_markdown, hardware_html
 from ui.history import HISTORY_COLUMNS, history_rows, runs_csv
 from ui.plots import layer_error_plot, memory_plot, pareto_front, pareto_plot, quality_plot, throughput_plot
@@ -65,6 +65,25 @@ def test_attribution_gives_a_nan_delta_no_colour():
     out = attribution_html(rep)
     assert "0: rtn" in out and "1: kivi" in out
     assert "nan" not in out.lower()
+
+
+@pytest.mark.parametrize("config, max_tokens, fix", [
+    ({"method": "kivi", "residual": 64}, 12, "<code>residual: 0</code>"),
+    ({"method": "kivi", "residual": 12}, 12, "<code>residual: 0</code>"),
+    ({"method": "kivi", "residual": 11}, 12, None),
+    ({"method": "kivi", "residual": 0}, 12, None),
+    ({"method": "streaming", "sinks": 4, "window": 124}, 30, "smaller than 30"),
+    ({"method": "streaming", "sinks": 4, "window": 8}, 30, None),
+    ({"method": "kivi", "residual": 64}, None, None),  # a report without the figure: no claim
+])
+def test_the_kv_note_compares_the_window_with_the_longest_problem_the_run_scored(config, max_tokens, fix):
+    rep = opened({"stages": [{"index": 0, "method": config["method"], "kind": "kv", "config": config}],
+                  "compressed": {"arithmetic": {"accuracy": 0.5, "n": 2, "max_tokens": max_tokens}}})
+    notes = kv_notes(rep)
+    assert (notes == []) == (fix is None)
+    if fix:
+        assert len(notes) == 1 and fix in notes[0] and f"at most {max_tokens} tokens" in notes[0]
+        assert "lab-kv-note" in metric_cards_html(rep)
 
 
 # Reports as older versions wrote them: keys missing, None where a number was. Every stored report named
