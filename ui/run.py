@@ -12,6 +12,7 @@ import time
 import gradio as gr
 
 from compressor.errors import LabError
+from compressor.progress import Progress
 from compressor.runs.store import FINAL_STATUSES, SUCCEEDED
 from ui import backend
 from ui.request import build_request
@@ -26,21 +27,19 @@ def owner_of(request: gr.Request | None) -> str:
     return (getattr(request, "session_hash", None) or "anonymous") if request else "anonymous"
 
 
-def describe_progress(p: dict | None, position: int | None, started: float) -> tuple[float, str]:
-    """(fraction, text) of a job's latest progress event (compressor.progress.Progress as a dict)."""
+def describe_progress(event: dict | None, position: int | None, started: float) -> tuple[float, str]:
+    """(fraction, text) of a job's latest progress event (a `Progress` as the manager keeps it)."""
     if position:
         return 0.0, f"Queued: position {position} (another run is ahead)"
-    if not p:
+    if not event:
         return 0.0, f"Starting the worker... {time.time() - started:.0f} s"
-    stage = p.get("stage", "")
-    if p.get("n_stages", 1) > 1:
-        stage += f" ({p.get('stage_index', 0) + 1}/{p['n_stages']})"
-    if p.get("layer") and p.get("n_layers"):
-        stage += f" · layer {p['layer']}/{p['n_layers']}"
-    eta = p.get("eta_s")
-    eta_text = f" · about {eta:.0f} s left" if isinstance(eta, int | float) else ""
-    msg = f" · {p['message']}" if p.get("message") else ""
-    return float(p.get("fraction") or 0.0), f"{100 * (p.get('fraction') or 0):.0f} % · {stage}{eta_text}{msg}"
+    p = Progress(**event)
+    stage = p.stage + (f" ({p.stage_index + 1}/{p.n_stages})" if p.n_stages > 1 else "")
+    if p.layer and p.n_layers:
+        stage += f" · layer {p.layer}/{p.n_layers}"
+    eta = f" · about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+    msg = f" · {p.message}" if p.message else ""
+    return p.fraction, f"{100 * p.fraction:.0f} % · {stage}{eta}{msg}"
 
 
 def wire_run(settings: SettingsPanel, views: ReportViews, log: gr.Textbox, manager, run_id: gr.State,

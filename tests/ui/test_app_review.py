@@ -271,3 +271,21 @@ def test_prompt_box_rebuilds_a_run_whose_saved_model_was_pruned(tmp_path):
     out = answer({"model": "demo", "recipe": "w4-g128", "artifact": str(gone), "prompt": "27+58=",
                   "max_new_tokens": 4})
     assert out["source"] == "recompressed" and isinstance(out["compressed"], str)
+
+
+# -- progress -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event, position, text", [
+    (None, 2, "Queued: position 2"),
+    (None, None, "Starting the worker"),
+    ({"stage": "gptq", "fraction": 0.5, "stage_index": 1, "n_stages": 3, "layer": 2, "n_layers": 4, "eta_s": 30.2,
+      "message": "layer 2", "time": 0.0}, 0, "50 % · gptq (2/3) · layer 2/4 · about 30 s left · layer 2"),
+    ({"stage": "load", "fraction": 0.0, "message": "", "stage_index": 0, "n_stages": 1, "layer": None,
+      "n_layers": None, "eta_s": None, "time": 0.0}, 0, "0 % · load"),
+])
+def test_progress_reads_the_managers_latest_event(event, position, text):
+    from ui.run import describe_progress
+
+    fraction, shown = describe_progress(event, position, started=0.0)
+    assert shown.startswith(text) and fraction == (event["fraction"] if event else 0.0)
