@@ -219,7 +219,8 @@ def test_zero_gpu_wraps_the_job_with_a_fake_spaces_module(monkeypatch):
 
 
 def test_inline_gpu_runs_keep_only_the_last_artifacts(tmp_path, monkeypatch):
-    from compressor.runs.jobs import ArtifactPolicy, JobManager
+    from compressor.runs.artifacts import ArtifactPolicy
+    from compressor.runs.manager import JobManager
 
     def fake_job(payload, data_dir, artifact_dir):
         from pathlib import Path
@@ -237,7 +238,7 @@ def test_inline_gpu_runs_keep_only_the_last_artifacts(tmp_path, monkeypatch):
 
 
 def test_inline_gpu_failure_leaves_no_artifact_folder(tmp_path, monkeypatch):
-    from compressor.runs.jobs import JobManager
+    from compressor.runs.manager import JobManager
 
     def failing_job(payload, data_dir, artifact_dir):
         from pathlib import Path
