@@ -81,26 +81,24 @@ class ExportResult:
         """One line for a UI or a CLI: what is lossless and what is not."""
         c = self.counts()
         parts = [f"{v} {k}" for k, v in c.items() if v]
-        worst = [n for n in self.notes if n.max_abs_err > 0]
-        tail = f"; max |dW| {self.max_abs_err:.3g} ({worst[0].name}: {worst[0].why})" if worst else \
+        worst = max(self.notes, key=lambda n: n.max_abs_err, default=None)
+        tail = f"; max |dW| {worst.max_abs_err:.3g} ({worst.name}: {worst.why})" if worst and worst.max_abs_err else \
             "; every weight bit-exact"
         logits = "" if self.logits_max_abs_err is None else \
             f"; logits max |d| {self.logits_max_abs_err:.3g} via {self.logits_reader}"
         return f"{self.fmt}: {', '.join(parts) or 'no weights'}{tail}{logits}"
 
     def to_dict(self) -> dict:
+        """Plain JSON types; an infinite SQNR (weights equal) is the string "inf"."""
         d = asdict(self)
+        for n in d["notes"]:
+            if not math.isfinite(n["sqnr_db"]):
+                n["sqnr_db"] = str(n["sqnr_db"])
         d["lossless"], d["counts"], d["max_abs_err"] = self.lossless, self.counts(), self.max_abs_err
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_json_default)
-
-
-def _json_default(x):
-    if isinstance(x, float) and math.isinf(x):
-        return "inf"
-    return str(x)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
 
 def weight_error(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
