@@ -36,8 +36,9 @@ import torch  # noqa: E402
 from compressor.engine.calibration import calibration_batches  # noqa: E402
 from compressor.engine.compress import compress  # noqa: E402
 from compressor.engine.report import weight_bytes  # noqa: E402
+from compressor.engine.text import leading_bos  # noqa: E402
 from compressor.measure.evaldata import held_out_text  # noqa: E402
-from compressor.measure.evaluate import eval_tokens, evaluate_quality, leading_bos, window_logprobs  # noqa: E402
+from compressor.measure.evaluate import eval_tokens, evaluate_quality, window_logprobs  # noqa: E402
 from compressor.models.loading import load_model  # noqa: E402
 
 CONTEXT, STRIDE, BLOCK = 256, 128, 128

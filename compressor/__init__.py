@@ -1,6 +1,6 @@
 """Compression Lab's engine: recipes in, a compressed model and a report out. Never imports gradio.
 
-The public names below load on first use (PEP 562), so `import compressor.runs.jobs` in a worker process
+The public names below load on first use (PEP 562), so `import compressor.runs.worker` in a worker process
 or `compressor.runs.store` in the app stays free of torch until a job needs it.
 """
 
@@ -10,8 +10,8 @@ _EXPORTS = {
     "calibration_batches": "engine.calibration",
     "StageContext": "engine.compress", "compress": "engine.compress",
     "ModelLoadError": "errors", "RecipeError": "errors", "UnsupportedOnDevice": "errors",
-    "get_preset": "engine.presets", "list_presets": "engine.presets",
-    "QuantStageConfig": "engine.recipe", "Recipe": "engine.recipe", "StageConfig": "engine.recipe", "load_recipe": "engine.recipe",
+    "get_preset": "engine.recipe", "list_presets": "engine.presets",
+    "QuantStageConfig": "engine.stage", "Recipe": "engine.recipe", "StageConfig": "engine.stage", "load_recipe": "engine.recipe",
     "METHODS": "engine.registry", "MethodSpec": "engine.registry", "register": "engine.registry",
     "CompressionReport": "engine.report", "weight_bytes": "engine.report",
     "LayerContext": "engine.sequential",

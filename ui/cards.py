@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 
+from compressor.engine.stage import stage_from_dict
 from compressor.runs import format as f
 from compressor.runs.contract import Measurement, Report
 from ui.recipes import recipe_label
@@ -90,29 +91,23 @@ def kv_notes_html(report: Report) -> str:
 
 
 def kv_notes(report: Report) -> list[str]:
-    """For each KV stage whose uncompressed window (KIVI-style `residual`, StreamingLLM's `sinks` +
-    `window`, fields of the stage's config) holds the longest arithmetic problem the run scored (prompt
-    and new tokens, as the run's tokenizer counted them): why the arithmetic accuracy cannot change, and
-    what to set to test the compressed cache. HTML (field names as code). None without the figure."""
+    """For each KV stage whose exact window (its config's `exact_window()`) holds the longest arithmetic
+    problem the run scored (prompt and new tokens, as the run's tokenizer counted them): why the arithmetic
+    accuracy cannot change, and what to set to test the compressed cache. None without the figure."""
     arithmetic = report.compressed.arithmetic
     longest = arithmetic.max_tokens if arithmetic is not None else None
     if not f.is_number(longest):
         return []
     notes = []
-    for s in report.compression.stages:
-        cfg, method = s.config or {}, html.escape(s.method)
-        if s.kind != "kv":
+    for stage in report.compression.stages:  # the configs that ran, as the report stored them
+        if stage.kind != "kv" or not stage.config:
             continue
-        if isinstance(cfg.get("residual"), int) and cfg["residual"] >= longest:
-            notes.append(f"{method} keeps the last residual={cfg['residual']} tokens in fp16, and an arithmetic "
-                         f"problem (prompt and answer tokens) fills at most {longest} tokens of cache, so it is never "
-                         "compressed during arithmetic: that accuracy is unchanged by construction. Set "
-                         "<code>residual: 0</code> to stress-test the compressed cache.")
-        elif isinstance(cfg.get("window"), int) and cfg["window"] + (cfg.get("sinks") or 0) >= longest:
-            kept = cfg["window"] + (cfg.get("sinks") or 0)
-            notes.append(f"{method} keeps sinks + window = {kept} tokens, and an arithmetic problem (prompt and "
-                         f"answer tokens) fills at most {longest} tokens of cache, so nothing is evicted during "
-                         f"arithmetic. Make sinks + window smaller than {longest} to stress-test eviction.")
+        cfg = stage_from_dict(stage.config)
+        kept, how = cfg.exact_window()
+        if kept >= longest:
+            notes.append(f"{html.escape(cfg.method)} keeps {how}, and an arithmetic problem (prompt and answer "
+                         f"tokens) fills at most {longest} tokens of cache, so the cache never compresses or evicts "
+                         f"during arithmetic: that accuracy is unchanged by construction. {cfg.stress_fix(longest)}")
     return notes
 
 

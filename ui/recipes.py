@@ -67,16 +67,9 @@ def with_stage(text: str, stage: dict) -> str:
     return yaml.safe_dump(parsed, sort_keys=False)
 
 
-def stage_label(stage: dict) -> str:
-    """"rtn w4 g128": a stage's method with its bit width and group size when it has them."""
-    bits = f" w{stage['bits']}" if stage.get("bits") else ""
-    group = f" g{stage['group_size']}" if stage.get("group_size") else ""
-    return f"{stage.get('method')}{bits}{group}"
-
-
 def recipe_label(recipe: Recipe) -> str:
-    """A recipe named by its stages: "rtn w4 g128 + kivi w2"."""
-    return " + ".join(stage_label(s.to_dict()) for s in recipe.stages)
+    """A recipe named by its stages (each stage config names itself)."""
+    return recipe.label()
 
 
 def stored_recipe_label(stored: object) -> str:

@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_presets(_args) -> int:
-    from compressor.engine.presets import get_preset, list_presets
+    from compressor.engine.presets import list_presets
+    from compressor.engine.recipe import get_preset
 
     for name, about in list_presets().items():
         stages = get_preset(name).to_dict()["stages"]

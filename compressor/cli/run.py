@@ -114,9 +114,10 @@ def format_report(report: Report) -> str:
         lines.append(f"arithmetic 95% CI: baseline {fmt_interval(b.arithmetic.ci95)}, compressed "
                      f"{fmt_interval(c.arithmetic.ci95)}, paired difference {fmt_interval(c.arithmetic_diff_ci95, 'pts')}"
                      f" (n={c.arithmetic.n})")
-    if b.speed and c.speed:
-        spread = [f"{name} [{fmt_rate(s.batch1.decode_tokens_per_s.min)}, {fmt_rate(s.batch1.decode_tokens_per_s.max)}]"
-                  for name, s in (("baseline", b.speed), ("compressed", c.speed))]
+    decode = [(name, s.batch1.decode_tokens_per_s) for name, s in (("baseline", b.speed), ("compressed", c.speed))
+              if s and s.batch1 and s.batch1.decode_tokens_per_s]
+    if len(decode) == 2:
+        spread = [f"{name} [{fmt_rate(d.min)}, {fmt_rate(d.max)}]" for name, d in decode]
         lines.append(f"decode tokens/s: median of {c.speed.repeats} repeat(s), range {', '.join(spread)}")
     q = c.quality
     if q:

@@ -21,10 +21,11 @@ from torch import nn
 from compressor.engine.calibration import DEFAULT_N_SAMPLES, DEFAULT_SEQ_LEN, calibration_batches
 from compressor.engine.context import StageContext
 from compressor.engine.packed import packed_type_of
-from compressor.engine.recipe import WEIGHT_KINDS, Recipe, StageConfig, load_recipe
+from compressor.engine.recipe import Recipe, load_recipe
 from compressor.engine.registry import MethodSpec, get_method
 from compressor.engine.report import CompressionReport, StageReport, weight_bytes
 from compressor.engine.sequential import find_decoder_layers, run_sequential
+from compressor.engine.stage import WEIGHT_KINDS, StageConfig
 from compressor.errors import RecipeError
 from compressor.progress import EtaClock, Progress, ProgressFn, null_progress
 
@@ -152,7 +153,7 @@ def compress(model: nn.Module, recipe: Any, calibration: Any = None, progress: P
         progress: called with compressor.progress.Progress events (stage, layer i/n, fraction, ETA).
         after_stage: called as `after_stage(index, model)` once each stage is done; the dict it returns
             is kept as `report.stages[index].quality`, so a stacked recipe's quality change can be
-            attributed to its stages (compressor.runs.experiment measures perplexity, KL and arithmetic).
+            attributed to its stages (compressor.runs.runner measures perplexity, KL and arithmetic).
 
     A recipe with a stage whose config `needs_teacher` (distill) keeps a frozen copy of the model as it
     was before stage 0 (the teacher) until compress returns: weight memory doubles while it runs.

@@ -54,11 +54,3 @@ def preset_stages(name: str) -> list[dict]:
         raise RecipeError("preset", name, f"known presets are {', '.join(PRESETS)}")
     return [dict(s) for s in PRESETS[name][1]]
 
-
-def get_preset(name: str):
-    """Transitional: `compressor.engine.recipe.get_preset` is the one to import. Kept until
-    compressor/__init__.py and compressor/cli/presets.py import it from there; it is the last arrow
-    from presets back to recipe."""
-    from compressor.engine.recipe import get_preset as build
-
-    return build(name)

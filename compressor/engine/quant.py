@@ -60,7 +60,7 @@ def quantize(w: torch.Tensor, bits: int, group_size: int, symmetric: bool = Fals
     n, k = w.shape
     g = k if group_size in (-1, k) else group_size
     if k % g:
-        from compressor.engine.recipe import divisor_hint
+        from compressor.engine.stage import divisor_hint
 
         raise ValueError(f"group_size {g} must divide in_features {k}: {divisor_hint(k)}")
     wg = w.float().reshape(n, k // g, g)  # (N, K/G, G)

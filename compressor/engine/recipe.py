@@ -8,11 +8,7 @@
           - {pattern: "mlp\\.down_proj", bits: 8}
           - {pattern: "layers\\.0\\.", skip: true}
 
-Module selection (shared by every stage, resolved by `StageConfig.override_for`):
-  - `targets`: a regex searched (`re.search`) in each linear layer's qualified name;
-  - `ignore`: regexes of names left alone; by default `lm_head` and embeddings;
-  - `overrides`: `{pattern, <field>: value, ..., skip?}` entries, applied in order to the modules whose
-    name the pattern matches (later entries win): per-module bits, group size, or skip (mixed precision).
+Each stage is a config from compressor/engine/stage.py (module selection, per-module overrides).
 
 Validation happens twice: field values in `__post_init__` (bits out of range, bad regex, ...), and
 against the model in `Recipe.check(model)` at compress time (group size vs each layer's in_features,
@@ -37,229 +33,24 @@ kernels behave, for reports and hardware projections) and, for KV stages, `cache
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 from torch import nn
 
 from compressor.engine.presets import list_presets, preset_stages
-from compressor.engine.registry import get_method, load_methods
+from compressor.engine.stage import (
+    DEFAULT_IGNORE,
+    LINEAR_KINDS,
+    WEIGHT_KINDS,
+    StageConfig,
+    stage_from_dict,
+)
 from compressor.errors import RecipeError
-
-# Left alone unless the recipe says otherwise: output head and embeddings (GPT-NeoX calls its head embed_out).
-DEFAULT_IGNORE = (r"(^|\.)lm_head$", r"(^|\.)embed")
-# Kinds whose stages rewrite the weights of the linear layers they target.
-WEIGHT_KINDS = ("quantize", "prune", "lowrank")
-# Kinds whose stages find their modules as nn.Linear (distill trains them); "kv" acts on the cache.
-LINEAR_KINDS = (*WEIGHT_KINDS, "distill")
-# compressor.engine.modules.LowRankLinear: its nn.Linear factors, `down` [r, K] then `up` [N, r].
-LOWRANK_CHILDREN = ("down", "up")
-# How to stack on a quantized module (the default final format of the "quantize" kind).
-QUANTIZED = ("quantized weights", "they are already quantized: quantize each module once (use overrides "
-             "for mixed precision) and put prune, low-rank and distill stages before quantization")
-_SELECTION_FIELDS = ("targets", "ignore", "overrides")
-
-
-def divisor_hint(in_features: int, limit: int = 6) -> str:
-    """Group sizes that would work for `in_features`, for error messages."""
-    divs = [d for d in range(16, in_features) if in_features % d == 0][:limit]
-    tried = ", ".join(str(d) for d in divs)
-    return f"try {tried} or -1 (per channel)" if divs else "try -1 (per channel)"
-
-
-def _compile(field_name: str, pattern: Any, stage: str) -> re.Pattern:
-    if not isinstance(pattern, str):
-        raise RecipeError(field_name, pattern, "give a regular expression as a string", stage)
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise RecipeError(field_name, pattern, f"not a valid regular expression ({e})", stage) from None
-
-
-@dataclass
-class StageConfig:
-    """Base of every method's config: which linear layers the stage acts on.
-
-    `@register(name, Config)` sets the `method` ClassVar. A subclass declares what sets its method
-    apart as class attributes (`kind`, `needs_calibration`, `needs_teacher`) and by overriding the
-    hooks below (`traits`, `final_format`, `linear_children`, `check_stack`, `check_module`).
-    Subclasses that override `__post_init__` call `super().__post_init__()` first.
-
-    Args:
-        targets: regex searched in qualified module names; default every linear layer.
-        ignore: regexes of modules left alone; default lm_head and embeddings.
-        overrides: list of {pattern, <field>: value, skip: bool}, applied in order to matching modules.
-    """
-
-    method: ClassVar[str] = ""
-    # One of compressor.engine.registry.KINDS: what the stage does to its targets.
-    kind: ClassVar[str] = "quantize"
-    # Run layer by layer on calibration tokens (apply gets a LayerContext) instead of once on the model.
-    needs_calibration: ClassVar[bool] = False
-    # Gets ctx.teacher (a frozen copy of the model before stage 0) and ctx.calibration (tokens [n, L]).
-    needs_teacher: ClassVar[bool] = False
-
-    targets: str = r".*"
-    ignore: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
-    overrides: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        stage = self.method or type(self).__name__
-        self._targets_re = _compile("targets", self.targets, stage)
-        if isinstance(self.ignore, str):
-            self.ignore = [self.ignore]
-        if not isinstance(self.ignore, (list, tuple)):
-            raise RecipeError("ignore", self.ignore, "give a list of regular expressions", stage)
-        self.ignore = list(self.ignore)
-        self._ignore_re = [_compile("ignore", p, stage) for p in self.ignore]
-        if not isinstance(self.overrides, (list, tuple)):
-            raise RecipeError("overrides", self.overrides, "give a list of {pattern, field: value} entries", stage)
-        self.overrides = [dict(o) if isinstance(o, dict) else o for o in self.overrides]
-        allowed = {f.name for f in dataclasses.fields(self)} - set(_SELECTION_FIELDS)
-        self._override_re = []
-        for o in self.overrides:
-            if not isinstance(o, dict) or "pattern" not in o:
-                raise RecipeError("overrides", o, "each override is a mapping with a 'pattern' key, "
-                                  "e.g. {pattern: 'down_proj', bits: 8} or {pattern: 'layers\\.0\\.', skip: true}", stage)
-            unknown = set(o) - allowed - {"pattern", "skip"}
-            if unknown:
-                raise RecipeError("overrides", o, f"unknown key(s) {sorted(unknown)}: an override may set "
-                                  f"pattern, skip, {', '.join(sorted(allowed))}", stage)
-            if not isinstance(o.get("skip", False), bool):
-                raise RecipeError("overrides.skip", o["skip"], "use true or false", stage)
-            self._override_re.append(_compile("overrides.pattern", o["pattern"], stage))
-            values = {k: v for k, v in o.items() if k not in ("pattern", "skip")}
-            if values:  # validate the values now, not at the first matching module
-                dataclasses.replace(self, overrides=[], **values)
-
-    def override_for(self, name: str) -> StageConfig | None:
-        """This config with `name`'s overrides applied, or None when the module is not acted on."""
-        if not self._targets_re.search(name) or any(r.search(name) for r in self._ignore_re):
-            return None
-        values: dict = {}
-        for o, r in zip(self.overrides, self._override_re, strict=True):
-            if r.search(name):
-                if o.get("skip", False):
-                    return None
-                values.update({k: v for k, v in o.items() if k not in ("pattern", "skip")})
-        return dataclasses.replace(self, **values) if values else self
-
-    def resolve(self, root: nn.Module, prefix: str = "") -> dict[str, nn.Linear]:
-        """The nn.Linear modules under `root` this stage acts on, by qualified name (`prefix.name`)."""
-        out = {}
-        for name, mod in root.named_modules():
-            full = ".".join(p for p in (prefix, name) if p)
-            if isinstance(mod, nn.Linear) and self.override_for(full) is not None:
-                out[full] = mod
-        return out
-
-    def check_module(self, name: str, module: nn.Linear) -> None:
-        """Raise RecipeError when this (override-applied) config cannot act on `module`."""
-
-    def final_format(self, kind: str | None = None) -> tuple[str, str] | None:
-        """(what the targets are stored as, how to stack on it) when this stage leaves them as modules
-        that are not nn.Linear, which later stages would silently skip; None when they stay nn.Linear.
-
-        "quantize" stages leave packed modules (compressor/engine/packed.py). Configs whose output
-        depends on a field override this (SparsityConfig: storage "compact"). `kind` defaults to the
-        config's own.
-        """
-        return QUANTIZED if (kind or self.kind) == "quantize" else None
-
-    def linear_children(self, kind: str | None = None) -> tuple[str, ...]:
-        """Names of the nn.Linear children of the module this stage puts in place of a target (later
-        stages find `<name>.<child>`), or () when the target itself stays an nn.Linear or is final."""
-        return LOWRANK_CHILDREN if (kind or self.kind) == "lowrank" else ()
-
-    def check_stack(self, earlier: list[StageConfig], where: str) -> None:
-        """Raise RecipeError when this stage cannot follow the `earlier` stages of its recipe."""
-
-    def traits(self) -> tuple[set[str], float | None]:
-        """(formats the stage leaves that change how kernels behave, the lowest weight bit width it
-        stores or None): read by reports and hardware projections (compressor.measure.hardware). The
-        trait names are "weight-only-int", "int4-weight-only", "int8-dynamic", "fp8", "nf4", "sparse-2:4"."""
-        return set(), None
-
-    def override_values(self, key: str) -> list:
-        """The values overrides give `key` (for declarations that depend on a per-module field)."""
-        return [o[key] for o in self.overrides if key in o and not o.get("skip", False)]
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
-
-
-@dataclass
-class QuantStageConfig(StageConfig):
-    """Base of integer weight quantization configs.
-
-    Args:
-        bits: weight bits; `SUPPORTED_BITS` lists what the method can do.
-        group_size: columns sharing one scale and zero; -1 = one per output channel. Must divide
-            each targeted layer's in_features (checked at compress time).
-        symmetric: zero fixed at 2**(bits-1) (True) or a per-group zero point (False).
-    """
-
-    SUPPORTED_BITS: ClassVar[tuple[int, ...]] = (2, 3, 4, 8)
-
-    bits: int = 4
-    group_size: int = 128
-    symmetric: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        stage = self.method or type(self).__name__
-        if isinstance(self.bits, bool) or self.bits not in self.SUPPORTED_BITS:
-            raise RecipeError("bits", self.bits, f"choose one of {self.SUPPORTED_BITS}", stage)
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or \
-                (self.group_size <= 0 and self.group_size != -1):
-            raise RecipeError("group_size", self.group_size,
-                              "use a positive group size such as 32, 64 or 128, or -1 for per channel", stage)
-        if not isinstance(self.symmetric, bool):
-            raise RecipeError("symmetric", self.symmetric, "use true or false", stage)
-
-    def traits(self) -> tuple[set[str], float | None]:
-        """Integer weight-only formats; the lowest bits counts the per-module overrides too."""
-        bits = min([self.bits, *self.override_values("bits")])
-        return ({"weight-only-int", "int4-weight-only"} if bits <= 4 else {"weight-only-int"}), float(bits)
-
-    def group_for(self, in_features: int) -> int:
-        """The group size in columns for a layer of `in_features` (per channel -> in_features)."""
-        return in_features if self.group_size == -1 else self.group_size
-
-    def check_module(self, name: str, module: nn.Linear) -> None:
-        k = module.in_features
-        if k % self.group_for(k):
-            raise RecipeError("group_size", self.group_size,
-                              f"group size must divide in_features {k} of {name}: {divisor_hint(k)}", self.method)
-
-
-def stage_from_dict(d: dict, index: int | None = None) -> StageConfig:
-    """Build a stage config from {"method": name, field: value, ...}."""
-    where = f"stage {index}" if index is not None else None
-    if not isinstance(d, dict):
-        raise RecipeError("stage", d, "each stage is a mapping like {method: rtn, bits: 4}", where)
-    d = dict(d)
-    method = d.pop("method", None)
-    if method is None:
-        raise RecipeError("method", None, f"each stage needs a method: one of {', '.join(sorted(load_methods()))}",
-                          where)
-    spec = get_method(method, where)
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise RecipeError(unknown[0], d[unknown[0]], f"{method} has the fields {', '.join(sorted(fields))}",
-                          where or method)
-    try:
-        return spec.config_cls(**d)
-    except RecipeError:
-        raise
-    except (TypeError, ValueError) as e:  # a config's own checks written without RecipeError
-        raise RecipeError("stage", d, str(e), method) from e
 
 
 @dataclass
@@ -276,6 +67,10 @@ class Recipe:
                 raise RecipeError("stages", s, f"stage {i} is not a stage config: build it with load_recipe")
 
     # --- serialisation ----------------------------------------------------------------------------
+
+    def label(self) -> str:
+        """The recipe named by its stages: "rtn w4 g128 + kivi 2-bit g32"."""
+        return " + ".join(s.label() for s in self.stages)
 
     def to_dict(self) -> dict:
         return {"stages": [s.to_dict() for s in self.stages]}

@@ -73,6 +73,12 @@ def save_compressed(model: nn.Module, tokenizer, folder: str | Path, report=None
     return folder
 
 
+def unsaveable_modules(model: nn.Module) -> list[str]:
+    """Names of packed modules whose type cannot be saved (bitsandbytes layers): such a model is not saved."""
+    return [name for name, mod in model.named_modules()
+            if (t := packed_type_of(mod)) is not None and not t.saveable]
+
+
 def is_compressed_folder(folder: str | Path) -> bool:
     """True when `folder` holds a model saved by `save_compressed`."""
     cfg = Path(folder) / "config.json"
@@ -144,7 +150,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype = torch.float32, devi
 
         model.generation_config = GenerationConfig.from_pretrained(folder)
     if section.get("kv_cache"):
-        from compressor.engine.recipe import stage_from_dict
+        from compressor.engine.stage import stage_from_dict
 
         model.kv_cache_config = stage_from_dict(section["kv_cache"])
     return model.to(device).eval()

@@ -29,7 +29,7 @@ from compressor.engine.modules import (  # noqa: F401  (the compact 2:4 format, 
     semi_structured_available,
     unpack_24,
 )
-from compressor.engine.recipe import StageConfig
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 PATTERNS = ("unstructured", "2:4", "4:8")
@@ -146,6 +146,9 @@ class SparsityConfig(StageConfig):
     def target_sparsity(self) -> float:
         n, m = self.nm
         return n / m if m else self.sparsity
+
+    def label(self) -> str:
+        return f"{self.method} " + (self.pattern if self.pattern != "unstructured" else f"{self.sparsity:.0%}")
 
     def traits(self) -> tuple[set[str], float | None]:
         """2:4 (dense or compact) is the one pattern kernels treat differently (sparse tensor cores). An

@@ -1,10 +1,7 @@
 """Offline evaluation data that exists wherever Python runs.
 
-Held-out text comes from the docstrings of the Python standard library, read from the source files
-with `ast` (nothing is imported, so no module side effects). Modules are split into a training half
-and an evaluation half by a fixed hash of their path, so the bundled demo model never saw the
-evaluation text. Docstrings change a little between Python versions, so perplexities are comparable
-within one Python version; the report records it.
+Held-out text is the evaluation half of the standard-library docstring corpus (compressor.engine.text,
+which calibration shares, so calibration never sees it); the report records the Python version.
 
 Arithmetic problems live in `assets/eval/arithmetic.jsonl`, written by `scripts/make_eval_data.py`
 from the generator below; the same held-out rule keeps them out of the demo model's training data.
@@ -12,17 +9,14 @@ from the generator below; the same held-out rule keeps them out of the demo mode
 
 from __future__ import annotations
 
-import ast
-import functools
 import json
 import random
-import sysconfig
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compressor.engine.text import stdlib_docstrings
 from compressor.paths import ASSETS
 
 if TYPE_CHECKING:
@@ -31,55 +25,6 @@ if TYPE_CHECKING:
     from compressor.measure.settings import EvalSettings
 
 EVAL_DIR = ASSETS / "eval"
-
-# One module in EVAL_SHARE goes to the evaluation split (by CRC32 of its relative path).
-EVAL_SHARE = 4
-# Docstrings shorter than this are mostly one-liners ("Return self.") and teach nothing.
-MIN_DOC_CHARS = 200
-
-
-def _is_eval_path(rel: str) -> bool:
-    return zlib.crc32(rel.encode()) % EVAL_SHARE == 0
-
-
-def _stdlib_sources() -> list[tuple[str, Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    skip = ("site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__", "turtledemo")
-    out = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if any(part in skip for part in rel.split("/")):
-            continue
-        out.append((rel, path))
-    return out
-
-
-def _docstrings(path: Path) -> Iterator[str]:
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-    except (SyntaxError, ValueError):
-        return
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            doc = ast.get_docstring(node)
-            if doc and len(doc) >= MIN_DOC_CHARS:
-                yield doc.strip()
-
-
-@functools.lru_cache(maxsize=2)
-def stdlib_docstrings(split: str) -> tuple[str, ...]:
-    """Docstrings of the standard library, `split` = "train" or "eval" (disjoint by module).
-
-    Parsing the library takes seconds, so each split is read once per process."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    want_eval = split == "eval"
-    docs = []
-    for rel, path in _stdlib_sources():
-        if _is_eval_path(rel) == want_eval:
-            docs.extend(_docstrings(path))
-    return tuple(docs)
-
 
 def held_out_text(max_chars: int = 200_000) -> str:
     """Evaluation text for perplexity: the eval split, in a fixed order (never used to calibrate)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from compressor.engine.text import leading_bos
 from compressor.errors import LabError
 from compressor.measure.settings import EvalSettings
 
@@ -13,17 +14,6 @@ def max_positions(model) -> int | None:
     """The positions a model was trained for (`config.max_position_embeddings`), None when it declares none."""
     n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
-
-
-def leading_bos(tokenizer) -> int | None:
-    """The BOS id when this tokenizer starts every text with it (Llama's, the demo model's), else None.
-
-    Such models only ever saw BOS at position 0 in training, so each evaluation window and each
-    prompt starts with it too; a window starting mid-sentence at position 0 is out of distribution.
-    """
-    bos = getattr(tokenizer, "bos_token_id", None)
-    ids = tokenizer("a")["input_ids"]
-    return bos if bos is not None and ids and ids[0] == bos else None
 
 
 @torch.no_grad()

@@ -9,8 +9,9 @@ import re
 import numpy as np
 import torch
 
+from compressor.engine.text import leading_bos
 from compressor.measure.arithmetic import wilson_ci
-from compressor.measure.generation import greedy_generate, leading_bos
+from compressor.measure.generation import greedy_generate
 from compressor.measure.quality import eval_tokens, evaluate_quality
 from compressor.measure.settings import EvalSettings
 

@@ -1,4 +1,4 @@
-"""Runs: one experiment from a request to a report, the background workers, the run store.
+"""Runs: one run from a request (RunRequest) to a report (Report), the background workers, the run store.
 
 Imports compressor.engine, compressor.measure and compressor.models; never gradio.
 """

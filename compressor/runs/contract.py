@@ -128,9 +128,11 @@ class Stat(Record):
 
 @dataclass
 class BatchSpeed(Record):
-    prefill_tokens_per_s: Stat
-    decode_tokens_per_s: Stat
-    time_to_first_token_s: Stat
+    """One batch size's figures; a figure an older report did not keep is None."""
+
+    prefill_tokens_per_s: Stat | None
+    decode_tokens_per_s: Stat | None
+    time_to_first_token_s: Stat | None
 
 
 @dataclass
@@ -149,8 +151,13 @@ class Speed(Record):
     seconds: float | None = None
 
     @property
-    def batch1(self) -> BatchSpeed:
-        return self.by_batch["1"]
+    def batch1(self) -> BatchSpeed | None:
+        return self.by_batch.get("1")
+
+    def median(self, figure: str) -> float | None:
+        """The batch-1 median of `figure` ("decode_tokens_per_s", ...), None when not measured."""
+        stat = getattr(self.batch1, figure, None)
+        return stat.median if stat is not None else None
 
 
 @dataclass
@@ -202,7 +209,7 @@ class Measurement(Record):
     """One model (baseline or compressed) measured on this machine. Sections are None until measured
     (a report streamed while its run goes on), or when the settings skip them."""
 
-    weight_bytes: int
+    weight_bytes: int | None  # None only in older reports that did not keep it
     quality: Quality | None = None
     arithmetic: Arithmetic | None = None
     speed: Speed | None = None
@@ -232,15 +239,15 @@ class Measurement(Record):
 
     @property
     def decode_tokens_per_s(self) -> float | None:
-        return self.speed.batch1.decode_tokens_per_s.median if self.speed else None
+        return self.speed.median("decode_tokens_per_s") if self.speed else None
 
     @property
     def prefill_tokens_per_s(self) -> float | None:
-        return self.speed.batch1.prefill_tokens_per_s.median if self.speed else None
+        return self.speed.median("prefill_tokens_per_s") if self.speed else None
 
     @property
     def time_to_first_token_s(self) -> float | None:
-        return self.speed.batch1.time_to_first_token_s.median if self.speed else None
+        return self.speed.median("time_to_first_token_s") if self.speed else None
 
     @property
     def peak_memory_bytes(self) -> int | None:

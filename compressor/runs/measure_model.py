@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compressor.engine.kvcache import kv_cache_in_generate, model_kv_bytes_per_token
+from compressor.engine.text import leading_bos
 from compressor.measure.arithmetic import evaluate_arithmetic, paired_diff_ci
 from compressor.measure.evaldata import EvalData
-from compressor.measure.generation import greedy_generate, leading_bos
+from compressor.measure.generation import greedy_generate
 from compressor.measure.online import online_extras
 from compressor.measure.quality import Reference, evaluate_quality
 from compressor.measure.settings import EvalSettings

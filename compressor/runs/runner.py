@@ -127,10 +127,15 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     compress_s = time.perf_counter() - t0  # includes the per-stage quality checks (timings: stage_eval_s)
     log(f"compressed in {compress_s:.1f} s")
     if save_dir is not None:
-        from compressor.engine.serialize import save_compressed
+        from compressor.engine.serialize import save_compressed, unsaveable_modules
 
-        save_compressed(net, tokenizer, save_dir)
-        log(f"compressed model saved to {save_dir}")
+        blocked = unsaveable_modules(net)
+        if blocked:  # a folder that cannot load back would be offered for download and to the prompt box
+            log(f"the compressed model is not saved: {len(blocked)} module(s) ({blocked[0]}, ...) are of a type "
+                "the lab cannot save (bitsandbytes); the prompt box compresses again from the recipe")
+        else:
+            save_compressed(net, tokenizer, save_dir)
+            log(f"compressed model saved to {save_dir}")
 
     t0 = time.perf_counter()
     emit = phases.within("evaluate-compressed")

@@ -81,7 +81,6 @@ def _settings_v1(s: object) -> dict:
 def _measurement_v1(sec: dict, online: object) -> dict:
     out = {k: sec.get(k) for k in ("weight_bytes", "kv_bytes_per_token", "kv_bytes_per_token_config",
                                     "kv_bytes_per_token_speed_run", "kv_bytes_context", "arithmetic_diff_ci95")}
-    out["weight_bytes"] = out["weight_bytes"] or 0
     out["online"] = online if isinstance(online, dict) else sec.get("online") or {}
     q = sec.get("quality")
     if isinstance(q, dict) and q.get("perplexity", sec.get("perplexity")) is not None:

@@ -13,7 +13,7 @@ ENGINE = ROOT / "compressor" / "engine"
 MAX_LINES = 450
 # recipe -> presets is the arrow; presets.get_preset still points back (lazily) until compressor/__init__.py
 # and compressor/cli/presets.py import get_preset from compressor.engine.recipe. Remove it then.
-TRANSITIONAL = {("compressor.engine.presets", "compressor.engine.recipe")}
+TRANSITIONAL: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -17,7 +17,8 @@ from compressor.engine.fields import (
 from compressor.engine.methods.gptq import GPTQConfig
 from compressor.engine.methods.prune_magnitude import MagnitudeConfig
 from compressor.engine.methods.rtn import RTNConfig
-from compressor.engine.recipe import StageConfig, load_recipe
+from compressor.engine.recipe import load_recipe
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from compressor import RecipeError, compress, load_recipe
 from compressor.engine.methods.lowrank import LowRankLinear
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import METHODS, MethodSpec
+from compressor.engine.stage import StageConfig
 from tests.helpers import random_tokens, tiny_llama
 
 COMPACT = {"method": "wanda", "pattern": "2:4", "storage": "compact"}

@@ -66,3 +66,13 @@ def test_the_saved_generation_config_is_read_back(tmp_path):
     save_compressed(model, None, tmp_path, report)
     loaded = load_compressed(tmp_path)
     assert loaded.generation_config.max_new_tokens == 77 and loaded.generation_config.repetition_penalty == 1.3
+
+
+def test_a_model_with_unsaveable_modules_is_named_before_saving():
+    from compressor.engine.serialize import unsaveable_modules
+
+    model = tiny_llama()
+    assert unsaveable_modules(model) == []
+    compress(model, {"method": "bnb-nf4"})
+    blocked = unsaveable_modules(model)
+    assert blocked and all(n.startswith("model.layers.") for n in blocked)

@@ -20,7 +20,7 @@ def test_kivi_bytes_per_token_are_measured_at_the_projection_context(tmp_path, m
     # projected with that figure, as measured and on a 16-bit profile alike (a compressed cache keeps its bytes)
     assert r.footprint["compressed"].measured.kv_bytes_per_token == c.kv_bytes_per_token
     assert r.footprint["compressed"].float16.kv_bytes_per_token == c.kv_bytes_per_token
-    from compressor.engine.recipe import stage_from_dict
+    from compressor.engine.stage import stage_from_dict
     from compressor.models.loading import load_model
 
     model, _ = load_model("demo")

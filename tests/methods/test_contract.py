@@ -22,9 +22,9 @@ from compressor.engine.fields import KINDS as FIELD_KINDS
 from compressor.engine.fields import config_fields, stage_from_values
 from compressor.engine.kvcache import make_cache
 from compressor.engine.packed import packed_type_of
-from compressor.engine.recipe import WEIGHT_KINDS, StageConfig, stage_from_dict
 from compressor.engine.registry import KINDS, load_methods
 from compressor.engine.report import CompressionReport
+from compressor.engine.stage import WEIGHT_KINDS, StageConfig, stage_from_dict
 from tests.helpers import random_tokens, tiny_llama
 
 TRAITS = {"weight-only-int", "int4-weight-only", "int8-dynamic", "fp8", "nf4", "sparse-2:4"}
@@ -52,8 +52,12 @@ def test_declarations(name):
     assert cls.kind in KINDS and isinstance(cls.needs_calibration, bool) and isinstance(cls.needs_teacher, bool)
     traits, bits = cls().traits()
     assert traits <= TRAITS and (bits is None or 0 < bits <= 32)
+    cfg = cls(**TINY[name])
+    assert cfg.label().startswith(name) and "\n" not in cfg.label()
     if cls.kind == "kv":
         assert callable(getattr(cls, "cache_layer", None))
+        kept, how = cfg.exact_window()  # the page's note on generations that never reach the compressed part
+        assert kept >= 0 and how and cfg.stress_fix(kept + 1)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -128,7 +128,7 @@ def test_details_list_integer_timings():
 def test_a_list_recipe_is_labelled_by_its_stages_not_its_python_repr():
     stages = [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "kivi", "bits": 2}]
     # the recipe as it ran: kivi's default group size included
-    assert stored_recipe_label(stages) == "rtn w4 g128 + kivi w2 g32"
+    assert stored_recipe_label(stages) == "rtn w4 g128 + kivi 2-bit g32"
 
 
 # -- Pareto front --------------------------------------------------------------------------------

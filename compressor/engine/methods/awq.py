@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from compressor.engine.quant import fake_quant, pack_linear, quantize, sqnr_db
-from compressor.engine.recipe import QuantStageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import QuantStageConfig
 from compressor.errors import RecipeError
 
 # Tokens used by the searches: AWQ subsamples the calibration set the same way (n_sample_token=512

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from compressor.engine.quant import sqnr_db
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError, UnsupportedOnDevice
 
 # bitsandbytes' own default block size for 4-bit quantization (one absmax per 64 weights).

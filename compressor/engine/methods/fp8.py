@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from compressor.engine.quant import sqnr_db
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448.0
 

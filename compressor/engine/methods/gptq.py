@@ -28,8 +28,8 @@ import torch
 
 from compressor.engine.hessian import inverse_cholesky, output_sqnr_db
 from compressor.engine.quant import STORE_DTYPE, pack_linear, qparams, quantize_with
-from compressor.engine.recipe import QuantStageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import QuantStageConfig
 from compressor.errors import RecipeError
 
 ACTORDER = ("none", "static", "group")

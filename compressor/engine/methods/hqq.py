@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from compressor.engine.quant import STORE_DTYPE, dequantize, pack_linear, sqnr_db
-from compressor.engine.recipe import QuantStageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import QuantStageConfig
 from compressor.errors import RecipeError
 
 # HQQ's published defaults (hqq/core/optimize.py): p of the lp-norm, the half-quadratic penalty beta

@@ -25,8 +25,8 @@ from compressor.engine.kvcache import (
     check_cache_config,
     head_dim_of,
 )
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 
@@ -51,6 +51,15 @@ class KVStageConfig(StageConfig):
     def check_head_dim(self, head_dim: int) -> None:
         """Raise RecipeError when this config cannot run on a model with this head_dim."""
 
+    def exact_window(self) -> tuple[int, str]:
+        """(tokens a generation holds before this cache compresses or evicts any, how the config keeps
+        them). A generation that fits in the window runs exactly as without the stage."""
+        raise NotImplementedError
+
+    def stress_fix(self, tokens: int) -> str:
+        """What to change so that a generation of `tokens` tokens tests the cache (HTML, fields as code)."""
+        raise NotImplementedError
+
 
 @dataclass
 class KiviConfig(KVStageConfig):
@@ -67,6 +76,15 @@ class KiviConfig(KVStageConfig):
     bits: int = 2
     group_size: int = 32
     residual: int = 64
+
+    def label(self) -> str:
+        return f"{self.method} {self.bits}-bit g{self.group_size}"
+
+    def exact_window(self) -> tuple[int, str]:
+        return self.residual, f"the last residual={self.residual} tokens in fp16"
+
+    def stress_fix(self, tokens: int) -> str:
+        return "Set <code>residual: 0</code> to stress-test the compressed cache."
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,6 +155,16 @@ class StreamingConfig(KVStageConfig):
 
     def cache_layer(self, pad: torch.Tensor | None = None) -> SinkWindowLayer:
         return SinkWindowLayer(self.sinks, self.window, pad)
+
+    def label(self) -> str:
+        return f"{self.method} {self.sinks}+{self.window}"
+
+    def exact_window(self) -> tuple[int, str]:
+        kept = self.sinks + self.window
+        return kept, f"sinks + window = {kept} tokens"
+
+    def stress_fix(self, tokens: int) -> str:
+        return f"Make sinks + window smaller than {tokens} to stress-test eviction."
 
 
 def attach(cfg: KVStageConfig, ctx) -> None:

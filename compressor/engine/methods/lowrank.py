@@ -28,8 +28,8 @@ from torch import nn
 from compressor.engine.hessian import output_sqnr_db
 from compressor.engine.modules import LowRankLinear
 from compressor.engine.quant import sqnr_db
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 # Relative ridge added to H before the Cholesky factorisation (as GPTQ's percdamp), so that inputs

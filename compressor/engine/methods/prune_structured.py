@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from compressor.engine.layout import LAYOUT_KEYS, pruned_layout, resize_to_layout  # noqa: F401  (resize re-exported)
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 

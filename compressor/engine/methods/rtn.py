@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 
 from compressor.engine.quant import dequantize, pack_linear, quantize, sqnr_db
-from compressor.engine.recipe import QuantStageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import QuantStageConfig
 
 
 @dataclass

@@ -20,8 +20,8 @@ from torch import nn
 
 from compressor.engine.methods.awq import fold_scale, foldable_groups
 from compressor.engine.quant import sqnr_db
-from compressor.engine.recipe import StageConfig
 from compressor.engine.registry import register
+from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 # Floors that keep s finite for dead channels (all-zero activations or weight columns).
