@@ -117,6 +117,11 @@ def to_int4pack(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor
     return native, NativeWeight(INT4PACK, sz, None, g_native)
 
 
+# Dequantization writes the bf16 weight in chunks of about this many elements (1 MiB of fp32): a chunk's
+# temporaries stay in cache. Whole-weight temporaries measured 2.5x slower on 4096x4096 (6-11 ns a weight).
+DEQUANT_CHUNK = 1 << 18
+
+
 def int4pack_dequant_t(native: torch.Tensor, nw: NativeWeight, in_features: int) -> torch.Tensor | None:
     """W.T bf16 [K, N] from the native layout, for N a multiple of 64 (one block shape); None otherwise.
 
@@ -128,11 +133,16 @@ def int4pack_dequant_t(native: torch.Tensor, nw: NativeWeight, in_features: int)
         return None
     blocks = native.view(n // 64, k, 32).transpose(0, 1)  # (K, N/64, 32)
     g = nw.group_size
-    q = torch.cat([blocks & 0xF, blocks >> 4], dim=2).view(k // g, g, n)  # (K/G', G', N) == W.T's q
     s = nw.scale[..., 0].float()  # (K/G', N)
     z = nw.scale[..., 1].float() - 8 * s  # (q - 8) * s + zero == q * s + z
-    # fp32 arithmetic, one rounding to bf16: bf16 elementwise ops measured 2-3x slower here
-    return q.float().mul_(s[:, None]).add_(z[:, None]).bfloat16().view(k, n)
+    out = torch.empty(k // g, g, n, dtype=torch.bfloat16)  # (K/G', G', N) == W.T
+    step = max(1, DEQUANT_CHUNK // (g * n))  # groups per chunk
+    for g0 in range(0, k // g, step):
+        b = blocks[g0 * g:(g0 + step) * g]
+        q = torch.cat([b & 0xF, b >> 4], dim=2).view(-1, g, n).float()  # (groups, G', N)
+        # fp32 arithmetic, one rounding to bf16: bf16 elementwise ops measured 2-3x slower here
+        out[g0:g0 + step].copy_(q.mul_(s[g0:g0 + step, None]).add_(z[g0:g0 + step, None]))
+    return out.view(k, n)
 
 
 # --- int8pack layout: q - 128 as int8 ----------------------------------------------------------------
@@ -179,7 +189,13 @@ def int8pack_mm(x2: torch.Tensor, w8: torch.Tensor, nw: NativeWeight) -> torch.T
 
 def int8pack_dequant(w8: torch.Tensor, nw: NativeWeight) -> torch.Tensor:
     """W bf16 [N, K] = (q - zeros) * scales in fp32, rounded once (exact zeros stay zero for integer zeros)."""
-    w = w8.float()
-    if nw.offset is not None:
-        w.add_(nw.offset[:, None])
-    return w.mul_(nw.scale.float()[:, None]).bfloat16()
+    n, k = w8.shape
+    out = torch.empty(n, k, dtype=torch.bfloat16)
+    step = max(1, DEQUANT_CHUNK // max(k, 1))  # rows per chunk
+    scale = nw.scale.float()[:, None]  # (N, 1)
+    for r in range(0, n, step):
+        w = w8[r:r + step].float()
+        if nw.offset is not None:
+            w.add_(nw.offset[r:r + step, None])
+        out[r:r + step].copy_(w.mul_(scale[r:r + step]))
+    return out

@@ -4,12 +4,10 @@ Everything a call needs (native layout, bf16 scales, int64 permutation, the M at
 kernels) is computed when the plan is built, so a decode step pays one bf16 cast of x, the kernel and
 one cast back (measured: `python -m kernels.bench --overhead`).
 
-Which path, by layout and by the number of rows M = x.numel() // K:
-    int4pack (2/3/4-bit)   M <  DENSE_FROM["cpu-int4pack"]  cpu-int4pack
-                           M >= that                         cpu-dequant-bf16
-    int8pack (8-bit, G=K)  M <  DENSE_FROM["cpu-int8pack"]  cpu-int8pack
-                           M >= that                         cpu-dequant-bf16
-    anything else          any M                             reference (dequantize in fp32, fp32 matmul)
+Which path, by layout and by the number of rows M = x.numel() // K (`dense_from`):
+    int4pack (2/3/4-bit)   cpu-int4pack below M = 96 (192 for weights over 2M elements), then cpu-dequant-bf16
+    int8pack (8-bit, G=K)  cpu-int8pack below M = 48, then cpu-dequant-bf16
+    anything else          reference (dequantize in fp32, fp32 matmul) at every M
 The reference keeps fp32 math at every M: those layers include grouped 8-bit weights, whose quantization
 noise is as small as a bf16 rounding of the weight (-50 dB), so a bf16 dense path would double it.
 """
@@ -29,6 +27,19 @@ REFERENCE = "reference"
 # from M = 16 on; dequantizing int8 (a cast and a scale) costs ~30-50 rows of the kernel, int4 (nibble
 # split, cast, scale and zero) ~90-120. Below these M the kernels win, and always at decode (M = 1).
 DENSE_FROM = {INT4PACK: 96, INT8PACK: 48, REFERENCE: 1 << 62}
+# int4 weights larger than this dequantize out of cache (4096x4096: ~4 ns a weight, the kernel's cost
+# of ~100 rows); there the dense path measured ahead only from M = 256 (crossover at ~200).
+LARGE_WEIGHT, DENSE_FROM_LARGE_INT4 = 1 << 21, 192
+
+
+def dense_from(kind: str, out_features: int, in_features: int) -> int:
+    """The first M at which a layer of this kind and shape takes cpu-dequant-bf16 (never: 2**62)."""
+    if kind is INT4PACK:
+        if out_features % 64:  # no block-wise dequantization for this row split: the kernel at every M
+            return 1 << 62
+        if out_features * in_features > LARGE_WEIGHT:
+            return DENSE_FROM_LARGE_INT4
+    return DENSE_FROM[kind]
 
 
 class CpuPlan:
@@ -45,12 +56,10 @@ class CpuPlan:
         self.scales, self.zeros = scales, zeros
         self.perm, self.bias = perm_index, bias
         self.path: str | None = None  # the path the last call took
-        self.dense_from = DENSE_FROM[self.kind]
+        self.dense_from = dense_from(self.kind, out_features, in_features)
         if self.kind is INT4PACK:
             self._op = torch.ops.aten._weight_int4pack_mm_for_cpu.default
             self.group, self.sz = nw.group_size, nw.scale
-            if out_features % 64:  # no block-wise dequantization for this row split: the kernel at every M
-                self.dense_from = 1 << 62
 
     def __getstate__(self) -> dict:  # torch.save(model) / pickle: an aten op handle does not pickle
         return {k: v for k, v in self.__dict__.items() if k != "_op"}
