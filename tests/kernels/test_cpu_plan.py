@@ -123,3 +123,12 @@ def test_a_module_with_its_runtime_layout_copies_and_pickles(bits, g):
     for other in (copy.deepcopy(mod), torch.load(buf, weights_only=False)):
         assert torch.equal(other(x), y) and other.kernel_path == mod.kernel_path
         assert other._run.weight.data_ptr() != mod._run.weight.data_ptr()  # its own tensors, not the original's
+
+
+@pytest.mark.parametrize("kind,n,k,expected", [(INT4, 1536, 576, DENSE_FROM[INT4]), (INT4, 4096, 4096, 192),
+                                               (INT4, 96, 256, 1 << 62), (INT8, 4096, 4096, DENSE_FROM[INT8]),
+                                               ("reference", 64, 64, 1 << 62)])
+def test_dense_from_by_kind_and_size(kind, n, k, expected):
+    from kernels.cpu_plan import REFERENCE, dense_from
+
+    assert dense_from({"reference": REFERENCE}.get(kind, kind), n, k) == expected
