@@ -127,6 +127,19 @@ def _encode_dense(name: str, w: DenseWeight, opts: ExportOptions) -> tuple[_Tens
     return _Tensor(blocks.requantize(w.weight, T.Q4_1), T.Q4_1), "requantized", why + "; re-quantized to Q4_1"
 
 
+def _encode_linear(name: str, w: LabWeight, opts: ExportOptions) -> tuple[_Tensor | None, str, str]:
+    if isinstance(w, IntWeight):
+        return _encode_int(name, w, opts)
+    if isinstance(w, ScaledWeight):
+        return _encode_scaled(name, w, opts)
+    return _encode_dense(name, w, opts)
+
+
+def _float_source(w: LabWeight) -> torch.Tensor:
+    """What a linear written as floats holds: a dense layer's own weight, else the lab's dequantized one."""
+    return w.weight if isinstance(w, DenseWeight) else w.lab_dense()
+
+
 def _rope_rows(n_rows: int, n_head: int) -> torch.Tensor:
     """Row order llama.cpp's converter gives q/k: per head, the two rotary halves interleaved."""
     idx = torch.arange(n_rows).reshape(n_head, 2, n_rows // n_head // 2)  # (heads, 2, head_dim / 2)
@@ -158,9 +171,15 @@ def encode(model: nn.Module, tokenizer, linears: dict[str, LabWeight], facts: Mo
                             "pass the tokenizer the model was loaded with")
     head = tied_head(model)
     linears = {n: w for n, w in linears.items() if n != head}
+    for name, w in linears.items():
+        if w.bias is not None:
+            raise ExportRefused(FMT, f"{name}'s bias (transformers' GGUF reader builds Llama without biases)",
+                                "export to compressed-tensors or transformers")
+    planned = {n: _encode_linear(n, w, opts) for n, w in linears.items()}
     others = dict(other_tensors(model, linears))
-    floats = [t for t in others.values() if t.dim() == 2] + \
-        [w.weight for w in linears.values() if isinstance(w, DenseWeight)]
+    # written as floats: 2-D tensors outside the linears, and the linears that got no block type
+    floats = [t for t in others.values() if t.dim() == 2] + [_float_source(linears[n]) for n, p in planned.items()
+                                                             if p[0] is None]
     config = export_config(model, facts, pick_dtype(floats, opts.dtype))
     _check_arch(config)
     vocab = read_vocab(tokenizer, config.vocab_size)
@@ -175,24 +194,15 @@ def encode(model: nn.Module, tokenizer, linears: dict[str, LabWeight], facts: Mo
 
     tensors: dict[str, _Tensor] = {}
     notes: list[TensorNote] = []
-    for name, w in linears.items():
-        if w.bias is not None:
-            raise ExportRefused(FMT, f"{name}'s bias (transformers' GGUF reader builds Llama without biases)",
-                                "export to compressed-tensors or transformers")
-        if isinstance(w, IntWeight):
-            t, status, why = _encode_int(name, w, opts)
-        elif isinstance(w, ScaledWeight):
-            t, status, why = _encode_scaled(name, w, opts)
-        else:
-            t, status, why = _encode_dense(name, w, opts)
+    for name, (t, status, why) in planned.items():
+        w = linears[name]
         ref = w.lab_dense()
         if t is None:
-            t = _float_tensor(ref if not isinstance(w, DenseWeight) else w.weight, config.dtype)
+            t = _float_tensor(_float_source(w), config.dtype)
         decoded = _decode(t, ref.shape)
         n_head = {"q_proj": config.num_attention_heads, "k_proj": config.num_key_value_heads}.get(name.split(".")[-1])
-        if n_head:
-            rows = _rope_rows(ref.shape[0], n_head)
-            t.data = t.data[rows.numpy()]
+        if n_head:  # llama.cpp's rotary layout: a row permutation, blocks intact
+            t.data = t.data[_rope_rows(ref.shape[0], n_head).numpy()]
         tensors[gguf_name(f"{name}.weight")] = t
         notes.append(note_for(name, w.describe(), t.qtype.name, status, ref, decoded, why))
     for hf, t in others.items():
