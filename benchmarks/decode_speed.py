@@ -172,8 +172,8 @@ def report(model_name: str, variants: dict, res: dict, prompt_tokens: int) -> li
 
     times, names = res["times"], list(variants)
     base = times[names[0]]
-    lines = [f"| variant | MiB stored | MiB held | decode tok/s | decode x baseline [spread] (best/best) | prefill tok/s "
-             f"| prefill x baseline [spread] (best/best) | decode paths | prefill paths |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | MiB stored | MiB held | decode tok/s | decode x baseline [spread] (best/best) | prefill tok/s "
+             "| prefill x baseline [spread] (best/best) | decode paths | prefill paths |", "|---|---|---|---|---|---|---|---|---|"]
     verdicts = []
     for n in names:
         t = times[n]

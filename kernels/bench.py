@@ -164,9 +164,20 @@ def run(shapes, batches, quick: bool, device: torch.device, rounds: int | None =
     return rows
 
 
+def _overhead_fns(mod: QuantLinear, k: int) -> dict:
+    """The bare aten call (x already bf16 and 2-D) and the module on fp32 [1, K] and [1, 1, K]."""
+    x2, x3 = torch.randn(1, k), torch.randn(1, 1, k)
+    mod(x2)  # adopt the runtime layout
+    w, nw, xb = mod.qweight, mod.native, x2.bfloat16()
+    if mod.bits == 4:
+        def bare(): return torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w, nw.group_size, nw.scale)
+    else:
+        def bare(): return torch.ops.aten._weight_int8pack_mm(xb, w, nw.scale)
+    return {"bare": bare, "2d": lambda: mod(x2), "3d": lambda: mod(x3)}
+
+
 def overhead(shapes, rounds: int) -> list[dict]:
     """Per-call time of QuantLinear vs the bare aten call it wraps (x already bf16 and 2-D), M = 1."""
-    aten = torch.ops.aten
     print(load_average(), "(before)")
     print(f"{'shape':>10} {'case':<6} {'bare aten':>17} {'module [1,K]':>17} {'module [1,1,K]':>17}   "
           "wrapper adds (min, median), us")
@@ -174,16 +185,8 @@ def overhead(shapes, rounds: int) -> list[dict]:
     for n, k in shapes:
         for label, bits, g in (("int4", 4, 64 if k % 128 else 128), ("int8", 8, k)):
             mod = quant_module(n, k, bits, g, torch.device("cpu"))
-            x2, x3 = torch.randn(1, k), torch.randn(1, 1, k)
-            mod(x2)
-            w, nw, xb = mod.qweight, mod.native, x2.bfloat16()
-            if bits == 4:
-                def bare(): return aten._weight_int4pack_mm_for_cpu(xb, w, nw.group_size, nw.scale)
-            else:
-                def bare(): return aten._weight_int8pack_mm(xb, w, nw.scale)
             with torch.no_grad():
-                t = interleaved({"bare": bare, "2d": lambda: mod(x2), "3d": lambda: mod(x3)}, torch.device("cpu"),
-                                rounds, warmup=20, inner=20)
+                t = interleaved(_overhead_fns(mod, k), torch.device("cpu"), rounds, warmup=20, inner=20)
             us = {key: (1e6 * min(v), 1e6 * statistics.median(v)) for key, v in t.items()}
             add2 = (us["2d"][0] - us["bare"][0], us["2d"][1] - us["bare"][1])
             add3 = (us["3d"][0] - us["bare"][0], us["3d"][1] - us["bare"][1])
@@ -197,6 +200,15 @@ def overhead(shapes, rounds: int) -> list[dict]:
     return rows
 
 
+def _crossover_fns(plan, x: torch.Tensor, w32: torch.Tensor) -> dict:
+    """The plan forced onto its kernel, forced onto dequantize + dense bf16, and dense fp32, for one x."""
+    def forced(dense_from: int):
+        plan.dense_from = dense_from
+        return plan(x)
+    return {"kernel": lambda: forced(1 << 62), "dense-bf16": lambda: forced(0),
+            "fp32": lambda: torch.nn.functional.linear(x, w32)}
+
+
 def crossover(shapes, batches, rounds: int) -> list[dict]:
     """Kernel vs dequantize-then-dense-bf16 vs dense fp32 by M; prints the first M where dense bf16 wins."""
     print(load_average(), "(before)")
@@ -208,15 +220,8 @@ def crossover(shapes, batches, rounds: int) -> list[dict]:
             plan, w32 = mod._run, torch.randn(n, k)
             rule, first = plan.dense_from, None
             for m in batches:
-                x = torch.randn(m, k)
-
-                def forced(dense_from, x=x):
-                    plan.dense_from = dense_from
-                    return plan(x)
-                fns = {"kernel": lambda: forced(1 << 62), "dense-bf16": lambda: forced(0),
-                       "fp32": lambda x=x: torch.nn.functional.linear(x, w32)}
                 with torch.no_grad():
-                    t = interleaved(fns, torch.device("cpu"), rounds)
+                    t = interleaved(_crossover_fns(plan, torch.randn(m, k), w32), torch.device("cpu"), rounds)
                 ms = {key: 1e3 * min(v) for key, v in t.items()}
                 rows.append({"shape": f"{n}x{k}", "case": label, "m": m, **ms})
                 if first is None and ms["dense-bf16"] < ms["kernel"]:
