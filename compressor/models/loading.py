@@ -2,30 +2,39 @@
 
 A spec is one of:
   - "demo": the bundled model in assets/models/ (works offline, everywhere);
-  - a local folder, which must lie under an allowed root (see `allowed_roots`);
+  - a catalog name ("smollm2-135m", compressor/models/catalog.py): a model a package ships as GGUF,
+    converted once into the data folder;
+  - a local folder, or a local .gguf file (or a folder holding one and no config.json), which must lie
+    under an allowed root (see `allowed_roots`); GGUF weights are dequantized by transformers' reader;
   - a Hugging Face hub id ("org/name"), downloaded when online.
 
 Safety: safetensors only unless `allow_pickle=True`; `trust_remote_code` only on explicit opt-in; the
-parameter count is read from the config (on the meta device, no weights) before loading, and a model
-that cannot fit in free memory is refused with the numbers. Folders written by
+config is checked for absurd values (compressor/models/sanity.py) and the parameter count read from it
+(on the meta device, no weights) before loading, and a model that cannot fit in free memory is refused
+with the numbers. A GGUF file holds no code: its header is read by compressor/models/gguf_file.py. Folders written by
 `compressor.engine.serialize.save_compressed` load back through here, packed weights included.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import re
 import socket
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import psutil
 import torch
 
 from compressor.errors import ModelLoadError
+from compressor.models import catalog
+from compressor.models.sanity import check_config
 from compressor.paths import ASSETS, default_data_dir
 
 DEMO_MODEL = "lab-llama-7m"
@@ -43,11 +52,15 @@ class ModelInfo:
     """What a spec points at, read from its config before any weight is loaded."""
 
     spec: str
-    source: str  # "demo", "local" or "hub"
-    path: str  # folder or hub id
+    source: str  # "demo", "catalog", "gguf", "local" or "hub"
+    path: str  # folder, hub id, or the GGUF file when gguf_file is set
     architecture: str
     n_params: int
     weight_bytes_at_dtype: int
+    gguf_file: str | None = None  # set when the weights load from this GGUF file (dequantized)
+    source_note: str | None = None  # for reports: "from a Q4_1 GGUF, dequantized"
+    config: Any = field(default=None, repr=False, compare=False)  # the transformers config read
+    meta_model: Any = field(default=None, repr=False, compare=False)  # built from it on the meta device
 
 
 def allowed_roots() -> list[Path]:
@@ -118,55 +131,147 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _count_params(config_obj, trust_remote_code: bool) -> tuple[str, int]:
+def _meta_model(config_obj, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config_obj, trust_remote_code=trust_remote_code)
-    return type(model).__name__, sum(p.numel() for p in model.parameters())
+        return AutoModelForCausalLM.from_config(config_obj, trust_remote_code=trust_remote_code)
 
 
-def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-            dtype: torch.dtype = torch.float32, roots: list[Path] | None = None) -> ModelInfo:
-    """Check a spec and read its size without loading weights. Raises ModelLoadError with the fix."""
+def _read_config(path: str, spec: str, trust_remote_code: bool, gguf_file: str | None):
+    """The transformers config of a folder, hub id or GGUF file (its header only)."""
     from transformers import AutoConfig
 
-    spec = (spec or "").strip()
-    if not spec:
-        raise ModelLoadError("No model given: use 'demo' for the bundled model, a local folder or a hub id.")
-    itemsize = torch.tensor([], dtype=dtype).element_size()
-    if spec == "demo":
-        if not (DEMO_DIR / "config.json").is_file():
-            raise ModelLoadError(f"The bundled demo model is missing from {DEMO_DIR}: reinstall the app.")
-        source, path = "demo", str(DEMO_DIR)
-    elif _looks_local(spec):
-        folder = Path(spec).expanduser()
-        _check_allowed(folder, roots if roots is not None else allowed_roots())
-        if not folder.is_dir():
-            raise ModelLoadError(f"Local folder {spec!r} does not exist.")
-        _check_local_files(folder, allow_pickle, trust_remote_code)
-        source, path = "local", str(folder)
-    elif HUB_ID.match(spec):
-        if not hub_reachable():
-            raise ModelLoadError(
-                f"Cannot download {spec!r}: the Hugging Face Hub is not reachable from this machine (offline). "
-                "Use the bundled model 'demo', or a local folder that holds the model."
-            )
-        source, path = "hub", spec
-    else:
-        raise ModelLoadError(
-            f"{spec!r} is neither 'demo', an existing local folder, nor a hub id like 'org/name'."
-        )
     try:
-        config_obj = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if gguf_file is not None:
+            from compressor.models.gguf_file import config_from_metadata, read_metadata
+
+            d = config_from_metadata(read_metadata(gguf_file))
+            check_config(d, repr(spec))
+            return AutoConfig.for_model(d.pop("model_type"), **d)
+        local = Path(path) / "config.json"
+        if local.is_file():  # the plain values first: transformers' own validation fails less clearly
+            raw = json.loads(local.read_text())
+            check_config(raw.get("text_config") or raw, repr(spec))
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ModelLoadError:
         raise
     except Exception as e:  # hub errors, malformed configs: say which spec and why
         raise ModelLoadError(f"Could not read the config of {spec!r}: {type(e).__name__}: {e}") from e
+
+
+def _gguf_note(path: Path) -> str:
+    from compressor.models.gguf_file import read_metadata
+
+    return catalog.source_note(read_metadata(path).quant_type)
+
+
+def _folder_note(folder: Path) -> str | None:
+    marker = folder / catalog.SOURCE_FILE
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text()).get("source")
+    except (OSError, ValueError):
+        return None
+
+
+def _resolve_catalog(entry: catalog.CatalogEntry) -> tuple[str, str | None, str | None]:
+    """(path, gguf_file, note) of a catalog model: its converted folder, else its package's GGUF file."""
+    folder = catalog.cached_folder(entry)
+    if folder is not None:
+        return str(folder), None, _folder_note(folder)
+    gguf = catalog.package_gguf(entry)
+    if gguf is None or importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(catalog.missing_message(entry))
+    return str(gguf), str(gguf), _gguf_note(gguf)
+
+
+def _resolve_local(spec: str, roots: list[Path], allow_pickle: bool, trust_remote_code: bool
+                   ) -> tuple[str, str, str | None, str | None]:
+    """(source, path, gguf_file, note) of a local folder or .gguf file under the allowed roots."""
+    from compressor.models.gguf_file import find_gguf
+
+    path = Path(spec).expanduser()
+    _check_allowed(path, roots)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return "gguf", str(path), str(path), _gguf_note(path)
+    if not path.is_dir():
+        raise ModelLoadError(f"Local path {spec!r} does not exist (or is neither a model folder nor a .gguf file).")
+    if not (path / "config.json").is_file():
+        gguf = find_gguf(path)
+        if gguf is not None:
+            return "gguf", str(gguf), str(gguf), _gguf_note(gguf)
+    _check_local_files(path, allow_pickle, trust_remote_code)
+    return "local", str(path), None, _folder_note(path)
+
+
+def resolve(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+            dtype: torch.dtype = torch.float32, roots: list[Path] | None = None) -> ModelInfo:
+    """Check a spec and read its size without loading weights. Raises ModelLoadError with the fix.
+
+    The config is checked for absurd values before any module is built; the model is then built on the
+    meta device (`info.meta_model`, no memory) to count its parameters."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelLoadError("No model given: use 'demo' for the bundled model, a catalog model "
+                             f"({', '.join(catalog.CATALOG)}), a local folder or .gguf file, or a hub id.")
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    gguf_file, note = None, None
+    if spec == "demo":
+        if not (DEMO_DIR / "config.json").is_file():
+            raise ModelLoadError(f"The bundled demo model is missing from {DEMO_DIR}: reinstall the app.")
+        source, path = "demo", str(DEMO_DIR)
+    elif catalog.get(spec) is not None:
+        source = "catalog"
+        path, gguf_file, note = _resolve_catalog(catalog.get(spec))
+    elif _looks_local(spec):
+        source, path, gguf_file, note = _resolve_local(spec, roots if roots is not None else allowed_roots(),
+                                                       allow_pickle, trust_remote_code)
+    elif HUB_ID.match(spec):
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"Cannot download {spec!r}: the Hugging Face Hub is not reachable from this machine (offline). "
+                f"Use the bundled model 'demo', a catalog model ({', '.join(catalog.CATALOG)}), or a local folder "
+                "that holds the model."
+            )
+        source, path = "hub", spec
+    else:
+        raise ModelLoadError(
+            f"{spec!r} is neither 'demo', a catalog model ({', '.join(catalog.CATALOG)}), an existing local folder "
+            "or .gguf file, nor a hub id like 'org/name'."
+        )
+    config_obj = _read_config(path, spec, trust_remote_code, gguf_file)
     if source == "hub":
         _check_remote_code(config_obj.to_dict(), spec, trust_remote_code)
-    arch, n_params = _count_params(config_obj, trust_remote_code)
-    return ModelInfo(spec, source, path, arch, n_params, n_params * itemsize)
+    if gguf_file is None:  # a GGUF header was checked as it was read
+        check_config(config_obj.get_text_config().to_dict(), repr(spec))
+    meta = _meta_model(config_obj, trust_remote_code)
+    n_params = sum(p.numel() for p in meta.parameters())
+    return ModelInfo(spec, source, path, type(meta).__name__, n_params, n_params * itemsize, gguf_file=gguf_file,
+                     source_note=note, config=config_obj, meta_model=meta)
+
+
+def model_source(spec: str, roots: list[Path] | None = None) -> str | None:
+    """Where a spec's weights come from, for reports: "from a Q4_1 GGUF, dequantized" for a GGUF file or
+    a catalog model (its converted folder remembers), None for plain checkpoints. Reads headers only."""
+    spec = spec.strip() if isinstance(spec, str) else ""
+    entry = catalog.get(spec)
+    if entry is not None:
+        folder, gguf = catalog.cached_folder(entry), catalog.package_gguf(entry)
+        return _folder_note(folder) if folder is not None else (_gguf_note(gguf) if gguf is not None else None)
+    if spec in ("", "demo") or not _looks_local(spec):
+        return None
+    path = Path(spec).expanduser()
+    _check_allowed(path, roots if roots is not None else allowed_roots())
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _gguf_note(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        from compressor.models.gguf_file import find_gguf
+
+        gguf = find_gguf(path)
+        return _gguf_note(gguf) if gguf is not None else None
+    return _folder_note(path) if path.is_dir() else None
 
 
 def check_fits(info: ModelInfo, available: int | None = None) -> None:
@@ -201,31 +306,41 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def load_model(spec: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-               roots: list[Path] | None = None):
+               roots: list[Path] | None = None, log: Callable[[str], None] | None = None):
     """Resolve, check and load a causal LM and its tokenizer. Returns (model, tokenizer), model in
-    eval mode on `device`. Folders saved by compressor.engine.serialize load with their packed weights."""
+    eval mode on `device`. Folders saved by compressor.engine.serialize load with their packed weights.
+    A catalog model's first load converts its GGUF into the data folder, saying so through `log`
+    (default: a line on stderr)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load clutters the CLI and worker logs
     check_device(device)
     if not isinstance(spec, str):
-        raise ModelLoadError(f"model={spec!r} must be a string: 'demo', a local folder or a hub id like 'org/name'.")
+        raise ModelLoadError(f"model={spec!r} must be a string: 'demo', a catalog model, a local folder or a hub "
+                             "id like 'org/name'.")
     info = resolve(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                    roots=roots)
     check_fits(info)
+    path = info.path
     try:
-        tokenizer = AutoTokenizer.from_pretrained(info.path, trust_remote_code=trust_remote_code)
-        compressed = info.source != "hub" and _is_compressed(Path(info.path))
-        if compressed:
-            from compressor.engine.serialize import load_compressed
+        if info.source == "catalog" and info.gguf_file is not None:  # first use: convert once, then load the folder
+            path, info.gguf_file = str(catalog.ensure_folder(catalog.get(spec), log)), None
+        if info.gguf_file is not None:
+            from compressor.models.gguf_file import load_gguf
 
-            model = load_compressed(Path(info.path), dtype=dtype)
+            model, tokenizer = load_gguf(Path(info.gguf_file), dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                info.path, dtype=dtype, use_safetensors=None if allow_pickle else True,
-                trust_remote_code=trust_remote_code,
-            )
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            if info.source != "hub" and _is_compressed(Path(path)):
+                from compressor.engine.serialize import load_compressed
+
+                model = load_compressed(Path(path), dtype=dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=dtype, use_safetensors=None if allow_pickle else True,
+                    trust_remote_code=trust_remote_code,
+                )
     except ModelLoadError:
         raise
     except Exception as e:
