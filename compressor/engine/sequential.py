@@ -234,6 +234,8 @@ class LayerContext:
 def run_sequential(model: nn.Module, apply: Callable, cfg, tokens: torch.Tensor, stage_ctx) -> list[dict]:
     """`apply(cfg, layer_ctx)` layer by layer; returns one dict per decoder layer (sqnr_db, seconds)."""
     prefix, layers = find_decoder_layers(model)
+    for warning in cfg.plan_warnings(model):  # once for the whole model, before any layer changes
+        stage_ctx.warn(warning)
     stage_ctx.progress(0, len(layers), "capturing layer inputs")
     inputs = capture_layer_inputs(model, layers[0], tokens)
     summary = []

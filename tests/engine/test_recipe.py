@@ -10,16 +10,19 @@ from tests.helpers import tiny_llama
 REQUIRED_PRESETS = ("int8", "w4-g128", "gptq-w4-g128", "gptq-w3-g128", "awq-w4-g128", "hqq-w4-g64",
                     "smoothquant-w8a8", "nf4", "llm-int8", "fp8")
 
-# (recipe, field named in the message, a fragment of the fix). Group 96 does not divide 128 or 256.
+# (recipe, field named in the message, a fragment of the fix). Group 96 does not divide 128 or 256
+# (refused only with group_fallback off: tests/engine/test_group_fallback.py has it on).
 BAD_RECIPES = [
     ({"method": "gptqq"}, "method", "known methods are"),
     ({"bits": 4}, "method", "each stage needs a method"),
     ({"method": "rtn", "bits": 5}, "bits", "choose one of (2, 3, 4, 8)"),
     ({"method": "rtn", "bits": True}, "bits", "choose one of"),
     ({"method": "rtn", "group_size": 0}, "group_size", "-1 for per channel"),
-    ({"method": "rtn", "group_size": 96}, "group_size", "group size must divide in_features 128"),
-    ({"method": "rtn", "overrides": [{"pattern": "down_proj", "group_size": 96}]}, "group_size",
-     "must divide in_features 256"),
+    ({"method": "rtn", "group_size": 96, "group_fallback": False}, "group_size",
+     "group size must divide in_features 128"),
+    ({"method": "rtn", "group_fallback": False, "overrides": [{"pattern": "down_proj", "group_size": 96}]},
+     "group_size", "must divide in_features 256"),
+    ({"method": "rtn", "group_fallback": "no"}, "group_fallback", "true or false"),
     ({"method": "rtn", "targets": "nonexistent_proj"}, "targets", "matches no linear layer"),
     ({"method": "rtn", "targets": "("}, "targets", "not a valid regular expression"),
     ({"method": "rtn", "ignore": ["no_such_module"]}, "ignore", "matches no module"),

@@ -177,9 +177,10 @@ def test_distill_after_quantization_of_other_modules_is_refused_before_any_work(
 
 
 @pytest.mark.parametrize("recipe, where", [
-    ([{"method": "structured", "heads_fraction": 0.0, "mlp_fraction": 0.25}, {"method": "rtn", "group_size": 128}],
-     "down_proj"),
-    ([{"method": "svd", "rank": 32, "targets": r"mlp\.up_proj"}, {"method": "rtn", "group_size": 64}], "up_proj.up"),
+    ([{"method": "structured", "heads_fraction": 0.0, "mlp_fraction": 0.25},
+      {"method": "rtn", "group_size": 128, "group_fallback": False}], "down_proj"),
+    ([{"method": "svd", "rank": 32, "targets": r"mlp\.up_proj"}, {"method": "rtn", "group_size": 64,
+                                                                 "group_fallback": False}], "up_proj.up"),
 ])
 def test_a_group_size_that_no_longer_divides_after_a_shape_change_names_the_module(recipe, where):
     with pytest.raises(RecipeError, match=rf"stage 1 \(rtn\).*{where}.*after the earlier stages changed its shape"):

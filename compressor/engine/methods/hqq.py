@@ -126,6 +126,8 @@ def hqq_quantize(W: torch.Tensor, bits: int, group_size: int, *, iters: int = 20
 @register("hqq", HQQConfig)
 def apply(cfg: HQQConfig, ctx) -> None:
     """Quantize every targeted linear with HQQ and replace it by a packed QuantLinear."""
+    for warning in cfg.plan_warnings(ctx.model):  # layers the group size does not fit
+        ctx.warn(warning)
     for name, linear in ctx.targets().items():
         c = ctx.override_for(name) or cfg
         G = c.group_for(linear.in_features)

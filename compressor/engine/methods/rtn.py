@@ -28,6 +28,8 @@ class RTNConfig(QuantStageConfig):
 
 @register("rtn", RTNConfig)
 def apply(cfg: RTNConfig, ctx) -> None:
+    for warning in cfg.plan_warnings(ctx.model):  # layers the group size does not fit
+        ctx.warn(warning)
     targets = ctx.targets()
     for i, (name, linear) in enumerate(targets.items()):
         t0 = time.perf_counter()
