@@ -1,8 +1,13 @@
 """The comparison at a glance, as HTML from a `Report`: metric cards, the per-stage table of a stacked
-recipe, notes on KV stages, and both models' generations side by side.
+recipe, notes on KV stages and on speed, and both models' generations side by side.
 
-Pure functions of the report: every figure is an attribute the run measured (compressor.runs.contract),
-formatted by compressor.runs.format; nothing here computes one.
+Pure functions of the report: every figure is an attribute the run measured or projected
+(compressor.runs.contract), formatted by compressor.runs.format; nothing here computes one. A card
+claims a change (a colour) only when the run's own uncertainty allows it: accuracy when its paired
+95 % interval leaves out 0, speed when the repeats' ranges do not overlap.
+
+A report streamed while its run goes on (`pending=True`) has sections still None: their cards say
+"measuring..." and fill in as the figures arrive.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import html
 
 from compressor.engine.stage import stage_from_dict
+from compressor.measure.arithmetic import parse_answer
 from compressor.runs import format as f
-from compressor.runs.contract import Measurement, Report
+from compressor.runs.contract import Measurement, Report, Stat
+from ui.names import hardware_name, model_name
 from ui.recipes import recipe_label
 
+PENDING = '<span class="lab-pending">measuring...</span>'
 # (label, Measurement attribute, figure kind, True when higher is better)
 CARDS = [
     ("Weight memory", "weight_bytes", "bytes", False),
@@ -23,39 +31,175 @@ CARDS = [
     ("Perplexity", "perplexity", "num", False),
     ("Arithmetic accuracy", "arithmetic_accuracy", "pct", True),
 ]
+SPEEDS = {"decode_tokens_per_s", "prefill_tokens_per_s"}
+# Why a kernel path can be slower than fp32 on a CPU (keys: kernels.dispatch path names, by prefix)
+PATH_WHY = {
+    "reference": "the reference path (dequantize, then a dense matmul) on every call: no native kernel serves "
+                 "this format here",
+    "cpu-dequant": "weights dequantized to bf16 and a dense matmul on every call",
+    "cpu-int": "PyTorch's native low-bit CPU kernels: on a small model, decode on a CPU is bound by per-call "
+               "overhead and compute, not by reading weights, so fewer bytes do not make it faster",
+    "bnb": "bitsandbytes' CPU kernels, which unpack weights on every call",
+}
 
 
-def _card(label: str, value: str, base: str, delta: str, tone: str, extra: str = "") -> str:
-    return (f'<div class="lab-card"><div class="lab-card-label">{label}</div>'
+def _card(label: str, value: str, base: str, delta: str, tone: str, extra: str = "", tag: str = "") -> str:
+    tag_html = f' <span class="lab-proj-tag">{tag}</span>' if tag else ""
+    return (f'<div class="lab-card"><div class="lab-card-label">{label}{tag_html}</div>'
             f'<div class="lab-card-value">{value}</div><div class="lab-card-base">{base}</div>'
             f'<div class="lab-delta {tone}">{delta or "&nbsp;"}</div>{extra}</div>')
 
 
-def _arithmetic_interval(comp: Measurement) -> str:
-    """The paired 95 % interval of the accuracy change: a difference is only claimed with it."""
-    if comp.arithmetic is None or comp.arithmetic_diff_ci95 is None:
+def _stat(m: Measurement, attr: str) -> Stat | None:
+    batch1 = m.speed.batch1 if m.speed is not None else None
+    return getattr(batch1, attr, None) if batch1 is not None else None
+
+
+def _spread(stat: Stat | None) -> str:
+    if stat is None or not (f.is_number(stat.min) and f.is_number(stat.max)):
         return ""
-    return (f'<div class="lab-card-ci">change, paired 95 % CI {f.fmt_interval(comp.arithmetic_diff_ci95, "pts")} '
-            f"(n={comp.arithmetic.n})</div>")
+    return f"range {f.fmt_rate(stat.min)}-{f.fmt_rate(stat.max)}, median of {stat.n}"
 
 
-def metric_cards_html(report: Report) -> str:
-    """The headline figures of both models with the change, coloured by the metric's direction; the
-    KL card; then the per-stage table and the KV notes."""
+def separated(base: Stat | None, comp: Stat | None) -> bool:
+    """True when the two speed ranges (min..max over repeats) do not overlap: a change beyond the noise."""
+    ok = base is not None and comp is not None and all(f.is_number(v) for v in (base.min, base.max, comp.min, comp.max))
+    return ok and (comp.max < base.min or comp.min > base.max)
+
+
+def kernel_path_text(m: Measurement) -> str:
+    """"cpu-int4pack (28 modules)" etc.: the kernel paths the compressed model's last forward ran."""
+    paths = m.kernel_paths or {}
+    return ", ".join(f"{html.escape(str(p))} ({n} module{'s' * (n != 1)})" for p, n in paths.items())
+
+
+def _speed_card(label: str, attr: str, base: Measurement, comp: Measurement, pending: bool) -> str:
+    b, c = getattr(base, attr), getattr(comp, attr)
+    sb, sc = _stat(base, attr), _stat(comp, attr)
+    if c is None and pending:
+        return _card(label, PENDING, f"baseline {f.fmt_rate(b) if b is not None else PENDING}", "", "neutral",
+                     tag="this machine")
+    tone = f.delta_tone(b, c, True) if separated(sb, sc) else "neutral"
+    delta = f.fmt_delta(b, c, "rate")
+    if delta and tone == "neutral" and sb is not None and sc is not None:
+        delta += " (within the spread)"
+    extra = "".join(f'<div class="lab-card-ci">{who} {text}</div>' for who, text in
+                    (("compressed:", _spread(sc)), ("baseline:", _spread(sb))) if text)
+    if attr == "decode_tokens_per_s" and comp.kernel_paths:
+        extra += f'<div class="lab-card-ci lab-kernel">kernel: {kernel_path_text(comp)}</div>'
+    return _card(label, f.fmt_rate(c), f"baseline {f.fmt_rate(b)}", delta, tone, extra, tag="this machine")
+
+
+def _accuracy_card(base: Measurement, comp: Measurement, pending: bool) -> str:
+    b, c = base.arithmetic_accuracy, comp.arithmetic_accuracy
+    if c is None and pending:
+        return _card("Arithmetic accuracy", PENDING, f"baseline {f.fmt_pct(b) if b is not None else PENDING}",
+                     "", "neutral")
+    ci_b = base.arithmetic.ci95 if base.arithmetic else None
+    ci_c = comp.arithmetic.ci95 if comp.arithmetic else None
+    diff = comp.arithmetic_diff_ci95
+    excludes_zero = (isinstance(diff, list | tuple) and len(diff) == 2 and all(f.is_number(v) for v in diff)
+                     and (diff[0] > 0 or diff[1] < 0))
+    tone = f.delta_tone(b, c, True) if excludes_zero else "neutral"
+    delta = f.fmt_delta(b, c, "pct")
+    if delta and not excludes_zero and diff is not None:
+        delta += " (within noise)"
+    value = f.fmt_pct(c) + (f' <span class="lab-ci">{f.fmt_interval(ci_c)}</span>' if ci_c else "")
+    base_text = f"baseline {f.fmt_pct(b)}" + (f" {f.fmt_interval(ci_b)}" if ci_b else "")
+    extra = ""
+    if diff is not None and comp.arithmetic is not None:
+        extra = (f'<div class="lab-card-ci">change, paired 95 % CI {f.fmt_interval(diff, "pts")} '
+                 f"(n={comp.arithmetic.n}); Wilson 95 % intervals beside each accuracy</div>")
+    return _card("Arithmetic accuracy", value, base_text, delta, tone, extra)
+
+
+def _plain_card(label: str, attr: str, kind: str, higher: bool, base: Measurement, comp: Measurement,
+                pending: bool) -> str:
+    b, c = getattr(base, attr), getattr(comp, attr)
+    if c is None and pending:
+        return _card(label, PENDING, f"baseline {f.fmt(b, kind) if b is not None else PENDING}", "", "neutral")
+    return _card(label, f.fmt(c, kind), f"baseline {f.fmt(b, kind)}", f.fmt_delta(b, c, kind),
+                 f.delta_tone(b, c, higher))
+
+
+def _projected_card(report: Report) -> str:
+    p = report.projection
+    if p is None:
+        return ""
+    b, c = p.baseline.decode_tokens_per_s, p.compressed.decode_tokens_per_s
+    ratio = f"x{c / b:.2f} the baseline" if f.is_number(b) and f.is_number(c) and b > 0 else ""
+    tone = f.delta_tone(b, c, True)
+    fits = "" if p.compressed.fits else '<div class="lab-card-ci">the compressed model does not fit</div>'
+    return _card(f"Decode on {html.escape(p.hardware.name)}", f.fmt_rate(c), f"baseline {f.fmt_rate(b)}", ratio,
+                 tone, fits, tag="projection")
+
+
+def title_html(report: Report, pending: bool = False) -> str:
+    """model · recipe · hardware, how long compression took, and where the baseline came from."""
+    hw_id = report.projection.hardware.id if report.projection is not None else report.request.hardware
+    title = " · ".join([model_name(report.model.spec), recipe_label(report.request.recipe), hardware_name(hw_id)])
+    notes = []
+    if f.is_number(report.timings.compress_s):
+        notes.append(f"compressed in {f.fmt_duration(report.timings.compress_s)}")
+    if report.timings.baseline_cached:
+        notes.append("baseline quality from the cache of an earlier run (same model, data and settings); "
+                     "speed measured again")
+    if pending:
+        notes.append("still running: cards fill in as figures are measured")
+    sub = f'<div class="lab-note lab-run-notes">{html.escape("; ".join(notes))}</div>' if notes else ""
+    return f'<div class="lab-run-title">{html.escape(title)}</div>{sub}'
+
+
+def metric_cards_html(report: Report, pending: bool = False) -> str:
+    """The headline figures of both models with the change, coloured only where the run's uncertainty
+    allows; the KL card and the projected decode card; then the speed note, the per-stage table and the
+    KV notes."""
     base, comp = report.baseline, report.compressed
     cards = []
     for label, attr, kind, higher in CARDS:
-        b, c = getattr(base, attr), getattr(comp, attr)
-        extra = _arithmetic_interval(comp) if attr == "arithmetic_accuracy" else ""
-        cards.append(_card(label, f.fmt(c, kind), f"baseline {f.fmt(b, kind)}", f.fmt_delta(b, c, kind),
-                           f.delta_tone(b, c, higher), extra))
-    cards.append(_card("KL to baseline", f.fmt_kl(comp.kld), f"top-1 agreement {f.fmt_pct(comp.top1_agreement)}",
+        if attr in SPEEDS:
+            cards.append(_speed_card(label, attr, base, comp, pending))
+        elif attr == "arithmetic_accuracy":
+            cards.append(_accuracy_card(base, comp, pending))
+        else:
+            cards.append(_plain_card(label, attr, kind, higher, base, comp, pending))
+    kl = PENDING if comp.kld is None and pending else f.fmt_kl(comp.kld)
+    cards.append(_card("KL to baseline", kl, f"top-1 agreement {f.fmt_pct(comp.top1_agreement)}",
                        "0 = identical", "neutral"))
-    secs = report.timings.compress_s
-    title = html.escape(f"{report.model.spec} · {recipe_label(report.request.recipe)}")
-    took = f" · compressed in {f.fmt_duration(secs)}" if f.is_number(secs) else ""
-    return (f'<div class="lab-run-title">{title}{took}</div><div class="lab-cards">{"".join(cards)}</div>'
+    cards.append(_projected_card(report))
+    note = speed_note(report)
+    note_html = f'<div class="lab-note lab-speed-note" id="lab-speed-note">{html.escape(note)}</div>' if note else ""
+    return (title_html(report, pending) + f'<div class="lab-cards">{"".join(cards)}</div>' + note_html
             + attribution_html(report) + kv_notes_html(report))
+
+
+def speed_note(report: Report) -> str:
+    """A plain sentence when the compressed model decodes slower on this machine beyond the spread of the
+    repeats: how much, which kernel path ran, why that path is slow here, and what the projection expects
+    where memory bandwidth is the limit. "" otherwise."""
+    base, comp = report.baseline, report.compressed
+    sb, sc = _stat(base, "decode_tokens_per_s"), _stat(comp, "decode_tokens_per_s")
+    if not separated(sb, sc) or not sc.median < sb.median or not sb.median > 0:
+        return ""
+    text = (f"The compressed model decodes slower on this machine: {f.fmt_rate(sc.median)} vs "
+            f"{f.fmt_rate(sb.median)} tokens/s (x{sc.median / sb.median:.2f}, beyond the spread of the repeats).")
+    whys = []
+    for path in comp.kernel_paths or {}:
+        why = next((w for prefix, w in PATH_WHY.items() if str(path).startswith(prefix)), None)
+        if why and why not in whys:
+            whys.append(f"{path}: {why}")
+    if whys:
+        text += " Its layers ran " + "; ".join(whys) + "."
+    else:
+        text += " Its layers do extra work per call (unpacking, sparse or low-rank factors) that a dense fp32 " \
+                "matmul does not."
+    p = report.projection
+    if p is not None and p.hardware.id != "this-machine":
+        b, c = p.baseline.decode_tokens_per_s, p.compressed.decode_tokens_per_s
+        if f.is_number(b) and f.is_number(c) and b > 0:
+            text += (f" Where reading weights is the limit, as on {p.hardware.name}, the projection expects "
+                     f"x{c / b:.2f} (Hardware tab).")
+    return text
 
 
 def attribution_html(report: Report) -> str:
@@ -80,9 +224,9 @@ def attribution_html(report: Report) -> str:
                     + cell(r.after["kld"], r.delta["kld"], "kl", False)
                     + cell(r.after["arithmetic_accuracy"], r.delta["arithmetic_accuracy"], "pct", True) + "</tr>")
     return ('<div class="lab-attribution" id="lab-attribution"><div class="lab-card-label">Quality after each stage '
-            "(change caused by the stage; measured on the same tokens and problems)</div><table><thead><tr>"
-            "<th>stage</th><th>perplexity</th><th>KL to baseline</th><th>arithmetic</th></tr></thead><tbody>"
-            + "".join(body) + "</tbody></table></div>")
+            "(change caused by the stage; measured on the same tokens and problems)</div><div class=\"lab-scroll\">"
+            "<table><thead><tr><th>stage</th><th>perplexity</th><th>KL to baseline</th><th>arithmetic</th></tr>"
+            "</thead><tbody>" + "".join(body) + "</tbody></table></div></div>")
 
 
 def kv_notes_html(report: Report) -> str:
@@ -111,18 +255,35 @@ def kv_notes(report: Report) -> list[str]:
     return notes
 
 
-def samples_html(report: Report) -> str:
-    """Each sample prompt with both models' greedy continuations side by side."""
+def answer_mark(continuation: str, expected: str | None) -> str:
+    """A right/wrong mark for an answer whose expected value is known, read by the same rule that scores
+    arithmetic (compressor.measure.arithmetic.parse_answer); "" when nothing is expected."""
+    if expected is None:
+        return ""
+    got = parse_answer(continuation)
+    if got is not None and got == str(expected).strip():
+        return '<span class="lab-mark right" title="right">&#10003; right</span>'
+    said = f"answered {html.escape(got)}, " if got is not None else "no clear answer, "
+    return f'<span class="lab-mark wrong" title="wrong">&#10007; wrong ({said}expected {html.escape(str(expected))})</span>'
+
+
+def samples_html(report: Report, pending: bool = False) -> str:
+    """Each sample prompt with both models' greedy continuations side by side, marked right or wrong
+    where the answer is known."""
     if not report.samples:
-        return '<div class="lab-empty">No sample generations in this report.</div>'
+        text = "Sample generations come last; measuring..." if pending else "No sample generations in this report."
+        return f'<div class="lab-empty">{text}</div>'
     rows = []
     for s in report.samples:
         p, b, c = html.escape(s.prompt), html.escape(s.baseline), html.escape(s.compressed)
-        same = ' <span class="lab-same">identical</span>' if b == c else ""
+        same = ' <span class="lab-same">same text</span>' if s.baseline == s.compressed else ""
+        expected = f' <span class="lab-expected">expected {html.escape(s.expected)}</span>' if s.expected else ""
         rows.append(
-            f'<div class="lab-sample"><div class="lab-prompt">{p}{same}</div><div class="lab-pair">'
-            f'<div class="lab-gen"><div class="lab-gen-h">Baseline</div><b>{p}</b>{b}</div>'
-            f'<div class="lab-gen"><div class="lab-gen-h">Compressed</div><b>{p}</b>{c}</div>'
+            f'<div class="lab-sample"><div class="lab-prompt">{p}{expected}{same}</div><div class="lab-pair">'
+            f'<div class="lab-gen"><div class="lab-gen-h">Baseline {answer_mark(s.baseline, s.expected)}</div>'
+            f'<b>{p}</b>{b}</div>'
+            f'<div class="lab-gen"><div class="lab-gen-h">Compressed {answer_mark(s.compressed, s.expected)}</div>'
+            f'<b>{p}</b>{c}</div>'
             "</div></div>"
         )
     return '<div class="lab-samples" id="lab-samples">' + "".join(rows) + "</div>"

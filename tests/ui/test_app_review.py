@@ -17,8 +17,9 @@ from tests.ui.reports import opened, run_of
 from ui import backend
 from ui.cards import CARDS, attribution_html, kv_notes, metric_cards_html, samples_html
 from ui.hardware import details_markdown, hardware_html
-from ui.history import HISTORY_COLUMNS, history_rows, runs_csv
-from ui.plots import layer_error_plot, memory_plot, pareto_front, pareto_plot, quality_plot, throughput_plot
+from ui.history import FORMULA_START, HISTORY_COLUMNS, history_rows, runs_csv
+from ui.pareto import pareto_front, pareto_plot
+from ui.plots import layer_error_plot, memory_plot, quality_plot, speed_plot
 from ui.recipes import stored_recipe_label
 from ui.records import report_of
 
@@ -38,17 +39,22 @@ def test_cards_give_no_delta_or_colour_for_a_nan_measurement():
     assert by_label["Weight memory"] == ("neutral", "&nbsp;")
 
 
-def test_cards_show_points_for_accuracy_from_a_zero_baseline():
+@pytest.mark.parametrize("interval, shown", [
+    ([0.05, 0.45], ("good", "+25.0 pts")),  # the paired interval leaves out 0: a difference, coloured
+    ([-0.05, 0.55], ("neutral", "+25.0 pts (within noise)")),  # it holds 0: no colour, and said so
+    (None, ("neutral", "+25.0 pts")),  # an older report without the interval: no claim
+])
+def test_cards_colour_an_accuracy_change_only_when_its_paired_interval_leaves_out_zero(interval, shown):
     # 0 % -> 25 % is +25 points: the relative change is undefined, the difference in points is not
-    rep = opened({"baseline": {"arithmetic_accuracy": 0.0}, "compressed": {"arithmetic_accuracy": 0.25}})
+    rep = opened({"baseline": {"arithmetic_accuracy": 0.0},
+                  "compressed": {"arithmetic_accuracy": 0.25, "arithmetic_diff_ci95": interval}})
     by_label = dict(zip([c[0] for c in CARDS], _deltas(metric_cards_html(rep)), strict=False))
-    assert by_label["Arithmetic accuracy"] == ("good", "+25.0 pts")
+    assert by_label["Arithmetic accuracy"] == shown
 
 
 @pytest.mark.parametrize("key,b,c,cls", [
     ("perplexity", 10.0, 12.0, "bad"), ("perplexity", 10.0, 9.0, "good"),
     ("weight_bytes", 100, 25, "good"), ("decode_tokens_per_s", 50.0, 40.0, "bad"),
-    ("arithmetic_accuracy", 0.5, 0.4, "bad"),
 ])
 def test_card_colours_follow_the_direction_of_each_metric(key, b, c, cls):
     # schema 1 stored the batch-1 speeds together: a decode rate came with its prefill rate and first-token time
@@ -104,7 +110,7 @@ def test_every_panel_renders_an_older_report(report):
     metric_cards_html(rep)
     samples_html(rep)
     memory_plot(rep)
-    throughput_plot(rep, projected=True)
+    speed_plot(rep, projected=True)
     quality_plot(rep)
     layer_error_plot(rep)
     hardware_html(rep)
@@ -181,8 +187,9 @@ def test_pareto_plot_draws_the_front_for_the_chosen_axes():
 def test_csv_export_neutralises_spreadsheet_formulas(text):
     runs = [run_of(status="failed", model_spec=text, error=text)]
     row = list(csv.reader(io.StringIO(runs_csv(runs))))[1]
-    model, error = row[HISTORY_COLUMNS.index("model")], row[HISTORY_COLUMNS.index("error")]
-    assert model == "'" + text and error == "'" + text
+    assert row[HISTORY_COLUMNS.index("error")] == "'" + text
+    name = row[HISTORY_COLUMNS.index("run")]  # the model's name comes first in the run's name
+    assert not name.startswith(FORMULA_START) or name.startswith("'")
 
 
 def test_csv_export_keeps_numbers_numeric():

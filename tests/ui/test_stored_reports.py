@@ -14,7 +14,7 @@ from tests.ui.reports import V1, run_of, stored
 from ui.cards import metric_cards_html, samples_html
 from ui.hardware import details_markdown, hardware_html
 from ui.history import HISTORY_COLUMNS, history_rows
-from ui.plots import layer_error_plot, memory_plot, quality_plot, throughput_plot
+from ui.plots import layer_error_plot, memory_plot, quality_plot, speed_plot
 from ui.records import report_of
 
 MiB = 2**20
@@ -30,7 +30,7 @@ def test_cards_show_the_stored_figures(old):
     b, c = old["baseline"], old["compressed"]
     for key, kind in (("weight_bytes", "bytes"), ("kv_bytes_per_token", "bytes"), ("decode_tokens_per_s", "rate"),
                       ("prefill_tokens_per_s", "rate"), ("perplexity", "num"), ("arithmetic_accuracy", "pct")):
-        assert f'<div class="lab-card-value">{f.fmt(c[key], kind)}</div>' in cards, key
+        assert f'<div class="lab-card-value">{f.fmt(c[key], kind)}' in cards, key  # an interval may follow
         assert f"baseline {f.fmt(b[key], kind)}" in cards, key
     assert f.fmt_kl(c["kld"]) in cards and f"top-1 agreement {f.fmt_pct(c['top1_agreement'])}" in cards
     assert f.fmt_interval(c["arithmetic_diff_ci95"], "pts") in cards
@@ -63,30 +63,36 @@ def test_samples_show_both_generations(old):
 def test_plots_draw_the_stored_figures(old):
     report = report_of(run_of(old))
     b, c = old["baseline"], old["compressed"]
-    memory = memory_plot(report)
-    assert list(memory.data[0].y) == [b["weight_bytes"] / MiB, c["weight_bytes"] / MiB]
+    memory = memory_plot(report)  # horizontal bars: values on x
+    assert list(memory.data[0].x) == [b["weight_bytes"] / MiB, c["weight_bytes"] / MiB]
     context = old["settings"]["context"]
-    assert list(memory.data[1].y) == [b["kv_bytes_per_token"] * context / MiB, c["kv_bytes_per_token"] * context / MiB]
-    assert list(memory.data[2].y) == [b["peak_memory_bytes"] / MiB, c["peak_memory_bytes"] / MiB]
+    assert list(memory.data[1].x) == [b["kv_bytes_per_token"] * context / MiB, c["kv_bytes_per_token"] * context / MiB]
+    assert list(memory.data[2].x) == [b["peak_memory_bytes"] / MiB, c["peak_memory_bytes"] / MiB]
 
-    speed = throughput_plot(report, projected=True)
-    assert [list(bar.y) for bar in speed.data] == [
-        [b["prefill_tokens_per_s"], b["decode_tokens_per_s"]],
-        [old["projection"]["baseline"]["prefill_tokens_per_s"], old["projection"]["baseline"]["decode_tokens_per_s"]],
-        [c["prefill_tokens_per_s"], c["decode_tokens_per_s"]],
-        [old["projection"]["compressed"]["prefill_tokens_per_s"],
-         old["projection"]["compressed"]["decode_tokens_per_s"]]]
-    assert "projected" in speed.data[1].name
+    # decode and prefill on their own axes (measured row first), the projection on a row of its own
+    speed = speed_plot(report, projected=True)
+    measured = [bar for bar in speed.data if bar.marker.pattern.shape is None]
+    projected = [bar for bar in speed.data if bar.marker.pattern.shape == "/"]
+    assert [list(bar.y) for bar in measured] == [[b["decode_tokens_per_s"], c["decode_tokens_per_s"]],
+                                                 [b["prefill_tokens_per_s"], c["prefill_tokens_per_s"]]]
+    assert len({bar.yaxis for bar in measured}) == 2  # two scales
+    p = old["projection"]
+    assert [list(bar.y) for bar in projected] == [
+        [p["baseline"]["decode_tokens_per_s"], p["compressed"]["decode_tokens_per_s"]],
+        [p["baseline"]["prefill_tokens_per_s"], p["compressed"]["prefill_tokens_per_s"]]]
+    assert all("projection" in a.text for a in speed.layout.annotations[2:])
 
-    quality = quality_plot(report)
-    assert list(quality.data[0].y) == [b["perplexity"], c["perplexity"]]
+    quality = quality_plot(report)  # one panel per figure; perplexity as its change from the baseline
+    assert quality.data[0].y[0] == pytest.approx(100 * (c["perplexity"] / b["perplexity"] - 1))
     assert list(quality.data[1].y) == [100 * b["arithmetic_accuracy"], 100 * c["arithmetic_accuracy"]]
     assert quality.data[1].error_y.array[1] == pytest.approx(100 * (c["arithmetic_ci95"][1] - c["arithmetic_accuracy"]))
-    assert list(quality.data[2].y) == [100 * c["kld"], 100 * c["top1_agreement"]]
+    assert list(quality.data[2].y) == [c["kld"]] and list(quality.data[3].y) == [100 * c["top1_agreement"]]
+    assert len({bar.yaxis for bar in quality.data}) == 4
 
-    layers = layer_error_plot(report)
-    assert sorted(y for bar in layers.data for y in bar.y) == sorted(r["sqnr_db"] for r in old["layers"])
-    assert {bar.name for bar in layers.data} == {f"stage {r['stage']} {r['method']}" for r in old["layers"]}
+    layers = layer_error_plot(report)  # a heatmap per stage: every stored SQNR is a cell
+    cells = sorted(v for trace in layers.data for row in trace.z for v in row if v is not None)
+    assert cells == sorted(r["sqnr_db"] for r in old["layers"])
+    assert {a.text for a in layers.layout.annotations} == {f"stage {r['stage']}: {r['method']}" for r in old["layers"]}
 
 
 def test_the_hardware_panel_shows_the_stored_projection(old):
@@ -130,7 +136,9 @@ def test_the_history_row_holds_the_stored_figures(old):
     assert row["top-1 %"] == round(100 * c["top1_agreement"], 1)
     assert row["arith %"] == round(100 * c["arithmetic_accuracy"], 1)
     assert row["decode tok/s"] == round(c["decode_tokens_per_s"], 1)
-    assert row["recipe"].startswith(f"{old['recipe']['stages'][0]['method']} w{old['recipe']['stages'][0]['bits']}")
+    first = old["recipe"]["stages"][0]
+    assert row["run"].startswith(f"demo · {first['method']} w{first['bits']}")  # model · recipe · hardware · time
+    assert row["id"] == "r1"
     assert row["error"] == ""
 
 
