@@ -1,17 +1,18 @@
-"""The history panel: every run in a table, a few side by side, the Pareto plot over finished runs,
-exports (CSV, JSON), a past run shown in the panels above, and a compressed model to download.
+"""The history panel: the visitor's own runs (kept across reloads by the browser's visitor id), the runs
+visitors chose to share, the Pareto plot over them, exports (CSV, JSON) and compressed models to download.
 
-Public endpoints: /history, /show_run, /export_csv, /export_json, /download_model.
+A visitor lists, opens and downloads only their own runs and shared ones: everyone else's stay private.
+Public endpoints: /history, /export_csv, /export_json, /download_model.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,19 +22,22 @@ from compressor.errors import LabError
 from compressor.runs.contract import Report
 from compressor.runs.format import is_number
 from compressor.runs.store import SUCCEEDED, RunRecord
-from ui.plots import QUALITY_AXES, X_AXES, pareto_plot
-from ui.recipes import stored_recipe_label
-from ui.records import has_saved_model, report_of
-from ui.views import ReportViews
+from ui.messages import guarded, public
+from ui.names import run_choice, run_name
+from ui.pareto import QUALITY_AXES, X_AXES, pareto_plot
+from ui.records import has_saved_model, report_of, visible_run
+from ui.views import profile_for
+from ui.visitors import owner_of
 
 HISTORY_LIMIT = 200
-HISTORY_COLUMNS = ["run", "finished", "status", "model", "recipe", "hardware", "weights MiB", "weights x",
-                   "perplexity", "KL", "top-1 %", "arith %", "decode tok/s", "error"]
+HISTORY_COLUMNS = ["run", "status", "weights MiB", "weights x", "perplexity", "KL", "top-1 %", "arith %",
+                   "decode tok/s", "id", "error"]
 # A text cell starting with one of these runs as a formula when a spreadsheet opens the CSV (OWASP's
 # "CSV injection"); model ids, recipe names and errors are typed by whoever used the page.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 EXPORTED = ("id", "status", "model_spec", "recipe", "hardware", "eval_settings", "created_at", "finished_at",
             "report", "error")
+ZIPS_KEPT = 4  # model archives kept in the export folder at once (each a compressed model's size)
 
 
 def _round(value: object, digits: int, scale: float = 1.0) -> float | None:
@@ -42,14 +46,12 @@ def _round(value: object, digits: int, scale: float = 1.0) -> float | None:
 
 
 def history_row(run: RunRecord) -> list:
-    """One table row: what was asked, where it stands, the compressed model's headline figures."""
+    """One table row: the run's name, where it stands, the compressed model's headline figures."""
     try:
         report, problem = report_of(run), ""
     except LabError as e:
         report, problem = None, str(e)
-    t = run.finished_at or run.created_at
-    row = [run.id, time.strftime("%m-%d %H:%M", time.localtime(t)) if t else "", run.status, run.model_spec,
-           stored_recipe_label(run.recipe), run.hardware]
+    row = [run_name(run), run.status]
     if report is None:
         row += [None] * 7
     else:
@@ -58,7 +60,7 @@ def history_row(run: RunRecord) -> list:
         row += [_round(comp.weight_bytes, 3, 1 / 2**20), _round(ratio, 2), _round(comp.perplexity, 3),
                 _round(comp.kld, 5), _round(comp.top1_agreement, 1, 100), _round(comp.arithmetic_accuracy, 1, 100),
                 _round(comp.decode_tokens_per_s, 1)]
-    return row + [(run.error or problem)[:160]]
+    return row + [run.id, public(run.error or problem)[:160]]
 
 
 def history_rows(runs: list[RunRecord]) -> list[list]:
@@ -78,6 +80,10 @@ def runs_csv(runs: list[RunRecord]) -> str:
     return buf.getvalue()
 
 
+def runs_json(runs: list[RunRecord]) -> str:
+    return json.dumps([{k: getattr(r, k) for k in EXPORTED} for r in runs], indent=1)
+
+
 def finished_reports(runs: list[RunRecord]) -> list[tuple[RunRecord, Report]]:
     """(run, report) of the runs whose report opens (an unreadable one is named in its table row)."""
     out = []
@@ -91,82 +97,101 @@ def finished_reports(runs: list[RunRecord]) -> list[tuple[RunRecord, Report]]:
     return out
 
 
+class Exports:
+    """Files a visitor downloads, in one folder of this app (not a new temp folder per call): each
+    visitor's CSV and JSON are rewritten in place, and only the last few model archives are kept."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="lab-exports-"))
+
+    def table(self, owner: str, runs: list[RunRecord], fmt: str) -> str:
+        folder = self.root / hashlib.sha256(owner.encode()).hexdigest()[:16]
+        folder.mkdir(exist_ok=True)
+        path = folder / f"compression-lab-runs.{fmt}"
+        path.write_text(runs_csv(runs) if fmt == "csv" else runs_json(runs), encoding="utf-8")
+        return str(path)
+
+    def model_zip(self, run: RunRecord) -> str:
+        zips = sorted(self.root.glob("compressed-*.zip"), key=lambda p: p.stat().st_mtime)
+        for old in zips[: max(0, len(zips) - ZIPS_KEPT + 1)]:
+            old.unlink(missing_ok=True)
+        return shutil.make_archive(str(self.root / f"compressed-{run.id}"), "zip", root_dir=run.artifact_path)
+
+
 @dataclass
 class HistoryPanel:
-    refresh: object  # (selected, quality, x_axis) -> outputs: redraws the panel
+    refresh: object  # (visitor, quality, x_axis, hardware, request) -> outputs: redraws the panel
     inputs: list
     outputs: list
+    open_run: gr.Dropdown  # "Open a run": ui.page wires it to the panels above
 
 
-def history_panel(demo: gr.Blocks, manager, views: ReportViews, run_id: gr.State,
-                  projected: gr.Checkbox) -> HistoryPanel:
-    """The "History" tab's contents; call inside it. Picking a run shows it in `views`."""
+def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Dropdown) -> HistoryPanel:
+    """The "History" tab's contents; call inside it. `hardware` is the settings' profile: the Pareto plot
+    projects every run onto it."""
+    exports = Exports()
+    gr.Markdown("Your runs, kept for this browser (they come back after a reload). Open one to see it above and "
+                "restore its settings.", elem_classes="lab-note")
     with gr.Row():
-        refresh = gr.Button("Refresh", size="sm")
-        export_csv = gr.DownloadButton("Export CSV", size="sm")
-        export_json = gr.DownloadButton("Export JSON", size="sm")
-    table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, label="Runs (newest first)",
-                         elem_id="lab-history")
-    compare_pick = gr.Dropdown([], multiselect=True, label="Pick runs to compare")
-    compare_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, label="Selected runs")
+        open_run = gr.Dropdown([], label="Open a run", elem_id="lab-open-run", scale=3)
+        refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="lab-refresh")
+    table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, label="My runs (newest first)",
+                         elem_id="lab-history", max_height=420)
+    with gr.Row():
+        export_csv = gr.DownloadButton("Export CSV", size="sm", elem_id="lab-export-csv")
+        export_json = gr.DownloadButton("Export JSON", size="sm", elem_id="lab-export-json")
     with gr.Row():
         quality = gr.Dropdown(list(QUALITY_AXES), value=next(iter(QUALITY_AXES)), label="Quality axis")
         x_axis = gr.Radio(list(X_AXES), value=X_AXES[0], label="x axis")
-    pareto = gr.Plot(label="Pareto")
+    pareto = gr.Plot(label="Pareto", elem_id="lab-pareto")
     with gr.Row():
-        show_run = gr.Dropdown([], label="Show a run's results above")
-        model_pick = gr.Dropdown([], label="Download a compressed model")
+        model_pick = gr.Dropdown([], label="Download a compressed model (.zip)")
     model_file = gr.File(label="Compressed model (.zip)", interactive=False)
 
-    def all_runs() -> list[RunRecord]:
-        return manager.list_runs(limit=HISTORY_LIMIT)
+    def my_runs(owner: str) -> list[RunRecord]:
+        return manager.list_runs(owner=owner, limit=HISTORY_LIMIT)
 
-    def redraw(selected, quality_axis, x):
-        runs = all_runs()
-        ids = [r.id for r in runs]
-        selected = [s for s in (selected or []) if s in ids]
-        return (history_rows(runs), gr.update(choices=ids, value=selected),
-                history_rows([r for r in runs if r.id in selected]),
-                pareto_plot(finished_reports(runs), quality_axis, x, selected),
-                gr.update(choices=[r.id for r in runs if r.status == SUCCEEDED]),
-                gr.update(choices=[r.id for r in runs if has_saved_model(r)]))
+    @guarded
+    def redraw(vid: str | None, quality_axis: str, x: str, hw: str | None, request: gr.Request = None):
+        owner = owner_of(vid, request)
+        runs = my_runs(owner)
+        reports = finished_reports(runs)
+        try:
+            profile = profile_for(hw, reports[0][1]) if (reports and hw) else None
+        except LabError:  # "this machine" before any run measured it: each run's own profile
+            profile = None
+        return (history_rows(runs), gr.update(choices=[run_choice(r) for r in runs]),
+                pareto_plot(reports, quality_axis, x, profile),
+                gr.update(choices=[run_choice(r) for r in runs if r.status == SUCCEEDED and has_saved_model(r)]),
+                exports.table(owner, runs, "csv"), exports.table(owner, runs, "json"))
 
-    inputs = [compare_pick, quality, x_axis]
-    outputs = [table, compare_pick, compare_table, pareto, show_run, model_pick]
+    inputs = [visitor, quality, x_axis, hardware]
+    outputs = [table, open_run, pareto, model_pick, export_csv, export_json]
     refresh.click(redraw, inputs, outputs, api_name="history")
-    demo.load(redraw, inputs, outputs, api_visibility="private")
-    for comp in (compare_pick, quality, x_axis):
+    for comp in (quality, x_axis):
         comp.input(redraw, inputs, outputs, api_visibility="private")
 
-    def on_show_run(rid: str | None, show_projected: bool):
-        run = manager.get_run(rid) if rid else None
-        if run is None or not run.report:
-            return [gr.update()] * (1 + len(views.outputs))
-        return [rid] + views.show(run, show_projected)
+    @guarded
+    def on_export(fmt: str, vid: str | None, request: gr.Request = None) -> str:
+        owner = owner_of(vid, request)
+        return exports.table(owner, my_runs(owner), fmt)
 
-    show_run.input(on_show_run, [show_run, projected], [run_id] + views.outputs, api_name="show_run")
+    def export_csv_fn(vid: str | None, request: gr.Request = None) -> str:
+        return on_export("csv", vid, request)
 
-    export_dir = Path(tempfile.mkdtemp(prefix="lab-export-"))
+    def export_json_fn(vid: str | None, request: gr.Request = None) -> str:
+        return on_export("json", vid, request)
 
-    def on_export(fmt: str) -> str:
-        runs = all_runs()
-        path = export_dir / f"compression-lab-runs.{fmt}"
-        if fmt == "csv":
-            path.write_text(runs_csv(runs), encoding="utf-8")
-        else:
-            path.write_text(json.dumps([{k: getattr(r, k) for k in EXPORTED} for r in runs], indent=1),
-                            encoding="utf-8")
-        return str(path)
+    export_csv.click(export_csv_fn, visitor, export_csv, api_name="export_csv")
+    export_json.click(export_json_fn, visitor, export_json, api_name="export_json")
 
-    export_csv.click(lambda: on_export("csv"), None, export_csv, api_name="export_csv")
-    export_json.click(lambda: on_export("json"), None, export_json, api_name="export_json")
+    @guarded
+    def on_model_pick(rid: str | None, vid: str | None, request: gr.Request = None) -> str:
+        run = visible_run(manager, rid, owner_of(vid, request))
+        if not has_saved_model(run):
+            raise LabError(f"run {rid} has no compressed model on disk (none was saved, or it was removed to save "
+                           "space): run it again to get one")
+        return exports.model_zip(run)
 
-    def on_model_pick(rid: str | None) -> str:
-        run = manager.get_run(rid) if rid else None
-        if run is None or not has_saved_model(run):
-            raise gr.Error(f"Run {rid} has no compressed model on disk (none was saved, or it was "
-                           "removed to save space).", print_exception=False)
-        return shutil.make_archive(str(export_dir / f"compressed-{rid}"), "zip", root_dir=run.artifact_path)
-
-    model_pick.input(on_model_pick, model_pick, model_file, api_name="download_model")
-    return HistoryPanel(redraw, inputs, outputs)
+    model_pick.input(on_model_pick, [model_pick, visitor], model_file, api_name="download_model")
+    return HistoryPanel(redraw, inputs, outputs, open_run)

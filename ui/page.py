@@ -16,19 +16,22 @@ from pathlib import Path
 
 import gradio as gr
 
-from compressor.errors import LabError
 from compressor.runs.manager import JobManager
 from ui.backend import make_managers
+from ui.compare import compare_choices, compare_panel
 from ui.hardware import hardware_panel
 from ui.history import history_panel
 from ui.plots import plots_panel
-from ui.records import report_of
 from ui.results import results_panel
-from ui.run import wire_run
+from ui.run import Follow, wire_run
+from ui.session import wire_session
 from ui.settings import settings_panel
 from ui.views import ReportViews
+from ui.visitors import STORAGE_KEY, Sessions, browser_secret
 
 STATIC = Path(__file__).resolve().parents[1] / "assets" / "static"
+DELETE_CACHE = (1800, 3600)  # every 30 min, Gradio removes files it cached (uploads, downloads) over an hour old
+MAX_UPLOAD = "256kb"  # the largest file the page takes (recipes are text; ui.settings.MAX_RECIPE_BYTES)
 
 HEADER = ('<div class="lab-header"><h1>Compression Lab</h1><p>Compress a language model and compare it side by side '
           "with the original: generations, memory, speed and quality, for the hardware you choose.</p></div>")
@@ -62,47 +65,53 @@ HOW_TO_READ = """
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions; `ask_manager` answers the prompt box
     (target compressor.runs.ask:answer; None turns the prompt box off)."""
-
-    def shown_report(rid: str | None):
-        """The report of the run on show, for a panel redrawing one figure (None if there is none)."""
-        run = manager.get_run(rid) if rid else None
-        try:
-            return report_of(run) if run is not None else None
-        except LabError:
-            return None  # the cards say why it cannot be read
-
-    with gr.Blocks(title="Compression Lab", analytics_enabled=False) as demo:
-        run_id = gr.State(None)  # the run on show: the prompt box asks its models
+    sessions = Sessions()
+    with gr.Blocks(title="Compression Lab", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+        visitor = gr.State(None)  # this session's visitor id (ui.visitors), read from the browser on load
+        stored = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=browser_secret(manager.data_dir))
+        run_id = gr.State(None)  # the run on show: cancel, the prompt box and re-projection act on it
+        link = gr.Textbox(visible="hidden", elem_id="lab-link-query", render=False)
         raw = gr.JSON(label="Report", render=False)
         log = gr.Textbox(label="Log", lines=6, max_lines=20, interactive=False, render=False)
         gr.HTML(HEADER)
         with gr.Row(equal_height=False, elem_classes="lab-main"):
             with gr.Column(scale=2, min_width=300, elem_classes="lab-settings"):
-                settings = settings_panel(demo)
+                settings = settings_panel(demo, visitor)
             with gr.Column(scale=3, min_width=300, elem_classes="lab-results"):
                 with gr.Tabs():
-                    with gr.Tab("Comparison"):
-                        results = results_panel(manager, ask_manager, run_id)
-                    with gr.Tab("Plots"):
-                        plots = plots_panel(shown_report, run_id)
-                    with gr.Tab("Hardware (projection)"):
+                    with gr.Tab("Result", id="result"):
+                        results = results_panel(manager, ask_manager, run_id, visitor)
+                        share_link = gr.Textbox(label="Link to this result (opens it again after a reload)",
+                                                interactive=False, buttons=["copy"], elem_id="lab-share-link")
+                    with gr.Tab("Plots", id="plots"):
+                        plots = plots_panel()
+                    with gr.Tab("Hardware (projection)", id="hardware"):
                         hardware = hardware_panel()
+                    with gr.Tab("Compare", id="compare"):
+                        compare_pick = compare_panel(manager, visitor)
                     views = ReportViews(results, plots, hardware, raw)
-                    with gr.Tab("History"):
-                        history = history_panel(demo, manager, views, run_id, plots.show_projected)
-                    with gr.Tab("How to read this"):
+                    with gr.Tab("History", id="history"):
+                        history = history_panel(demo, manager, visitor, settings.hardware)
+                    with gr.Tab("How to read this", id="help"):
                         gr.Markdown(HOW_TO_READ)
-                with gr.Accordion("Raw report (JSON)", open=False):
+                with gr.Accordion("Raw report (JSON) and log", open=False):
                     raw.render()
                     log.render()
-        run_event = wire_run(settings, views, log, manager, run_id, plots.show_projected)
-        run_event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
+        link.render()
+        follow = Follow(run_id, settings.progress, settings.status, log, link, views)
+        run_event = wire_run(settings, follow, manager, visitor, plots.show_projected)
+        load = wire_session(demo, manager, settings, follow, visitor, stored, history.open_run, compare_pick,
+                            plots.show_projected, share_link, sessions)
+        for event in (run_event, load):
+            event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
+            event.then(compare_choices(manager), [visitor, compare_pick], compare_pick, api_visibility="private")
     return demo
 
 
 def launch_kwargs() -> dict:
     """Theme and CSS (Gradio 6 takes them at launch)."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [STATIC / "lab.css"]}
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [STATIC / "lab.css"],
+            "max_file_size": MAX_UPLOAD}
 
 
 def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,

@@ -6,8 +6,13 @@ contract's, so the page and the CLI ask for the same run with the same settings.
 from __future__ import annotations
 
 from compressor.errors import LabError
-from compressor.runs.contract import THIS_MACHINE, EvalSettings, RunRequest
+from compressor.measure.hardware import get_profile
+from compressor.runs.contract import PROJECTION_CONTEXT, THIS_MACHINE, EvalSettings, RunRequest
 from ui.recipes import recipe_from_text
+
+MAX_MODEL_CHARS = 200  # hub ids are at most 96 characters; a folder path a little more
+PROJECTION_CONTEXTS = (16, 1_048_576)  # tokens; the projection clamps to the model's own positions
+PROJECTION_BATCHES = (1, 4096)
 
 # Evaluation settings shown on the page: name -> (label, UI min, UI max). Defaults come from
 # EvalSettings; the UI maxima are tighter than the engine's, for a shared machine.
@@ -25,23 +30,37 @@ def eval_default(name: str) -> int:
     return int(min(max(getattr(EvalSettings(), name), lo), hi))
 
 
-def build_request(model: str | None, recipe_text: str, hardware: str | None, *eval_values: float) -> RunRequest:
+def _whole(label: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise LabError(f"{label} = {str(value)[:40]!r} is out of range: use {lo} to {hi}")
+    if value != int(value):
+        raise LabError(f"{label} = {value!r} is not a whole number")
+    return int(value)
+
+
+def build_request(model: str | None, recipe_text: str, hardware: str | None, *eval_values: float,
+                  projection_context: object = PROJECTION_CONTEXT, projection_batch: object = 1) -> RunRequest:
     """A RunRequest from the settings panel's values: the model box, the recipe editor's text, the
-    hardware profile and the evaluation sliders in EVAL_FIELDS order. Bad input raises LabError naming
-    the field and the fix (the recipe's problems are the engine's RecipeError), before any work."""
-    spec = (model or "").strip()
+    hardware profile, the evaluation sliders in EVAL_FIELDS order and where to project. Bad input raises
+    LabError naming the field and the fix (the recipe's problems are the engine's RecipeError), before
+    any work."""
+    spec = model.strip() if isinstance(model, str) else ""
     if not spec:
         raise LabError("no model given: pick 'demo' or type a hub id or a local folder")
+    if len(spec) > MAX_MODEL_CHARS:
+        raise LabError(f"the model name has {len(spec):,} characters; the limit is {MAX_MODEL_CHARS}: give a hub id "
+                       "(org/name), a catalog name or a local folder")
+    hardware = hardware.strip() if isinstance(hardware, str) and hardware.strip() else THIS_MACHINE
+    if hardware != THIS_MACHINE:
+        get_profile(hardware)  # an unknown id: LabError listing the known ones
+    if recipe_text is not None and not isinstance(recipe_text, str):
+        raise LabError(f"the recipe must be text (YAML, JSON or a preset name), got {type(recipe_text).__name__}")
     recipe = recipe_from_text(recipe_text)
     if len(eval_values) != len(EVAL_FIELDS):
         raise LabError(f"expected {len(EVAL_FIELDS)} evaluation settings ({', '.join(EVAL_FIELDS)}), "
                        f"got {len(eval_values)}")
-    settings = {}
-    for (name, (label, lo, hi)), value in zip(EVAL_FIELDS.items(), eval_values, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-            raise LabError(f"{label} = {value!r} is out of range: use {lo} to {hi}")
-        if value != int(value):
-            raise LabError(f"{label} = {value!r} is not a whole number")
-        settings[name] = int(value)
-    return RunRequest(model=spec, recipe=recipe, hardware=hardware or THIS_MACHINE,
-                      eval=EvalSettings.from_dict(settings))
+    settings = {name: _whole(label, value, lo, hi)
+                for (name, (label, lo, hi)), value in zip(EVAL_FIELDS.items(), eval_values, strict=True)}
+    return RunRequest(model=spec, recipe=recipe, hardware=hardware, eval=EvalSettings.from_dict(settings),
+                      projection_context=_whole("Projection context", projection_context, *PROJECTION_CONTEXTS),
+                      projection_batch=_whole("Projection batch", projection_batch, *PROJECTION_BATCHES))

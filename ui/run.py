@@ -1,30 +1,31 @@
-"""Run and cancel: the settings become a `RunRequest` (ui.request), submitted as a job
-(`request.to_dict()` is the payload); the page follows its progress and shows its report when it ends.
+"""Run and cancel: the settings become a `RunRequest` (ui.request), submitted as a job owned by the
+visitor (ui.visitors); the page follows its progress, shows its figures as they are measured, and its
+whole report when it ends.
 
-Public endpoints: /run (streams progress, then the report in every panel) and /cancel.
+Public endpoints: /run (streams progress, then the report in every panel) and /cancel (this visitor's
+run on show).
 """
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import gradio as gr
 
 from compressor.errors import LabError
 from compressor.progress import Progress
-from compressor.runs.store import FINAL_STATUSES, SUCCEEDED
+from compressor.runs.store import CANCELLED, FINAL_STATUSES, SUCCEEDED
 from ui import backend
+from ui.messages import guarded, public
 from ui.request import build_request
 from ui.settings import SettingsPanel, progress_html
 from ui.views import ReportViews
+from ui.visitors import owner_of
 
 POLL_S = 0.5  # how often a running job's progress reaches the page
-
-
-def owner_of(request: gr.Request | None) -> str:
-    """Who submitted: the browser session (a client's own session), so cancel stays with its owner."""
-    return (getattr(request, "session_hash", None) or "anonymous") if request else "anonymous"
 
 
 def describe_progress(event: dict | None, position: int | None, started: float) -> tuple[float, str]:
@@ -42,26 +43,28 @@ def describe_progress(event: dict | None, position: int | None, started: float) 
     return p.fraction, f"{100 * p.fraction:.0f} % · {stage}{eta}{msg}"
 
 
-def wire_run(settings: SettingsPanel, views: ReportViews, log: gr.Textbox, manager, run_id: gr.State,
-             projected: gr.Checkbox) -> gr.events.Dependency:
-    """The run and cancel buttons' events; returns the run event (the history refreshes after it).
-    `log` shows the run's log; `projected` is the plots panel's projected-speed box."""
+@dataclass
+class Follow:
+    """What following a run updates, in the order of its outputs: the run on show, the progress bar, the
+    status line, the log, the share link's query, then every report panel."""
 
-    def run_clicked(model, recipe_text, hardware, show_projected, *eval_values, request: gr.Request = None):
-        blank = views.unchanged()
-        try:
-            payload = build_request(model, recipe_text, hardware, *eval_values).to_dict()
-            if backend.ZERO_GPU:
-                yield [None, progress_html(0.05, "Running on ZeroGPU (no live progress)..."), "", ""] + blank
-                rid = backend.run_inline_on_gpu(manager, payload, owner_of(request))
-            else:
-                rid = manager.submit(payload, owner_of(request))
-        except LabError as e:
-            gr.Warning(str(e))
-            yield [None, progress_html(0, "Not started.", "failed"), f"**Cannot start:** {e}", ""] + blank
-            return
+    run_id: gr.State
+    progress: gr.HTML
+    status: gr.Markdown
+    log: gr.Textbox
+    link: gr.Textbox
+    views: ReportViews
+
+    @property
+    def outputs(self) -> list:
+        return [self.run_id, self.progress, self.status, self.log, self.link] + self.views.outputs
+
+    def follow(self, manager, rid: str, projected: bool, view: tuple = (None, None, None)) -> Iterator[list]:
+        """Yields outputs while run `rid` goes on, then its report (or why there is none). `view` is the
+        (hardware, context, batch) to project a finished report onto (None: the run's own)."""
+        blank = self.views.unchanged()
+        link = f"?run={rid}"
         started = time.time()
-        yield [rid, progress_html(0, "Queued..."), f"Run `{rid}` submitted.", ""] + blank
         since = 0
         while True:
             events = manager.events(rid, since=since, timeout=POLL_S)
@@ -71,37 +74,66 @@ def wire_run(settings: SettingsPanel, views: ReportViews, log: gr.Textbox, manag
             if state in FINAL_STATUSES or state is None:
                 break
             frac, text = describe_progress(manager.latest_progress(rid), manager.position(rid), started)
-            yield [rid, progress_html(frac, text), f"Run `{rid}` is {state}.", gr.update()] + blank
+            yield [rid, progress_html(frac, text), f"Run `{rid}` is {state}.", gr.update(), link] + blank
         run = manager.get_run(rid)
-        took = time.time() - started
         if run is None:
-            yield [rid, progress_html(0, "Failed.", "failed"), f"**Run `{rid}` failed:** the run disappeared "
-                   "from the store", ""] + blank
+            yield [rid, progress_html(0, "Failed.", "failed"), f"**Run `{rid}` failed:** the run is no longer in the "
+                   "store", "", link] + blank
             return
+        took = (run.finished_at - run.started_at) if run.finished_at and run.started_at else time.time() - started
         if run.status == SUCCEEDED and run.report:
             yield ([rid, progress_html(1, f"Done in {took:.0f} s.", "done"), f"Run `{rid}` finished in {took:.0f} s.",
-                    run.log] + views.show(run, show_projected))
+                    public(run.log), link] + self.views.show(run, projected, *view))
             return
-        error = run.error or run.status
-        if run.status != "cancelled":
+        error = public(run.error or run.status)
+        if run.status != CANCELLED:
             gr.Warning(f"Run {rid} {run.status}: {error}")
         yield [rid, progress_html(0, f"{run.status.title()}.", "failed"),
-               f"**Run `{rid}` {run.status}:** {html.escape(error)}", run.log] + blank
+               f"**Run `{rid}` {run.status}:** {html.escape(error)}", public(run.log), link] + blank
 
-    run_event = settings.run.click(
-        run_clicked, [settings.model, settings.recipe, settings.hardware, projected] + settings.eval_inputs,
-        [run_id, settings.progress, settings.status, log] + views.outputs,
-        api_name="run", concurrency_limit=None, show_progress="hidden",
-    )
 
-    def cancel_clicked(rid: str | None, request: gr.Request = None):
+def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State,
+             projected: gr.Checkbox) -> gr.events.Dependency:
+    """The run and cancel buttons' events; returns the run event (the history refreshes after it)."""
+
+    @guarded
+    def run_clicked(model, recipe_text, hardware, show_projected, ppl_tokens, context, arithmetic_samples,
+                    max_new_tokens, projection_context, projection_batch, vid, request: gr.Request = None):
+        blank = follow.views.unchanged()
+        try:
+            owner = owner_of(vid, request)
+            req = build_request(model, recipe_text, hardware, ppl_tokens, context, arithmetic_samples,
+                                max_new_tokens, projection_context=projection_context,
+                                projection_batch=projection_batch)
+            payload = req.to_dict()
+            if backend.ZERO_GPU:
+                yield [None, progress_html(0.05, "Running on ZeroGPU (no live progress)..."), "", "", ""] + blank
+                rid = backend.run_inline_on_gpu(manager, payload, owner)
+            else:
+                rid = manager.submit(payload, owner)
+        except LabError as e:
+            gr.Warning(public(e))
+            yield [gr.update(), progress_html(0, "Not started.", "failed"), f"**Cannot start:** {html.escape(public(e))}",
+                   gr.update(), gr.update()] + blank
+            return
+        yield [rid, progress_html(0, "Queued..."), f"Run `{rid}` submitted.", "", f"?run={rid}"] + blank
+        yield from follow.follow(manager, rid, show_projected)
+
+    inputs = ([settings.model, settings.recipe, settings.hardware, projected] + settings.eval_inputs
+              + [settings.projection_context, settings.projection_batch, visitor])
+    run_event = settings.run.click(run_clicked, inputs, follow.outputs, api_name="run", concurrency_limit=None,
+                                   show_progress="hidden")
+
+    @guarded
+    def cancel_clicked(rid: str | None, vid: str | None, request: gr.Request = None) -> str:
         if not rid:
             return "Nothing is running."
         try:
-            ok = manager.cancel(rid, owner=owner_of(request))
+            ok = manager.cancel(rid, owner=owner_of(vid, request))
         except LabError as e:
-            return f"Cannot cancel: {e}"
+            return f"**Cannot cancel:** {html.escape(public(e))}"
         return f"Cancelling run `{rid}`..." if ok else f"Run `{rid}` has already finished."
 
-    settings.cancel.click(cancel_clicked, run_id, settings.status, api_name="cancel")
+    settings.cancel.click(cancel_clicked, [follow.run_id, visitor], settings.status, api_name="cancel",
+                          concurrency_limit=None)
     return run_event

@@ -7,9 +7,13 @@ recipe (/check_recipe, public). Running is ui.run's.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
+import shutil
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +22,10 @@ import gradio as gr
 from compressor.engine.fields import method_forms
 from compressor.errors import LabError
 from compressor.measure.hardware import THIS_MACHINE, list_profiles
+from compressor.runs.contract import PROJECTION_CONTEXT
 from compressor.models.loading import HUB_ID, hub_reachable
 from ui.forms import stage_form
+from ui.messages import guarded, public
 from ui.recipes import (
     DEFAULT_PRESET,
     parse_recipe_text,
@@ -29,7 +35,8 @@ from ui.recipes import (
     stages_of,
     with_stage,
 )
-from ui.request import EVAL_FIELDS, eval_default
+from ui.request import EVAL_FIELDS, PROJECTION_BATCHES, PROJECTION_CONTEXTS, eval_default
+from ui.visitors import owner_of
 
 DEMO_CHOICE = ("Bundled demo model: lab-llama-7m (offline)", "demo")
 # Small hub models for people online; the page says they need internet. Any other hub id or local
@@ -42,6 +49,8 @@ CURATED_HUB = [
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
 ]
 MAX_RECIPE_BYTES = 200_000
+UPLOADS_PER_HOUR = 30
+UPLOAD_BYTES_PER_HOUR = 2_000_000
 
 
 @dataclass
@@ -50,10 +59,31 @@ class SettingsPanel:
     recipe: gr.Code
     hardware: gr.Dropdown
     eval_inputs: list[gr.Slider]
+    projection_context: gr.Number
+    projection_batch: gr.Number
     run: gr.Button
     cancel: gr.Button
     progress: gr.HTML
     status: gr.Markdown
+
+    @property
+    def restorable(self) -> list:
+        """The inputs that opening a past run sets back to what it ran with (`restore_values`)."""
+        return [self.model, self.recipe, self.hardware] + self.eval_inputs + [self.projection_context,
+                                                                               self.projection_batch]
+
+
+def restore_values(run) -> list:
+    """The settings a stored run ran with, in `SettingsPanel.restorable` order; unchanged inputs (gr.update())
+    for a run whose request no longer reads (an older payload)."""
+    from compressor.runs.contract import RunRequest
+
+    try:
+        req = RunRequest.from_dict(run.payload or {})
+    except (LabError, TypeError, ValueError):
+        return [gr.update()] * (5 + len(EVAL_FIELDS))
+    evals = [getattr(req.eval, name) for name in EVAL_FIELDS]
+    return [req.model, req.recipe.to_yaml(), req.hardware, *evals, req.projection_context, req.projection_batch]
 
 
 def progress_html(fraction: float | None, text: str, state: str = "running") -> str:
@@ -95,22 +125,84 @@ def check_recipe_text(text: str) -> str:
     return f"Recipe is valid: {len(recipe.stages)} stage(s)."
 
 
-def recipe_file(text: str) -> str:
-    """The editor's text as a .yaml file to download, named after the recipe when it has a name."""
-    name = "recipe"
+class RecipeFiles:
+    """The editor's text as a .yaml file to download, kept in one folder of this app: named by content, so
+    the same text is one file, and only the newest KEPT files stay (a page load no longer leaves a folder)."""
+
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="lab-recipes-"))
+
+    def __call__(self, text: str | None) -> str:
+        text = text if isinstance(text, str) else ""
+        name = "recipe"
+        try:
+            parsed = parse_recipe_text(text)
+            if isinstance(parsed, dict) and parsed.get("name"):
+                name = re.sub(r"[^\w.+-]", "_", str(parsed["name"]))[:60]
+        except LabError:
+            pass
+        folder = self.root / hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:20]
+        path = folder / f"{name}.yaml"
+        if not path.is_file():
+            folder.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            self._prune()
+        return str(path)
+
+    def _prune(self) -> None:
+        folders = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in folders[: max(0, len(folders) - self.KEPT)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class UploadQuota:
+    """Recipe uploads per visitor: at most `count` files and `total` bytes per `window_s` (thread-safe)."""
+
+    def __init__(self, count: int = UPLOADS_PER_HOUR, total: int = UPLOAD_BYTES_PER_HOUR, window_s: float = 3600):
+        self.count, self.total, self.window_s = count, total, window_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, list[tuple[float, int]]] = {}
+
+    def take(self, owner: str, size: int) -> None:
+        """Records an upload of `size` bytes; LabError naming the limit when it would exceed one."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [(t, n) for t, n in self._seen.get(owner, []) if now - t < self.window_s]
+            if len(recent) >= self.count:
+                raise LabError(f"you uploaded {len(recent)} files in the last hour; the limit is {self.count}: "
+                               "paste the recipe into the YAML editor instead")
+            if sum(n for _, n in recent) + size > self.total:
+                raise LabError(f"uploads are limited to {self.total // 1000:,} kB per visitor per hour: paste the "
+                               "recipe into the YAML editor instead")
+            self._seen[owner] = recent + [(now, size)]
+            if len(self._seen) > 10_000:  # forget the oldest visitors
+                self._seen.pop(next(iter(self._seen)))
+
+
+def read_upload(file: object, owner: str, quota: UploadQuota) -> tuple[str, str]:
+    """(text, file name) of an uploaded recipe, within the size and the visitor's quota; the uploaded copy
+    is removed once read. LabError naming the limit or the problem."""
+    path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
+    if not path.name or not path.is_file():
+        raise LabError("the upload did not arrive: upload the file again")
     try:
-        parsed = parse_recipe_text(text)
-        if isinstance(parsed, dict) and parsed.get("name"):
-            name = re.sub(r"[^\w.+-]", "_", str(parsed["name"]))[:60]
-    except LabError:
-        pass
-    path = Path(tempfile.mkdtemp(prefix="lab-recipe-")) / f"{name}.yaml"
-    path.write_text(text or "", encoding="utf-8")
-    return str(path)
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise LabError(f"{path.name} is {size:,} bytes; a recipe file is at most {MAX_RECIPE_BYTES:,} bytes")
+        quota.take(owner, size)
+        try:
+            return path.read_text(encoding="utf-8"), path.name
+        except UnicodeDecodeError:
+            raise LabError(f"{path.name} is not a UTF-8 text file: save the recipe as UTF-8 YAML or JSON") from None
+    finally:
+        path.unlink(missing_ok=True)
 
 
-def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown) -> None:
+def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown, visitor: gr.State) -> None:
     """Preset, stage builder and YAML tabs; each writes into the recipe editor."""
+    files, quota = RecipeFiles(), UploadQuota()
     presets = preset_choices()
     methods = method_forms()  # every registered method; a broken method file raises here, at start-up
     names = list(methods)
@@ -167,29 +259,24 @@ def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown
     clear_stages.click(lambda: ("stages: []\n", "Empty recipe: add stages with the builder."),
                        None, [recipe, recipe_status], api_visibility="private")
 
-    def on_upload(file):
+    @guarded
+    def on_upload(file, vid: str | None, request: gr.Request = None):
         if file is None:
             return gr.update(), ""
-        path = Path(file if isinstance(file, str) else file.name)
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise gr.Error(f"{path.name} is {path.stat().st_size:,} bytes; a recipe is at most 200 kB.")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise gr.Error(f"{path.name} is not a UTF-8 text file.", print_exception=False) from None
+        text, name = read_upload(file, owner_of(vid, request), quota)
         try:
             recipe_from_text(text)
         except LabError as e:
-            return text, f"Uploaded, but: {e}"
-        return text, f"Uploaded **{path.name}**: recipe is valid."
+            return text, f"Uploaded **{html.escape(name)}**, but: {html.escape(public(e))}"
+        return text, f"Uploaded **{html.escape(name)}**: recipe is valid."
 
-    upload.upload(on_upload, upload, [recipe, recipe_status], api_visibility="private")
-    recipe.change(recipe_file, recipe, download, show_progress="hidden", api_visibility="private")
-    demo.load(recipe_file, recipe, download, api_visibility="private")
+    upload.upload(on_upload, [upload, visitor], [recipe, recipe_status], api_visibility="private")
+    recipe.change(files, recipe, download, show_progress="hidden", api_visibility="private")
+    demo.load(files, recipe, download, api_visibility="private")
     check.click(check_recipe_text, recipe, recipe_status, api_name="check_recipe")
 
 
-def settings_panel(demo: gr.Blocks) -> SettingsPanel:
+def settings_panel(demo: gr.Blocks, visitor: gr.State) -> SettingsPanel:
     """The settings column's contents; call inside it."""
     hw = hardware_choices()
     model = gr.Dropdown([DEMO_CHOICE] + [(f"{m} (needs internet)", m) for m in CURATED_HUB], value="demo",
@@ -201,11 +288,18 @@ def settings_panel(demo: gr.Blocks) -> SettingsPanel:
     recipe_status = gr.Markdown(elem_classes="lab-note", render=False)
     recipe = gr.Code(recipe_yaml(DEFAULT_PRESET), language="yaml", label="Recipe (YAML)", lines=8,
                      elem_id="lab-recipe", render=False)
-    _recipe_builder(demo, recipe, recipe_status)
+    _recipe_builder(demo, recipe, recipe_status, visitor)
     recipe.render()
     recipe_status.render()
     hardware = gr.Dropdown(hw, value=hw[0][1], label="Hardware profile", elem_id="lab-hardware",
-                           info="Other profiles are projected from a roofline model.")
+                           info="Other profiles are projected from a roofline model. Changing it after a run "
+                           "projects that run again at once (no new run).")
+    with gr.Row():
+        projection_context = gr.Number(PROJECTION_CONTEXT, precision=0, minimum=PROJECTION_CONTEXTS[0],
+                                       maximum=PROJECTION_CONTEXTS[1], label="Projection context (tokens)",
+                                       elem_id="lab-proj-context", min_width=120)
+        projection_batch = gr.Number(1, precision=0, minimum=PROJECTION_BATCHES[0], maximum=PROJECTION_BATCHES[1],
+                                     label="Projection batch", elem_id="lab-proj-batch", min_width=120)
     with gr.Accordion("Evaluation settings", open=False):
         eval_inputs = [gr.Slider(lo, hi, value=eval_default(name), step=1, label=label)
                        for name, (label, lo, hi) in EVAL_FIELDS.items()]
@@ -214,4 +308,5 @@ def settings_panel(demo: gr.Blocks) -> SettingsPanel:
         cancel = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
     progress = gr.HTML(progress_html(0, "Ready. Pick a preset and press Run.", "idle"), elem_id="lab-progress")
     status = gr.Markdown(elem_id="lab-status")
-    return SettingsPanel(model, recipe, hardware, eval_inputs, run, cancel, progress, status)
+    return SettingsPanel(model, recipe, hardware, eval_inputs, projection_context, projection_batch, run, cancel,
+                         progress, status)
