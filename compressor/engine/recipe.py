@@ -10,6 +10,8 @@
 
 Each stage is a config from compressor/engine/stage.py (module selection, per-module overrides).
 
+Input is bounded first (compressor/engine/bounds.py: text size, YAML aliases, values, nesting, stage
+count, regex patterns), before anything is expanded or built.
 Validation happens twice: field values in `__post_init__` (bits out of range, bad regex, ...), and
 against the model in `Recipe.check(model)` at compress time (group size vs each layer's in_features,
 regexes that match nothing, a stage targeting modules an earlier stage left in a final format).
@@ -42,6 +44,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from compressor.engine import bounds
 from compressor.engine.presets import list_presets, preset_stages
 from compressor.engine.stage import (
     DEFAULT_IGNORE,
@@ -83,7 +86,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict | list) -> Recipe:
-        """{"stages": [...]}, a single stage {"method": ...}, or a list of stages."""
+        """{"stages": [...]}, a single stage {"method": ...}, or a list of stages, within the bounds of
+        compressor/engine/bounds.py."""
+        bounds.check_shape(d)
         if isinstance(d, list):
             stages = d
         elif isinstance(d, dict) and "stages" in d:
@@ -93,23 +98,25 @@ class Recipe:
         elif isinstance(d, dict):
             stages = [d]  # a single stage
         else:
-            raise RecipeError("recipe", d, "give {stages: [{method: ..., ...}, ...]} or a single stage {method: ...}")
+            raise RecipeError("recipe", type(d).__name__, "give {stages: [{method: ..., ...}, ...]} or a single "
+                              "stage {method: ...}")
+        bounds.check_recipe_data(stages)
         return cls([stage_from_dict(s, i) for i, s in enumerate(stages)])
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
         try:
-            return cls.from_dict(json.loads(text))
+            return cls.from_dict(bounds.parse_recipe_json(text))
         except json.JSONDecodeError as e:
             raise RecipeError("recipe", text[:80], f"not valid JSON ({e})") from None
+        except RecipeError:
+            raise
+        except ValueError as e:  # an integer of thousands of digits
+            raise RecipeError("recipe", text[:80], f"holds a value that cannot be read ({str(e)[:120]})") from None
 
     @classmethod
     def from_yaml(cls, text: str) -> Recipe:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise RecipeError("recipe", text[:80], f"not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(bounds.parse_recipe_text(text))
 
     def traits(self) -> tuple[list[str], float]:
         """(sorted trait names of every stage, the lowest weight bit width; 32.0 when no stage stores
@@ -204,20 +211,26 @@ def get_preset(name: str) -> Recipe:
     return Recipe.from_dict({"stages": preset_stages(name)})
 
 
-def load_recipe(x: Any) -> Recipe:
-    """A Recipe from a preset name, a YAML/JSON string, a path, a dict, a list, a stage config or a Recipe."""
+def load_recipe(x: Any, files: bool = True) -> Recipe:
+    """A Recipe from a preset name, YAML/JSON text, a dict, a list, a stage config or a Recipe, and with
+    `files` (the CLI, scripts) a .yaml/.json path. A run request never reads files (`files=False`):
+    text from a visitor must not name a file on the server."""
     if isinstance(x, Recipe):
         return x
     if isinstance(x, StageConfig):
         return Recipe([x])
     if isinstance(x, (dict, list)):
         return Recipe.from_dict(x)
-    if isinstance(x, Path) or (isinstance(x, str) and "\n" not in x and x.strip().endswith((".yaml", ".yml", ".json"))):
-        path = Path(x).expanduser()
-        if not path.is_file():
-            raise RecipeError("recipe", str(x), "no such recipe file: check the path")
-        return Recipe.from_json(path.read_text()) if path.suffix == ".json" else Recipe.from_yaml(path.read_text())
+    looks_like_path = isinstance(x, Path) or (isinstance(x, str) and "\n" not in x and len(x) < 4096
+                                              and x.strip().endswith((".yaml", ".yml", ".json")))
+    if looks_like_path and files:
+        text = bounds.read_recipe_file(x)
+        return Recipe.from_json(text) if Path(x).suffix == ".json" else Recipe.from_yaml(text)
+    if looks_like_path:
+        raise RecipeError("recipe", Path(x).name, "a run request takes the recipe itself (a preset name, YAML or "
+                          "JSON), not a file name: paste the file's text")
     if isinstance(x, str):
+        bounds.check_text_size(x)
         if x.strip() in list_presets():
             return get_preset(x.strip())
         text = x.strip()
@@ -225,17 +238,22 @@ def load_recipe(x: Any) -> Recipe:
             raise RecipeError("recipe", x, f"empty: give a preset name ({', '.join(list_presets())}) or YAML/JSON")
         if text.startswith(("{", "[")):
             try:
-                return Recipe.from_dict(json.loads(text))
+                return Recipe.from_dict(bounds.parse_recipe_json(text))
             except json.JSONDecodeError:
                 pass  # YAML flow style, e.g. "{method: rtn, bits: 4}": YAML reads JSON and more
+            except ValueError as e:  # an integer of thousands of digits (RecipeError is a ValueError too)
+                if isinstance(e, RecipeError):
+                    raise
+                raise RecipeError("recipe", text[:80], f"holds a value that cannot be read ({str(e)[:120]})") from None
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
+            data = bounds.parse_recipe_text(text)
+        except RecipeError as e:
+            if e.field != "recipe" or "not valid JSON or YAML" not in e.hint:
+                raise
             raise RecipeError("recipe", text[:80], f"not a preset name (known: {', '.join(list_presets())}), and "
-                              f"not valid JSON or YAML ({str(e).splitlines()[0]}): check brackets and "
-                              "'key: value' pairs") from None
+                              f"{e.hint}") from None
         if isinstance(data, (dict, list)):
             return Recipe.from_dict(data)
-        raise RecipeError("recipe", x, f"not a preset name (known: {', '.join(list_presets())}), "
+        raise RecipeError("recipe", text[:80], f"not a preset name (known: {', '.join(list_presets())}), "
                           "a .yaml/.json file, or YAML/JSON text")
     raise RecipeError("recipe", type(x).__name__, "give a preset name, YAML/JSON text, a path, a dict or a list")

@@ -63,7 +63,7 @@ class RunRequest(Record):
                                f"{ {'model': 'demo', 'hardware': THIS_MACHINE, 'device': 'cpu'}[name]!r}.")
             setattr(self, name, value.strip())
         if not isinstance(self.recipe, Recipe):
-            self.recipe = load_recipe(self.recipe)
+            self.recipe = load_recipe(self.recipe, files=False)  # a request never reads server files
         if not isinstance(self.eval, EvalSettings):
             if self.eval is not None and not isinstance(self.eval, dict):
                 raise LabError(f"request 'eval'={self.eval!r} must be a mapping of eval settings, "
