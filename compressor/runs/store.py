@@ -11,6 +11,10 @@ Tables
                     artifact folder).
     baseline_cache  measurements of an uncompressed model, keyed by the caller
                     (model + evaluation settings), so each run does not measure the baseline again.
+
+Schema 2 added `runs.shared` (the owner showed the run in the shared gallery); a schema-1 file gets the
+column when it is opened. A file SQLite cannot read is refused with a `StoreDamaged` that says how to
+recover, and is never changed or deleted here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from compressor.errors import LabError
 from compressor.paths import default_data_dir
+from compressor.runs.storefile import DB_NAME, SCHEMA_VERSION, StoreDamaged, StoreError, open_database  # noqa: F401
 
 if TYPE_CHECKING:  # the contract imports the engine and torch: loaded by load_report only
     from compressor.runs.contract import Report
@@ -36,42 +41,7 @@ QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "succeeded", "failed", "cancelled", "interrupted"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
-
-SCHEMA_VERSION = 1
-DB_NAME = "runs.sqlite3"
-BUSY_TIMEOUT_MS = 10_000  # another process (a worker, a second app) may hold the write lock briefly
-OPEN_RETRY_S = 0.01, 0.2  # first and longest pause between tries to open a file another process is setting up
 LOG_MAX_CHARS = 200_000  # the log column keeps the tail: a runaway log must not bloat the history
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order
-    id            TEXT NOT NULL UNIQUE,
-    owner         TEXT NOT NULL,
-    model_spec    TEXT,
-    recipe        TEXT,        -- JSON
-    hardware      TEXT,
-    eval_settings TEXT,        -- JSON
-    payload       TEXT NOT NULL,  -- JSON: exactly what the target received
-    status        TEXT NOT NULL,
-    created_at    REAL NOT NULL,
-    started_at    REAL,
-    finished_at   REAL,
-    progress      TEXT,        -- JSON: the latest Progress event
-    report        TEXT,        -- JSON: the Report, on success
-    error         TEXT,
-    log           TEXT NOT NULL DEFAULT '',
-    artifact_path TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, seq);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE TABLE IF NOT EXISTS baseline_cache (
-    key        TEXT PRIMARY KEY,
-    value      TEXT NOT NULL,  -- JSON
-    created_at REAL NOT NULL
-);
-"""
-
 _JSON_COLUMNS = ("recipe", "eval_settings", "payload", "progress", "report")
 
 
@@ -106,6 +76,7 @@ class RunRecord:
         error: why the run did not succeed, and which cells are damaged; None when neither.
         log: the run's log (its last LOG_MAX_CHARS characters).
         artifact_path: the folder kept for download (a compressed model), or None.
+        shared: the owner chose to show this run in the shared gallery (`JobManager.set_shared`).
         position: filled by `JobManager.get_run`: 1 = next in the queue, 0 = running; None otherwise.
         partial: True when listed with `include_report=False`: the report and log were not read.
     """
@@ -127,6 +98,7 @@ class RunRecord:
     error: str | None = None
     log: str = ""
     artifact_path: str | None = None
+    shared: bool = False
     position: int | None = None
     partial: bool = False
 
@@ -170,48 +142,18 @@ class RunStore:
     one writes, and a process killed mid-write leaves the database intact (SQLite's journal).
     """
 
-    def __init__(self, data_dir: str | Path | None = None):
+    def __init__(self, data_dir: str | Path | None = None, *, check: bool = False):
+        """`check`: also run SQLite's quick_check on an existing file (the job manager does, at start-up;
+        workers opening the file for the baseline cache do not)."""
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OSError(
-                f"data folder {str(self.data_dir)!r} cannot be created ({e}); "
-                "set LAB_DATA_DIR to a writable folder"
-            ) from e
+            raise StoreError(f"data folder {str(self.data_dir)!r} cannot be created ({e.strerror or e}); "
+                             "set LAB_DATA_DIR to a writable folder") from None
         self.path = self.data_dir / DB_NAME
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        deadline, pause = time.monotonic() + BUSY_TIMEOUT_MS / 1000, OPEN_RETRY_S[0]
-        while True:
-            try:
-                self._set_up()
-                return
-            except sqlite3.OperationalError as e:
-                # Two processes opening a new file at once: SQLite can refuse the second one's switch to
-                # WAL with "database is locked" at once, without waiting on the busy timeout. Try again.
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    self._db.close()
-                    raise
-                time.sleep(pause)
-                pause = min(2 * pause, OPEN_RETRY_S[1])
-
-    def _set_up(self) -> None:
-        """WAL mode and the schema; every step is a no-op on a file already set up."""
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"run store {str(self.path)!r} has schema version {version}, newer than this code's "
-                    f"{SCHEMA_VERSION}; update the lab or point LAB_DATA_DIR at another folder"
-                )
-            with self._db:
-                self._db.executescript(_SCHEMA)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db = open_database(self.path, check=check)
 
     def close(self) -> None:
         with self._lock:
@@ -269,19 +211,28 @@ class RunStore:
         status: str | tuple[str, ...] | None = None,
         limit: int | None = 100,
         include_report: bool = True,
+        shared: bool | None = None,
+        visible_to: str | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first; filtered by owner and/or status. `include_report=False` skips the report
+        """Runs, newest first; filtered by owner, status, `shared` (the gallery: True) and `visible_to`
+        (a visitor's view: their own runs and the shared ones). `include_report=False` skips the report
         and log (records marked `partial`), for a long history that needs neither."""
         where, args = [], []
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
+        if shared is not None:
+            where.append("shared = ?")
+            args.append(int(bool(shared)))
+        if visible_to is not None:
+            where.append("(owner = ? OR shared = 1)")
+            args.append(visible_to)
         if status is not None:
             statuses = (status,) if isinstance(status, str) else tuple(status)
             where.append(f"status IN ({', '.join('?' * len(statuses))})")
             args.extend(statuses)
         cols = "*" if include_report else "seq, id, owner, model_spec, recipe, hardware, eval_settings, " \
-            "payload, status, created_at, started_at, finished_at, progress, error, artifact_path"
+            "payload, status, created_at, started_at, finished_at, progress, error, artifact_path, shared"
         sql = f"SELECT {cols} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -291,6 +242,32 @@ class RunStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return [self._record(r) for r in rows]
+
+    def set_shared(self, run_id: str, shared: bool) -> bool:
+        """Shows (or hides) a run in the shared gallery; False for an unknown id."""
+        with self._lock, self._db:
+            cur = self._db.execute("UPDATE runs SET shared = ? WHERE id = ?", (int(bool(shared)), run_id))
+        return cur.rowcount > 0
+
+    def prune_runs(self, keep_last: int | None = None, max_age_s: float | None = None) -> list[str]:
+        """Deletes finished runs beyond the newest `keep_last` and those finished more than `max_age_s`
+        ago; queued and running runs are never touched. Returns the deleted ids (their artifact folders
+        are the caller's to remove)."""
+        finished = tuple(FINAL_STATUSES)
+        marks = ", ".join("?" * len(finished))
+        doomed: set[str] = set()
+        with self._lock, self._db:
+            if keep_last is not None:
+                doomed |= {r[0] for r in self._db.execute(
+                    f"SELECT id FROM runs WHERE status IN ({marks}) ORDER BY seq DESC LIMIT -1 OFFSET ?",
+                    (*finished, int(keep_last)))}
+            if max_age_s is not None:
+                cutoff = time.time() - max_age_s
+                doomed |= {r[0] for r in self._db.execute(
+                    f"SELECT id FROM runs WHERE status IN ({marks}) AND COALESCE(finished_at, created_at) < ?",
+                    (*finished, cutoff))}
+            self._db.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in doomed])
+        return sorted(doomed)
 
     def delete_run(self, run_id: str) -> bool:
         with self._lock, self._db:
@@ -321,6 +298,7 @@ class RunStore:
                     cells[key] = None
                     note = f"the stored {key} of this run is not valid JSON and was ignored"
                     cells["error"] = f"{cells['error']}; {note}" if cells.get("error") else note
+        cells["shared"] = bool(cells.get("shared") or 0)
         return RunRecord(**cells, partial="report" not in cells)
 
     # -- baseline cache --------------------------------------------------------------------------
@@ -344,6 +322,19 @@ class RunStore:
                 "INSERT OR REPLACE INTO baseline_cache (key, value, created_at) VALUES (?, ?, ?)",
                 (key, text, time.time()),
             )
+
+    def cache_prune(self, keep_last: int | None = None, max_age_s: float | None = None) -> int:
+        """Deletes baseline cache entries beyond the newest `keep_last` and those older than `max_age_s`;
+        returns how many. A pruned entry is a miss: the next run measures that baseline again."""
+        n = 0
+        with self._lock, self._db:
+            if max_age_s is not None:
+                n += self._db.execute("DELETE FROM baseline_cache WHERE created_at < ?",
+                                      (time.time() - max_age_s,)).rowcount
+            if keep_last is not None:
+                n += self._db.execute("DELETE FROM baseline_cache WHERE key NOT IN (SELECT key FROM baseline_cache "
+                                      "ORDER BY created_at DESC LIMIT ?)", (int(keep_last),)).rowcount
+        return n
 
     def cache_clear(self) -> int:
         with self._lock, self._db:

@@ -13,7 +13,7 @@ import pytest
 from compressor.errors import LabError
 from compressor.paths import default_data_dir
 from compressor.runs import store as store_mod
-from compressor.runs.store import LOG_MAX_CHARS, RunStore
+from compressor.runs.store import LOG_MAX_CHARS, RunStore, StoreError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PAYLOAD = {
@@ -112,7 +112,7 @@ def test_newer_schema_is_refused(tmp_path):
     db = sqlite3.connect(tmp_path / store_mod.DB_NAME)
     db.execute(f"PRAGMA user_version={store_mod.SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(RuntimeError, match="newer than this code"):
+    with pytest.raises(StoreError, match="newer than this code"):
         RunStore(tmp_path)
 
 
@@ -129,7 +129,7 @@ def test_default_data_dir(monkeypatch, tmp_path):
 def test_unwritable_data_dir_names_the_fix(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(OSError, match="LAB_DATA_DIR"):
+    with pytest.raises(StoreError, match="LAB_DATA_DIR"):
         RunStore(blocker / "sub")
 
 
