@@ -1,7 +1,7 @@
 """What a job target sees: `target(payload, ctx) -> dict`, with `ctx` a `JobContext`.
 
-The context carries the run's id, a folder for its artifacts, the baseline cache, and two callbacks
-(progress, log) that the caller wires: the worker process sends them over its pipe
+The context carries the run's id, a folder for its artifacts, the baseline cache, and three callbacks
+(progress, log, partial report) that the caller wires: the worker process sends them over its pipe
 (`compressor.runs.worker`), the job manager's inline path records them directly
 (`JobManager.run_inline`), the CLI prints them (`JobContext.local`). This module also holds the
 rules every side applies to what crosses a process boundary: progress events become plain JSON
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import fields
@@ -107,6 +108,13 @@ class BaselineCache:
     def put(self, key: str, value: dict) -> None:
         self._open().cache_put(key, value)
 
+    @classmethod
+    def local(cls, data_dir: str | Path | None = None) -> BaselineCache:
+        """The cache of the data folder's store (default `compressor.paths.default_data_dir()`), opened
+        on first use: what the CLI reads and fills."""
+        store_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        return cls(functools.cache(lambda: RunStore(store_dir)))
+
 
 class JobContext:
     """What a job target receives beside its payload.
@@ -116,6 +124,9 @@ class JobContext:
         artifact_dir: a folder of this run's own; files saved here (a compressed model) are kept for
             download when the run succeeds, subject to the manager's `ArtifactPolicy`.
         cache: `BaselineCache` with `get(key) -> dict | None` and `put(key, dict)`.
+
+    `partial(report_dict)` hands over a report measured so far (a `Report.to_dict()` whose `pending`
+    names what is still to come); the manager keeps the latest for the page (`partial_report`).
     """
 
     def __init__(
@@ -126,12 +137,15 @@ class JobContext:
         cache: BaselineCache,
         on_progress: Callable[[dict], None] | None = None,
         on_log: Callable[[str], None] | None = None,
+        on_partial: Callable[[str], None] | None = None,
     ):
         self.run_id = run_id
         self.artifact_dir = Path(artifact_dir)
         self.cache = cache
         self._on_progress = on_progress or (lambda _: None)
         self._on_log = on_log or (lambda _: None)
+        self._on_partial = on_partial
+        self._temporary: Path | None = None  # a folder `local` made, removed by `close`
 
     def progress(self, event: Progress | dict) -> None:
         """Reports stage, layer i/n, fraction, ETA and message; a non-empty message is logged too."""
@@ -139,6 +153,28 @@ class JobContext:
 
     def log(self, message: str) -> None:
         self._on_log(str(message))
+
+    @property
+    def wants_partial(self) -> bool:
+        """True when someone reads partial reports (a runner skips building them otherwise)."""
+        return self._on_partial is not None
+
+    def partial(self, report: dict) -> None:
+        """A report measured so far, as a JSON dict (`Report.to_dict()`); sent as JSON text."""
+        if self._on_partial is not None:
+            self._on_partial(dict_json(report, "a partial report"))
+
+    def close(self) -> None:
+        """Removes the temporary artifact folder `local` made, with what is in it."""
+        if self._temporary is not None:
+            shutil.rmtree(self._temporary, ignore_errors=True)
+            self._temporary = None
+
+    def __enter__(self) -> JobContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @classmethod
     def local(
@@ -149,11 +185,13 @@ class JobContext:
         on_progress: Callable[[dict], None] | None = None,
         on_log: Callable[[str], None] | None = print,
     ) -> JobContext:
-        """A context for running a target in this process without a manager (the CLI): cache in the
-        data folder's store, artifacts in `artifact_dir` or a new temporary folder. Nothing is recorded
-        in the run history; `JobManager.run_inline` runs a target here and records it."""
-        store_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        """A context for running a target in this process without a manager: cache in the data folder's
+        store, artifacts in `artifact_dir` or a new temporary folder that `close()` (or leaving a `with`
+        block) removes. Nothing is recorded in the run history; `JobManager.run_inline` runs a target
+        here and records it."""
         art = Path(artifact_dir) if artifact_dir is not None else Path(tempfile.mkdtemp(prefix="lab-run-"))
         art.mkdir(parents=True, exist_ok=True)
-        cache = BaselineCache(functools.cache(lambda: RunStore(store_dir)))
-        return cls(run_id="local", artifact_dir=art, cache=cache, on_progress=on_progress, on_log=on_log)
+        ctx = cls(run_id="local", artifact_dir=art, cache=BaselineCache.local(data_dir), on_progress=on_progress,
+                  on_log=on_log)
+        ctx._temporary = art if artifact_dir is None else None
+        return ctx

@@ -7,6 +7,7 @@ to the store and kept in memory as events for a live view:
     open  -> status queued, a row in the store
     start -> status running, started_at
     progress / log -> the latest progress (flushed to the store at most every PROGRESS_FLUSH_S) and log lines
+    partial -> the latest partial report (kept in memory only), announced by a "partial" event
     finish -> the artifact folder settled, the final row written (or, if the store refuses it, the run
               recorded as failed with the reason), artifacts pruned after a success
 
@@ -21,13 +22,17 @@ import logging
 import shutil
 import threading
 import time
+import traceback
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from compressor.runs import artifacts
 from compressor.runs.artifacts import ArtifactPolicy
-from compressor.runs.store import FAILED, FINAL_STATUSES, QUEUED, RUNNING, SUCCEEDED, RunStore
+from compressor.runs.context import BaselineCache, JobContext, dict_json, failure_message
+from compressor.runs.retention import RetentionClock
+from compressor.runs.store import FAILED, FINAL_STATUSES, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ class LiveRun:
     dropped: int = 0  # events dropped from the front of `events`
     log_lines: list[str] = field(default_factory=list)
     started: float | None = None  # time.monotonic() at start
-    cancel_requested: bool = False
+    cancel_requested: str | None = None  # the error the run ends with once the scheduler stops it
+    partial_json: str | None = None  # the latest partial report (Report.to_dict() as JSON) while it runs
     last_flush: float = 0.0
 
     @property
@@ -65,6 +71,7 @@ class RunBook:
         self.store, self.artifact_root, self.policy, self._cond = store, artifact_root, policy, cond
         self.live: dict[str, LiveRun] = {}
         self._finished_order: deque[str] = deque()
+        self.retention = RetentionClock(None)  # set by the manager that holds the data folder
 
     def unfinished(self, owner: str | None = None) -> list[LiveRun]:
         return [r for r in self.live.values() if not r.finished and (owner is None or r.owner == owner)]
@@ -92,6 +99,24 @@ class RunBook:
         if time.monotonic() - live.last_flush >= PROGRESS_FLUSH_S:
             live.last_flush = time.monotonic()
             self.store.update_run(live.run_id, progress=live.progress, log="\n".join(live.log_lines))
+
+    def partial(self, live: LiveRun, report_json: str) -> None:
+        """Keeps the latest partial report; the event names the sections still `pending` in it."""
+        if live.finished:
+            return
+        live.partial_json = report_json
+        try:
+            pending = json.loads(report_json).get("pending", [])
+        except (ValueError, AttributeError):
+            pending = []
+        self.event(live, {"kind": "partial", "pending": pending})
+
+    def failed(self, live: LiveRun, message: str, trace: str) -> None:
+        """Ends the run failed with `message`. The traceback goes to the app's log, not to the run's
+        log that visitors read."""
+        log.warning("run %s failed: %s\n%s", live.run_id, message, trace.rstrip())
+        self.log(live, "the run failed (the app's log has the details for the operator)")
+        self.finish(live, FAILED, error=message)
 
     def log(self, live: LiveRun, line: str, t: float | None = None) -> None:
         if live.finished:
@@ -126,7 +151,7 @@ class RunBook:
                 log.exception("run %s: the store refused the failure record too; the next start marks it "
                               "interrupted", live.run_id)
         # set after the store write, so that in-memory and stored status agree when it falls back
-        live.status = status
+        live.status, live.partial_json = status, None
         self.event(live, {"kind": "status", "status": status, "error": error})
         self._finished_order.append(live.run_id)
         while len(self._finished_order) > LIVE_FINISHED_KEPT:
@@ -135,6 +160,42 @@ class RunBook:
                 del self.live[old]
         if status == SUCCEEDED and artifact is not None:
             self.prune()
+        self.retain()
+
+    def retain(self, force: bool = False) -> None:
+        """Applies the retention policy (at most every `every_s` unless forced); never fails a run."""
+        try:
+            gone = self.retention.maybe(self.store, self.artifact_root, force=force)
+        except Exception:
+            log.exception("applying the retention policy failed; history is kept as it is")
+            return
+        if gone and any(gone.values()):
+            log.info("retention: deleted %(runs)d old run(s) and %(cache_entries)d baseline cache entries", gone)
+            for run_id in [r for r, live in self.live.items() if live.finished]:
+                if self.store.get_run(run_id) is None:
+                    del self.live[run_id]
+
+    def run_here(self, live: LiveRun, fn: Callable, cache: BaselineCache) -> None:
+        """Runs `fn(payload, ctx)` in the calling thread for a started inline run and ends it
+        (`JobManager.run_inline`). Called without the lock; takes it for each step."""
+        def step(method: Callable, *args) -> None:
+            with self._cond:
+                method(live, *args)
+
+        art = self.artifact_root / live.run_id
+        ctx = JobContext(run_id=live.run_id, artifact_dir=art, cache=cache,
+                         on_progress=lambda p: step(self.progress, p), on_log=lambda line: step(self.log, line),
+                         on_partial=lambda text: step(self.partial, text))
+        try:
+            art.mkdir(parents=True, exist_ok=True)
+            report = json.loads(dict_json(fn(json.loads(live.payload_json), ctx), "the report returned by the job"))
+        except Exception as e:
+            step(self.failed, failure_message(e), traceback.format_exc())
+        except BaseException as e:  # Ctrl-C, SystemExit: the app is stopping; the run must still end
+            step(self.finish, INTERRUPTED, None, f"the app stopped while this run ran ({failure_message(e)})")
+            raise
+        else:
+            step(self.finish, SUCCEEDED, report)
 
     def prune(self) -> None:
         """Applies the artifact policy, sparing the folders of runs still going."""

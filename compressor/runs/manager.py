@@ -1,12 +1,18 @@
 """The job manager: a FIFO queue across sessions, worker processes, cancel, time limits, run history.
 
     manager = JobManager(data_dir, target="compressor.runs.runner:run_job", concurrency=1, time_limit_s=900)
-    run_id = manager.submit({"model": "demo", "recipe": [...]}, owner=session_id)
+    run_id = manager.submit({"model": "demo", "recipe": [...]}, owner=visitor_id)
     manager.position(run_id)          # 1 = next in the queue, 0 = running, None = finished
-    manager.events(run_id, since=0)   # progress and log events, for a polling UI
-    manager.cancel(run_id)            # kills the worker mid-computation and starts a fresh one
+    manager.events(run_id, since=0)   # status, progress, log and "partial" events, for a polling UI
+    manager.partial_report(run_id)    # the latest partial Report dict while it runs (quality, then speed)
+    manager.cancel(run_id, owner)     # kills the worker mid-computation and starts a fresh one
     manager.wait(run_id, timeout=60)  # the finished run: a RunRecord (status, report, error, log)
     manager.run_inline(payload, owner, fn)  # runs fn(payload, ctx) here instead (ZeroGPU), recorded alike
+
+Visitors: every run has an `owner`; `list_runs(visible_to=owner)` is a visitor's view (their runs and
+the shared ones), `get_run(id, viewer=owner)` hides other visitors' unshared runs, `set_shared` puts a
+run in the gallery. `touch(owner)` / `left(owner)` tell the manager who is still here: runs of a
+visitor who left are cancelled after `owner_grace_s` (compressor.runs.presence); `cancel_owner` at once.
 
 A queued job runs `target(payload, ctx) -> dict` in a worker process (`compressor.runs.worker`,
 multiprocessing "spawn"), never in the app's process, so a crash or an out-of-memory kill ends only
@@ -29,20 +35,21 @@ import multiprocessing
 import shutil
 import threading
 import time
-import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from compressor.errors import LabError
 from compressor.runs.artifacts import ArtifactPolicy
-from compressor.runs.context import BaselineCache, JobContext, dict_json, failure_message
+from compressor.runs.context import BaselineCache, JobContext, dict_json
 from compressor.runs.lifecycle import LiveRun, RunBook
+from compressor.runs.limits import check_payload_size
 from compressor.runs.lock import FolderLock
+from compressor.runs.presence import Presence
+from compressor.runs.retention import Retention, RetentionClock
 from compressor.runs.scheduler import Scheduler
 from compressor.runs.store import (
     CANCELLED,
-    FAILED,
     FINAL_STATUSES,
     INTERRUPTED,
     RUNNING,
@@ -50,26 +57,11 @@ from compressor.runs.store import (
     RunRecord,
     RunStore,
 )
-from compressor.runs.worker import NAME_PREFIX
+from compressor.runs.worker import NAME_PREFIX, target_spec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "compressor.runs.runner:run_job"  # RunRequest JSON -> Report JSON
-
-
-def _target_string(target: str | Callable) -> str:
-    if isinstance(target, str):
-        module, sep, attr = target.partition(":")
-        if not (module and sep and attr):
-            raise ValueError(f"target={target!r} is not valid: use 'package.module:function'")
-        return target
-    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
-    if not module or module == "__main__" or "<" in name:
-        raise ValueError(
-            f"target={target!r} is not valid: a worker process imports its target, so give a "
-            "module-level function of an importable module, or a 'package.module:function' string"
-        )
-    return f"{module}:{name}"
 
 
 class JobManager:
@@ -82,6 +74,11 @@ class JobManager:
         time_limit_s: a job running longer is stopped and ends failed; None for no limit.
         artifacts: what happens to files a job leaves in `ctx.artifact_dir`.
         max_queued_per_owner: submissions beyond this many unfinished runs per owner are refused.
+        max_queued: submissions beyond this many unfinished runs in all are refused (a bounded queue).
+        owner_grace_s, owner_idle_s: when a visitor's runs are let go (compressor.runs.presence.Presence).
+        retention: how much run history and baseline cache is kept (compressor.runs.retention).
+        check_payload: called as `check_payload(payload)` before a submission is stored (e.g. the
+            runner's `check_payload`); its LabError refuses the submission.
     """
 
     def __init__(
@@ -93,17 +90,24 @@ class JobManager:
         time_limit_s: float | None = None,
         artifacts: ArtifactPolicy | None = None,
         max_queued_per_owner: int | None = None,
+        max_queued: int | None = None,
+        owner_grace_s: float | None = None,
+        owner_idle_s: float | None = None,
+        retention: Retention | None = None,
+        check_payload: Callable[[dict], object] | None = None,
     ):
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency={concurrency!r} is not valid: use an integer >= 1")
         if time_limit_s is not None and not time_limit_s > 0:
             raise ValueError(f"time_limit_s={time_limit_s!r} is not valid: use seconds > 0, or None for no limit")
-        self.target = _target_string(target)
+        self.target = target_spec(target)
         self.concurrency = concurrency
         self.time_limit_s = time_limit_s
         self.artifacts = artifacts or ArtifactPolicy()
-        self.max_queued_per_owner = max_queued_per_owner
-        self.store = RunStore(data_dir)
+        self.max_queued_per_owner, self.max_queued = max_queued_per_owner, max_queued
+        self.presence = Presence(owner_grace_s, owner_idle_s)
+        self._check_payload = check_payload
+        self.store = RunStore(data_dir, check=True)
         self.data_dir = self.store.data_dir
         self.artifact_root = self.data_dir / "artifacts"
         self.artifact_root.mkdir(exist_ok=True)
@@ -111,7 +115,8 @@ class JobManager:
         self._cond = threading.Condition(threading.RLock())  # guards the run book and the scheduler
         self._runs = RunBook(self.store, self.artifact_root, self.artifacts, self._cond)
         self._sched = Scheduler(self._runs, self._cond, target=self.target, data_dir=self.data_dir,
-                                artifact_root=self.artifact_root, concurrency=concurrency, time_limit_s=time_limit_s)
+                                artifact_root=self.artifact_root, concurrency=concurrency, time_limit_s=time_limit_s,
+                                sweep=self._let_go_of_away_owners)
         self._lock = FolderLock(self.data_dir)
 
         # Spawn re-imports the parent's main module in each child; if that module (app.py) builds a
@@ -125,6 +130,8 @@ class JobManager:
             )
             if ids:
                 log.warning("marked %d unfinished run(s) from a previous process as interrupted", len(ids))
+            self._runs.retention = RetentionClock(retention)
+            self._runs.retain(force=True)
             self._runs.prune()
         else:
             log.warning("another process manages jobs in %s; not touching its unfinished runs", self.data_dir)
@@ -142,7 +149,10 @@ class JobManager:
     # -- submitting and running ------------------------------------------------------------
 
     def submit(self, payload: dict, owner: str) -> str:
-        """Queues a job; returns its run id. The payload must be a JSON-serialisable dict."""
+        """Queues a job; returns its run id. The payload must be a JSON-serialisable dict within
+        `limits.MAX_PAYLOAD_BYTES`; `check_payload` (when given) runs first, outside the lock."""
+        if self._check_payload is not None:
+            self._check_payload(payload)
         with self._cond:
             live = self._open(payload, owner)
             self._sched.queue.append(live.run_id)
@@ -161,24 +171,7 @@ class JobManager:
         with self._cond:
             live = self._open(payload, owner, inline=True)
             self._runs.start(live)
-        art = self.artifact_root / live.run_id
-        ctx = JobContext(run_id=live.run_id, artifact_dir=art, cache=BaselineCache(self.store),
-                         on_progress=lambda p: self._record(self._runs.progress, live, p),
-                         on_log=lambda line: self._record(self._runs.log, live, line))
-        try:
-            art.mkdir(parents=True, exist_ok=True)
-            report = json.loads(dict_json(fn(json.loads(live.payload_json), ctx), "the report returned by the job"))
-        except Exception as e:
-            with self._cond:
-                self._runs.log(live, traceback.format_exc().rstrip())
-                self._runs.finish(live, FAILED, error=failure_message(e))
-        except BaseException as e:  # Ctrl-C, SystemExit: the app is stopping; the run must still end
-            with self._cond:
-                self._runs.finish(live, INTERRUPTED, error=f"the app stopped while this run ran ({failure_message(e)})")
-            raise
-        else:
-            with self._cond:
-                self._runs.finish(live, SUCCEEDED, report=report)
+        self._runs.run_here(live, fn, BaselineCache(self.store))
         return self.get_run(live.run_id)
 
     def _open(self, payload: dict, owner: str, inline: bool = False) -> LiveRun:
@@ -187,7 +180,10 @@ class JobManager:
             raise RuntimeError("this JobManager was built inside a worker process and runs nothing")
         if not isinstance(owner, str) or not owner.strip():
             raise LabError(f"owner={owner!r} is not valid: give the session or user id as a non-empty string")
+        if len(owner) > MAX_OWNER_CHARS:
+            raise LabError(f"owner has {len(owner)} characters; the limit is {MAX_OWNER_CHARS}")
         payload_json = dict_json(payload, "the payload")
+        check_payload_size(payload_json)
         if self._sched.stopping:
             raise LabError("the job manager is shutting down; try again in a moment")
         if self.max_queued_per_owner is not None:
@@ -195,13 +191,14 @@ class JobManager:
             if mine >= self.max_queued_per_owner:
                 raise LabError(
                     f"you already have {mine} runs queued or running (the limit is "
-                    f"{self.max_queued_per_owner}); wait for one to finish or cancel one"
+                    f"{self.max_queued_per_owner} per visitor); wait for one to finish or cancel one"
                 )
+        if self.max_queued is not None and len(self._runs.unfinished()) >= self.max_queued:
+            raise LabError(f"the queue is full ({self.max_queued} runs queued or running, the limit for "
+                           "everyone); try again in a few minutes")
+        if self.presence.seen(owner) is not None:  # a submission is a sign of life of a tracked visitor
+            self.presence.touch(owner)
         return self._runs.open(owner, payload_json, inline=inline)
-
-    def _record(self, step: Callable, live: LiveRun, value: object) -> None:
-        with self._cond:
-            step(live, value)
 
     # -- where runs stand ------------------------------------------------------------------
 
@@ -235,11 +232,17 @@ class JobManager:
                 for i, rid in enumerate(self._sched.queue)
             ]
 
-    def cancel(self, run_id: str, owner: str | None = None) -> bool:
-        """Cancels a queued or running run (a running one within about a second); False if already over."""
+    def cancel(self, run_id: str, owner: str | None = None, reason: str | None = None) -> bool:
+        """Cancels a queued or running run (a running one within about a second: its worker is killed and
+        a fresh one takes the next run); False if already over. With `owner`, only that owner's run
+        (LabError otherwise). `reason` becomes the run's error."""
         with self._cond:
             live = self._runs.live.get(run_id)
             if live is None or live.finished:
+                if owner is not None and live is None:
+                    run = self.store.get_run(run_id)
+                    if run is None or run.owner != owner:  # say nothing about other visitors' runs
+                        raise LabError(f"no run {str(run_id)[:40]!r} of yours is queued or running")
                 return False
             _check_owner(live.owner, owner, run_id)
             if live.inline:
@@ -247,11 +250,47 @@ class JobManager:
                                "cancelled; it ends by itself within the GPU time limit")
             if run_id in self._sched.queue:
                 self._sched.queue.remove(run_id)
-                self._runs.finish(live, CANCELLED, error="cancelled before it started")
+                self._runs.finish(live, CANCELLED, error=reason or "cancelled before it started")
                 return True
-            live.cancel_requested = True
+            live.cancel_requested = reason or "cancelled while running"
         self._sched.wake()
         return True
+
+    def cancel_owner(self, owner: str, reason: str | None = None) -> list[str]:
+        """Cancels every queued or running run of `owner` (not inline ones); returns their ids."""
+        with self._cond:
+            ids = [r.run_id for r in self._runs.unfinished(owner) if not r.inline]
+            for run_id in ids:
+                self.cancel(run_id, reason=reason)
+        return ids
+
+    # -- visitors ----------------------------------------------------------------------------
+
+    def touch(self, owner: str) -> None:
+        """`owner`'s page shows a sign of life (a load, a poll, a timer): their runs are kept."""
+        self.presence.touch(owner)
+
+    def left(self, owner: str) -> None:
+        """`owner`'s last page closed: their unfinished runs are cancelled after `owner_grace_s` unless
+        they come back (`touch`) before then."""
+        self.presence.left(owner)
+
+    def _let_go_of_away_owners(self) -> None:
+        """The scheduler's sweep (about once a second): cancels the runs of visitors who are away."""
+        for owner, why in self.presence.away().items():
+            if self.cancel_owner(owner, reason=f"cancelled: {why}"):
+                log.info("cancelled the runs of a visitor who is away (%s)", why)
+            self.presence.forget(owner)
+
+    def set_shared(self, run_id: str, owner: str, shared: bool = True) -> None:
+        """Shows (or hides) `owner`'s finished run in the shared gallery; LabError for someone else's
+        run, an unknown id or a run that has no report to show."""
+        run = self.store.get_run(run_id)
+        if run is None or run.owner != owner:
+            raise LabError(f"no run {str(run_id)[:40]!r} of yours: you can only share your own runs")
+        if shared and run.status != SUCCEEDED:
+            raise LabError(f"run {run_id} is {run.status}: only a finished run with results can be shared")
+        self.store.set_shared(run_id, bool(shared))
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Blocks until the run is over; returns `get_run(run_id)`. Raises TimeoutError."""
@@ -300,6 +339,14 @@ class JobManager:
             if not events and self.status(run_id) in FINAL_STATUSES | {None}:
                 return
 
+    def partial_report(self, run_id: str) -> dict | None:
+        """The latest partial report of a running run (`Report.to_dict()` with `pending` sections),
+        None when it has sent none or is over (the finished report is `get_run(run_id).report`)."""
+        with self._cond:
+            live = self._runs.live.get(run_id)
+            text = live.partial_json if live is not None and not live.finished else None
+        return json.loads(text) if text else None
+
     def latest_progress(self, run_id: str) -> dict | None:
         with self._cond:
             live = self._runs.live.get(run_id)
@@ -308,10 +355,11 @@ class JobManager:
         run = self.store.get_run(run_id)
         return None if run is None else run.progress
 
-    def get_run(self, run_id: str) -> RunRecord | None:
-        """The stored run, with its `position` and, while it runs, its live status, progress and log."""
+    def get_run(self, run_id: str, viewer: str | None = None) -> RunRecord | None:
+        """The stored run, with its `position` and, while it runs, its live status, progress and log.
+        With `viewer`, None unless the run is theirs or shared (other visitors' runs stay private)."""
         run = self.store.get_run(run_id)
-        if run is None:
+        if run is None or (viewer is not None and run.owner != viewer and not run.shared):
             return None
         with self._cond:
             live = self._runs.live.get(run_id)
@@ -322,10 +370,12 @@ class JobManager:
 
     def list_runs(
         self, owner: str | None = None, status: str | tuple[str, ...] | None = None, limit: int | None = 100,
-        include_report: bool = True,
+        include_report: bool = True, shared: bool | None = None, visible_to: str | None = None,
     ) -> list[RunRecord]:
-        """Stored runs, newest first."""
-        return self.store.list_runs(owner=owner, status=status, limit=limit, include_report=include_report)
+        """Stored runs, newest first: `owner=` a visitor's own, `shared=True` the gallery, `visible_to=`
+        a visitor's view (their own and the shared ones)."""
+        return self.store.list_runs(owner=owner, status=status, limit=limit, include_report=include_report,
+                                    shared=shared, visible_to=visible_to)
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -363,8 +413,8 @@ class JobManager:
         with self._cond:
             return [w.process.pid for w in self._sched.workers if w.process.pid is not None]
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stops the workers; queued and running runs end interrupted. Safe to call twice."""
+    def shutdown(self, timeout: float = 10.0, reason: str = "the app shut down before this run finished") -> None:
+        """Stops the workers; queued and running runs end interrupted with `reason`. Safe to call twice."""
         with self._cond:
             already = self._sched.stopping
             self._sched.stopping = True
@@ -374,7 +424,7 @@ class JobManager:
         atexit.unregister(self._atexit)
         with self._cond:
             for live in self._runs.unfinished():
-                self._runs.finish(live, INTERRUPTED, error="the app shut down before this run finished")
+                self._runs.finish(live, INTERRUPTED, error=reason)
         self._lock.release()
         self.store.close()
 
@@ -383,6 +433,9 @@ class JobManager:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+MAX_OWNER_CHARS = 200  # an owner id (a visitor id, a session hash) is short
 
 
 def _check_owner(run_owner: str, owner: str | None, run_id: str) -> None:

@@ -18,6 +18,7 @@ import multiprocessing
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import wait as wait_ready
 from pathlib import Path
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.25  # the longest sleep; cancels and deaths wake the scheduler at once
 STARTUP_FAILURES_FATAL = 3  # workers dying before "ready" this many times in a row fail the next run
 RESTART_BACKOFF_S = 0.5, 30.0  # first and longest wait before replacing a worker that died idle
+SWEEP_S = 1.0  # how often the manager's sweep runs (runs of visitors who left)
 
 
 class Scheduler:
@@ -42,7 +44,8 @@ class Scheduler:
     """
 
     def __init__(self, runs: RunBook, cond: threading.Condition, *, target: str, data_dir: Path,
-                 artifact_root: Path, concurrency: int, time_limit_s: float | None):
+                 artifact_root: Path, concurrency: int, time_limit_s: float | None,
+                 sweep: Callable[[], None] | None = None):
         self.runs, self._cond = runs, cond
         self.target, self.data_dir, self.artifact_root = target, data_dir, artifact_root
         self.concurrency, self.time_limit_s = concurrency, time_limit_s
@@ -53,6 +56,7 @@ class Scheduler:
         self._wake_r, self._wake_w = self._mp.Pipe(duplex=False)
         self._wake_pending = False  # at most one byte in the wake pipe, so writers never block
         self._idle_deaths, self._restart_at = 0, 0.0
+        self._sweep, self._next_sweep = sweep, 0.0  # e.g. cancelling the runs of visitors who left
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -116,6 +120,9 @@ class Scheduler:
                     self._drain(w)
                     self._on_worker_death(w)
             self._enforce_limits()
+            if self._sweep is not None and time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_S
+                self._sweep()
         return True
 
     def _fill_pool(self) -> None:
@@ -157,13 +164,14 @@ class Scheduler:
             self.runs.progress(live, msg[2])
         elif kind == "log":
             self.runs.log(live, msg[3], msg[2])
+        elif kind == "partial":
+            self.runs.partial(live, msg[2])
         elif kind == "done":
             w.run_id, self._idle_deaths = None, 0
             self.runs.finish(live, SUCCEEDED, report=json.loads(msg[2]))
         elif kind == "error":
             w.run_id, self._idle_deaths = None, 0
-            self.runs.log(live, msg[3].rstrip())
-            self.runs.finish(live, FAILED, error=msg[2])
+            self.runs.failed(live, msg[2], msg[3])
 
     def _on_worker_death(self, w: WorkerProcess) -> None:
         code = w.process.exitcode
@@ -202,7 +210,7 @@ class Scheduler:
                 continue
             if live.cancel_requested:
                 self._stop_worker(w, graceful=False)
-                self.runs.finish(live, CANCELLED, error="cancelled while running")
+                self.runs.finish(live, CANCELLED, error=live.cancel_requested)
             elif self.time_limit_s is not None and now - live.started > self.time_limit_s:
                 self._stop_worker(w, graceful=False)
                 self.runs.finish(

@@ -12,6 +12,7 @@ Pipe protocol (tuples of plain values; reports travel as JSON text, never pickle
     worker -> parent   ("ready", pid)
                        ("progress", run_id, progress_dict)
                        ("log", run_id, time, line)
+                       ("partial", run_id, report_json)      a report measured so far (Report.to_dict())
                        ("done", run_id, report_json)
                        ("error", run_id, message, traceback_text)
 """
@@ -111,6 +112,22 @@ class WorkerProcess:
         self.conn.close()
         if not self.process.is_alive():
             self.process.close()
+
+
+def target_spec(target: str | Callable) -> str:
+    """"package.module:function" for a target given as that string or as such a function."""
+    if isinstance(target, str):
+        module, sep, attr = target.partition(":")
+        if not (module and sep and attr):
+            raise ValueError(f"target={target!r} is not valid: use 'package.module:function'")
+        return target
+    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
+    if not module or module == "__main__" or "<" in name:
+        raise ValueError(
+            f"target={target!r} is not valid: a worker process imports its target, so give a "
+            "module-level function of an importable module, or a 'package.module:function' string"
+        )
+    return f"{module}:{name}"
 
 
 def resolve_target(spec: str) -> Callable[[dict, JobContext], dict]:
@@ -216,6 +233,7 @@ def _run_one(send, cache: BaselineCache, run_id: str, target: str, payload: dict
         cache=cache,
         on_progress=lambda p: send("progress", run_id, p),
         on_log=lambda line: send("log", run_id, time.time(), line),
+        on_partial=lambda report_json: send("partial", run_id, report_json),
     )
     handler = _ForwardLogs(ctx)
     engine_log = logging.getLogger("compressor")
