@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 
 from compressor.engine.hessian import inverse_cholesky, output_sqnr_db
-from compressor.engine.quant import STORE_DTYPE, pack_linear, qparams, quantize_with
+from compressor.engine.quant import STORE_DTYPE, pack_linear, qparams
 from compressor.engine.registry import register
 from compressor.engine.stage import QuantStageConfig
 from compressor.errors import RecipeError
@@ -79,57 +79,60 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, *, bits: int, group_size: in
     W = W.clone().float()  # (N, K)
     N, K = W.shape
     G = group_size
+    maxq = 2**bits - 1
     dead = torch.diag(H) == 0  # inputs that are always zero: any weight works, use 0
     H[dead, dead] = 1
     W[:, dead] = 0
 
     groups = None
-    if actorder == "static":  # scales from the original contiguous groups, before any update
-        groups = [qparams(W[:, g:g + G], bits, symmetric) for g in range(0, K, G)]
+    if actorder == "static":  # scales from the original contiguous groups, before any update; (N,) each
+        groups = [tuple(t[:, 0] for t in qparams(W[:, g:g + G], bits, symmetric)) for g in range(0, K, G)]
     perm = None
     if actorder != "none":
         perm = torch.argsort(torch.diag(H), descending=True)
         W = W[:, perm]
         H = H[perm][:, perm]
     Hinv, _ = inverse_cholesky(H, percdamp)
+    group_of = None if groups is None else (perm // G).tolist()  # each column's static group, as Python ints
 
     Q = torch.zeros_like(W)
     q_int = torch.zeros(N, K, dtype=torch.uint8, device=W.device)
     scales = torch.zeros(N, K // G, device=W.device)
     zeros = torch.zeros(N, K // G, device=W.device)
+    # The column loop runs K times per layer, so each step is a few in-place ops on contiguous rows: the
+    # block is held transposed (one column of W per row), and q, its dequantized value and the scaled
+    # error are written straight into their block buffers. Same operations in the same order as the
+    # reference code (quantize_with, then (q - zero) * scale, then (w - q) / d): bit-identical results.
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        W1 = W[:, i1:i2].T.contiguous()  # (count, N)
+        Q1, Qi1, Err1 = torch.empty_like(W1), torch.empty_like(W1), torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(count):
             col = i1 + i
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            if groups is not None:
-                scale, zero = groups[int(perm[col]) // G]
+            w = W1[i]  # (N,)
+            if group_of is not None:
+                scale, zero = groups[group_of[col]]
             elif col % G == 0:
                 # Parameters from the group's current (already updated) columns.
-                cols = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :G]
-                scale, zero = qparams(cols, bits, symmetric)  # (N, 1) each
-                scales[:, col // G], zeros[:, col // G] = scale[:, 0], zero[:, 0]
-            qi = quantize_with(w.unsqueeze(1), scale, zero, bits)  # (N, 1)
-            q_int[:, col] = qi[:, 0].to(torch.uint8)
-            q = ((qi - zero) * scale)[:, 0]
-            Q1[:, i] = q
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+                cols = torch.cat([W1[i:].T, W[:, i2:]], dim=1)[:, :G]  # (N, G)
+                scale, zero = (t[:, 0] for t in qparams(cols, bits, symmetric))
+                scales[:, col // G], zeros[:, col // G] = scale, zero
+            qi, q, err = Qi1[i], Q1[i], Err1[i]
+            torch.div(w, scale, out=qi).round_().add_(zero).clamp_(0, maxq)
+            torch.sub(qi, zero, out=q).mul_(scale)
+            torch.sub(w, q, out=err).div_(Hinv1[i, i])
+            W1[i:].sub_(torch.outer(Hinv1[i, i:], err))  # spread the error over the block's later columns
+        Q[:, i1:i2] = Q1.T
+        q_int[:, i1:i2] = Qi1.T.to(torch.uint8)
+        W[:, i2:] -= Err1.T.matmul(Hinv[i1:i2, i2:])  # and over the columns after the block, once
 
     if actorder == "static":  # back to the original column order; scales come from the static groups
         invperm = torch.argsort(perm)
         Q, q_int = Q[:, invperm], q_int[:, invperm]
-        scales = torch.cat([s for s, _ in groups], dim=1)
-        zeros = torch.cat([z for _, z in groups], dim=1)
+        scales = torch.stack([s for s, _ in groups], dim=1)
+        zeros = torch.stack([z for _, z in groups], dim=1)
         perm = None
     perm = None if perm is None else perm.to(torch.int32)
     return q_int, scales.to(STORE_DTYPE), zeros.to(STORE_DTYPE), perm, Q
