@@ -1,5 +1,5 @@
-"""Greedy generation, and the positions a model may be fed: what samples, arithmetic and the prompt
-box share."""
+"""Greedy generation, chat prompts, and the positions a model may be fed: what samples, arithmetic and
+the prompt box share."""
 
 from __future__ import annotations
 
@@ -8,6 +8,23 @@ import torch
 from compressor.engine.text import leading_bos
 from compressor.errors import LabError
 from compressor.measure.settings import EvalSettings
+
+
+def has_chat_template(tokenizer) -> bool:
+    """True when the tokenizer carries a chat template (an instruct model): prompts go through it."""
+    return isinstance(getattr(tokenizer, "chat_template", None), str) and bool(tokenizer.chat_template)
+
+
+def chat_prompt(tokenizer, user: str, prefill: str = "") -> str:
+    """`user` as one user turn through the tokenizer's chat template, the assistant's turn opened, and
+    `prefill` as the start of its answer ("3 + 4 =" makes the next token the answer). The template's
+    own BOS is dropped when the tokenizer adds one anyway, so a prompt never starts with two."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and leading_bos(tokenizer) is not None and text.startswith(bos):
+        text = text[len(bos):]
+    return text + prefill
 
 
 def max_positions(model) -> int | None:
