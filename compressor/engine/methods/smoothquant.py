@@ -37,6 +37,8 @@ class SmoothQuantConfig(StageConfig):
     Args:
         alpha: migration strength in [0, 1]; 0.5 in the paper for most models (higher moves more of
             the activation range into the weights).
+        smooth: false skips the smoothing: plain W8A8 (int8 per-channel weights, per-token int8
+            activations), the baseline that shows what smoothing buys.
         targets, ignore, overrides: module selection (see StageConfig). Smoothing applies to the
             inputs produced by a norm (q/k/v, gate/up); every targeted linear becomes W8A8.
     """
@@ -44,12 +46,18 @@ class SmoothQuantConfig(StageConfig):
     needs_calibration: ClassVar[bool] = True
 
     alpha: float = 0.5
+    smooth: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise RecipeError("alpha", self.alpha, "use a migration strength in [0, 1] (the paper uses 0.5)",
                               self.method or type(self).__name__)
+        if not isinstance(self.smooth, bool):
+            raise RecipeError("smooth", self.smooth, "use true or false", self.method or type(self).__name__)
+
+    def label(self) -> str:
+        return self.method if self.smooth else f"{self.method} off (plain W8A8)"
 
     def traits(self) -> tuple[set[str], float | None]:
         return {"int8-dynamic"}, 8.0
@@ -82,7 +90,7 @@ def apply(cfg: SmoothQuantConfig, layer_ctx) -> None:
     W0 = {n: m.weight.detach().float().clone() for n, m in targets.items()}
     prefix = layer_ctx.prefix
     s_in = {}
-    for prev, names in foldable_groups(layer_ctx.layer):
+    for prev, names in foldable_groups(layer_ctx.layer) if cfg.smooth else []:
         full = [f"{prefix}.{n}" if prefix else n for n in names]
         if isinstance(prev, nn.Linear) or not any(n in targets for n in full):
             continue  # the paper smooths the inputs of QKV and FC1 only, whose producer is a norm
