@@ -111,6 +111,8 @@ class DenseWeight:
 
 
 LabWeight = IntWeight | ScaledWeight | DenseWeight
+# A dense layer counts as pruned from this fraction of exact zeros (trained fp16 weights hold a few by chance).
+SPARSE_MIN = 0.01
 
 
 @dataclass
@@ -211,7 +213,7 @@ def model_facts(model: nn.Module, weights: dict[str, LabWeight]) -> ModelFacts:
     if layout:
         if all(len(set(v)) == 1 for v in layout.values()):
             uniform = {k: v[0] for k, v in layout.items()}
-    sparsity = {n: w.sparsity for n, w in weights.items() if isinstance(w, DenseWeight) and w.sparsity > 0}
+    sparsity = {n: w.sparsity for n, w in weights.items() if isinstance(w, DenseWeight) and w.sparsity >= SPARSE_MIN}
     return ModelFacts(model_type=getattr(config, "model_type", ""), hidden_size=getattr(config, "hidden_size", 0),
                       kv_cache_method=getattr(kv, "method", None) if kv
                       else None, pruned_layout=layout, uniform_layout=uniform, sparsity=sparsity)

@@ -37,25 +37,30 @@ def _written(result) -> str:
 
 def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -> dict:
     from compressor.export import ExportRefused, export_model
+    from compressor.export.common import NOT_FOR_TRANSFORMERS
     from compressor.export.verify import load_export
 
     try:
         result = export_model(model, tokenizer, fmt, folder)
     except ExportRefused as e:
         return {"recipe": name, "format": fmt, "written": f"refused: {e.what}", "lossless": "-"}
+    row = {"recipe": name, "format": fmt, "written": _written(result), "lossless": "yes" if result.lossless else "no",
+           "max_dw": f"{result.max_abs_err:.2g}", "bytes": result.bytes_written,
+           "note": "; ".join(m for m in result.model_notes if not m.startswith("tokenizer"))}
+    if any(NOT_FOR_TRANSFORMERS in m for m in result.model_notes):
+        return row  # llama.cpp only: transformers cannot load it to measure logits
     with torch.no_grad():
         got = load_export(folder, fmt)(input_ids=ids).logits
         lab = model(input_ids=ids).logits
-    return {"recipe": name, "format": fmt, "written": _written(result),
-            "lossless": "yes" if result.lossless else "no", "max_dw": f"{result.max_abs_err:.2g}",
-            "vs_lab": f"{float((got - lab).abs().max()):.3g}", "vs_weights": f"{float((got - ref_logits).abs().max()):.3g}",
-            "note": "; ".join(m for m in result.model_notes if not m.startswith("tokenizer")),
-            "bytes": result.bytes_written}
+    row["vs_lab"] = f"{float((got - lab).abs().max()):.3g}"
+    if ref_logits is not None:
+        row["vs_weights"] = f"{float((got - ref_logits).abs().max()):.3g}"
+    return row
 
 
 def measure(recipes: dict, formats=FORMATS, log=print) -> list[dict]:
     import compressor
-    from compressor.export import export_model
+    from compressor.export import ExportRefused, export_model
     from compressor.export.verify import load_export, probe_ids
     from compressor.models.loading import load_model
 
@@ -68,23 +73,28 @@ def measure(recipes: dict, formats=FORMATS, log=print) -> list[dict]:
             ids = probe_ids(model.config.vocab_size)
             # the lab's weights, exactly, in fp32: the plain export (its notes must all be exact)
             ref_dir = Path(tmp) / f"{len(rows)}-ref"
-            ref = export_model(model, tokenizer, "transformers", ref_dir, dtype="float32")
-            assert ref.lossless, "the fp32 plain export must hold the lab's weights exactly"
-            with torch.no_grad():
-                ref_logits = load_export(ref_dir, "transformers")(input_ids=ids).logits
+            ref_logits = None
+            try:
+                ref = export_model(model, tokenizer, "transformers", ref_dir, dtype="float32")
+                assert ref.lossless, "the fp32 plain export must hold the lab's weights exactly"
+                with torch.no_grad():
+                    ref_logits = load_export(ref_dir, "transformers")(input_ids=ids).logits
+            except ExportRefused:
+                pass  # no transformers folder can hold it: that column stays empty
             for fmt in formats:
                 rows.append(_row(name, fmt, model, tokenizer, ref_logits, ids, Path(tmp) / f"{len(rows)}-{fmt}"))
+                log(markdown(rows[-1:], header=False).rstrip())
             log(f"{name}: {time.perf_counter() - t0:.0f} s")
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    head = ("| recipe | format | linear layers written as | lossless | max abs dW | logits vs lab | "
+def markdown(rows: list[dict], header: bool = True) -> str:
+    head = "" if not header else ("| recipe | format | linear layers written as | lossless | max abs dW | logits vs lab | "
             "logits vs weights |\n|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r['recipe']} | {r['format']} | {r['written']} | {r['lossless']} | {r.get('max_dw', '-')} | "
                    f"{r.get('vs_lab', '-')} | {r.get('vs_weights', '-')} |\n" for r in rows)
     notes = sorted({f"- {r['recipe']} / {r['format']}: {r['note']}" for r in rows if r.get("note")})
-    return head + body + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    return head + body + ("\n" + "\n".join(notes) + "\n" if notes and header else "")
 
 
 def main(argv=None) -> None:
