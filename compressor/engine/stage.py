@@ -86,10 +86,12 @@ def _layer_pattern(names: list[str]) -> str:
 
 
 def divisor_hint(in_features: int, limit: int = 6) -> str:
-    """Group sizes that would work for `in_features`, for error messages."""
-    divs = [d for d in range(16, in_features) if in_features % d == 0][:limit]
-    tried = ", ".join(str(d) for d in divs)
-    return f"try {tried} or -1 (per channel)" if divs else "try -1 (per channel)"
+    """Group sizes that would work for `in_features`, for error messages: the powers of two the kernels
+    and export formats take first (largest first), then other multiples of 16."""
+    pow2 = [g for g in (256, 128, 64, 32, 16) if g < in_features and in_features % g == 0]
+    other = [d for d in range(16, in_features, 16) if in_features % d == 0 and d not in pow2]
+    divs = (pow2 + other)[:limit]
+    return f"try {', '.join(map(str, divs))} or -1 (per channel)" if divs else "try -1 (per channel)"
 
 
 def _compile(field_name: str, pattern: Any, stage: str) -> re.Pattern:

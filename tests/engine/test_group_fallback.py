@@ -51,7 +51,7 @@ def test_the_fallback_gives_the_weights_an_explicit_override_gives():
 
 
 def test_without_the_fallback_the_recipe_is_refused_naming_the_layer_and_both_fixes():
-    with pytest.raises(RecipeError, match=r"in_features 192 of model\.layers\.0\.self_attn\.q_proj: try 16, 24, 32"
+    with pytest.raises(RecipeError, match=r"in_features 192 of model\.layers\.0\.self_attn\.q_proj: try 64, 32, 16"
                                           r".*or set group_fallback: true"):
         compress(_model(), [{"method": "rtn", "group_size": 128, "group_fallback": False}])
 

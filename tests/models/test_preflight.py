@@ -49,8 +49,8 @@ def test_a_model_too_large_for_memory_is_refused_with_the_numbers(config_only, t
 
 def test_a_group_size_that_does_not_fit_names_the_layer_and_the_fix_from_the_config_alone(config_only, tmp_path):
     recipe = {"method": "gptq", "bits": 4, "group_size": 128, "group_fallback": False}
-    with pytest.raises(RecipeError, match=r"in_features 192 of model\.layers\.0\.self_attn\.q_proj: try 16, 24, "
-                                          r"32.*group_fallback: true"):
+    with pytest.raises(RecipeError, match=r"in_features 192 of model\.layers\.0\.self_attn\.q_proj: try 64, 32, "
+                                          r"16.*group_fallback: true"):
         preflight(config_only(), recipe, roots=[tmp_path])
 
 
@@ -79,3 +79,27 @@ def test_the_demo_model_passes_every_preset():
     for name in list_presets():
         pre = preflight("demo", name)
         assert pre.warnings == [] and pre.source is None and pre.n_params > 7_000_000
+
+
+SMOLLM2 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+           "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+           "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": True, "rms_norm_eps": 1e-5,
+           "rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}}
+
+
+def test_every_preset_passes_on_smollm2_shapes_and_says_what_it_does_differently(tmp_path):
+    """SmolLM2-135M's config alone (576 = 4.5 x 128): group-128 presets fall back to 64 on 180 of 210
+    linears, the distill stack warns of its cost, nothing is refused."""
+    from compressor.engine.presets import list_presets
+
+    folder = tmp_path / "smollm2-config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(SMOLLM2))
+    (folder / "model.safetensors").write_bytes(b"")
+    for name in list_presets():
+        pre = preflight(str(folder), name, roots=[tmp_path])
+        assert pre.n_params == 134_515_008 and pre.targets[0] == 210
+        fell = [w for w in pre.warnings if "does not divide" in w]
+        assert len(fell) == ("g128" in name), (name, pre.warnings)
+        assert all("of 180 layer(s)" in w and "they use group_size=64" in w for w in fell)
+        assert any("TFLOP" in w for w in pre.warnings) == ("distill" in name)

@@ -24,12 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.engine.calibration import DEFAULT_SEQ_LEN
 from compressor.engine.registry import register
 from compressor.engine.stage import StageConfig
 from compressor.errors import RecipeError
 
 # Linears with at least this fraction of exact zeros are treated as pruned: their zeros stay zero.
 PRUNED_ZERO_FRACTION = 1e-3
+# For plan_warnings: the training throughput of a 2-core CPU (fp32, order of magnitude) and what counts as
+# long (about 3 minutes there).
+CPU_FLOPS = 50e9
+LONG_FLOPS = 1e13
 
 
 @dataclass
@@ -69,6 +74,20 @@ class DistillConfig(StageConfig):
             raise RecipeError("temperature", self.temperature, "use a positive temperature, e.g. 2.0", stage)
         if not (isinstance(self.hidden_mse, (int, float)) and self.hidden_mse >= 0):
             raise RecipeError("hidden_mse", self.hidden_mse, "use a weight >= 0 (0 turns it off)", stage)
+
+    def plan_warnings(self, model: nn.Module) -> list[str]:
+        """An estimate of the cost when it is long: a step runs the teacher forward and the student
+        forward and backward, about 8 x parameters FLOPs per token."""
+        n_params = sum(p.numel() for p in model.parameters())
+        tokens = self.steps * self.batch_size * min(self.seq_len, DEFAULT_SEQ_LEN)
+        flops = 8 * n_params * tokens
+        if flops < LONG_FLOPS:
+            return []
+        minutes = flops / CPU_FLOPS / 60
+        return [f"distillation trains through {n_params / 1e6:.0f}M parameters for {self.steps} steps of "
+                f"{self.batch_size} x {min(self.seq_len, DEFAULT_SEQ_LEN)} tokens: about {flops / 1e12:.0f} TFLOP, "
+                f"roughly {minutes:.0f} minutes on a 2-core CPU (estimated at {CPU_FLOPS / 1e9:.0f} GFLOP/s); fewer "
+                "steps, a smaller batch_size or seq_len cut it in proportion"]
 
     def check_stack(self, earlier: list[StageConfig], where: str) -> None:
         quantized = [j for j, cfg in enumerate(earlier) if cfg.kind == "quantize"]
@@ -186,6 +205,8 @@ def apply(cfg: DistillConfig, ctx) -> None:
         raise RecipeError("method", "distill", "a distill stage runs inside compressor.compress(), which gives it "
                           "the original model and calibration tokens; outside it call "
                           "compressor.engine.methods.distill.distill(student, teacher, tokens, DistillConfig(...))")
+    for warning in cfg.plan_warnings(ctx.model):  # a long run says so in its report
+        ctx.warn(warning)
 
     def progress(step: int, loss: float) -> None:
         ctx.progress(step, cfg.steps, f"step {step}/{cfg.steps}, loss {loss:.4f}")
