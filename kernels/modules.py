@@ -47,7 +47,11 @@ class QuantLinear(nn.Module):
         qweight uint8 [N, packed_cols(K, bits)], scales fp16 [N, K // G], zeros fp16 [N, K // G],
         perm int32 [K] (only with act-order), bias [N] (only with bias).
 
-    Runtime layout (kernels/cpu_plan.py): the first CPU forward builds a plan that every later call runs.
+    Runtime layout on CUDA (kernels/triton_layout.py): the first CUDA forward builds the GPU words (for 2/4/8
+    bits a view of qweight when rows are whole words, else they replace it) and makes scales/zeros transposed
+    views of [K // G, N] storage (the same bytes), then runs a kernels.triton_ops.TritonPlan.
+
+    Runtime layout on CPU (kernels/cpu_plan.py): the first CPU forward builds a plan that every later call runs.
     A 4-bit or per-channel 8-bit `qweight` is replaced by its native kernel's layout (same bytes); 2- and
     3-bit weights keep their canonical bytes and hold the int4 layout beside them (`native_qweight`, more
     bytes than stored: weight_bytes counts them). Native scales, int8 zero terms and the int64
@@ -69,6 +73,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
         self.native: NativeWeight | None = None
+        self.gpu_layout = False  # qweight/scales/zeros in the Triton runtime layout (kernels/triton_layout.py)
         self._run: CpuPlan | _CanonicalRun | None = None  # built by the first forward (_prepare)
         self._last_path: str | None = None  # kernel_path once the runtime is dropped
         check_qweight(self.qweight, self.scales, self.zeros, bits=bits, group_size=group_size,
@@ -118,7 +123,11 @@ class QuantLinear(nn.Module):
 
     @torch.no_grad()
     def _prepare(self, device: torch.device):
-        """Build what every later call runs: a CPU plan (native layout adopted) or the canonical dispatch."""
+        """Build what every later call runs: a CPU plan (native layout adopted), the Triton plan on CUDA, or
+        the canonical dispatch (the reference)."""
+        if device.type == "cuda" and self.qweight.device == device and dispatch.gpu_kind(
+                device, bits=self.bits, group_size=self.group_size, in_features=self.in_features):
+            return self._prepare_gpu()
         if device.type != "cpu" or self.qweight.device.type != "cpu":
             self._run = _CanonicalRun(self)
             return self._run
@@ -152,6 +161,21 @@ class QuantLinear(nn.Module):
                             perm_index=getattr(self, "native_perm", None), bias=self.bias)
         return self._run
 
+    def _prepare_gpu(self):
+        from kernels import triton_layout
+        from kernels.triton_ops import TritonPlan
+
+        words = triton_layout.to_gpu_words(self.qweight, self.bits, self.in_features)
+        if words.data_ptr() != self.qweight.data_ptr():  # 3-bit planes or padded rows: they replace the bytes
+            self.qweight = words
+        self.scales = triton_layout.transposed_view(self.scales)  # (N, K // G) view of (K // G, N) storage
+        self.zeros = triton_layout.transposed_view(self.zeros)
+        self.gpu_layout = True
+        self._run = TritonPlan(words, self.scales, self.zeros, self.perm, self.bias, bits=self.bits,
+                               group_size=self.group_size, in_features=self.in_features,
+                               out_features=self.out_features)
+        return self._run
+
     @torch.no_grad()
     def _to_canonical(self) -> None:
         """Drop the runtime layout (back to the canonical qweight); the next forward prepares again."""
@@ -159,6 +183,10 @@ class QuantLinear(nn.Module):
             self._last_path, self._run = self._run.path, None
         for name in _RUNTIME_BUFFERS:
             self._buffers.pop(name, None)
+        if self.gpu_layout:
+            self.qweight = self._canonical_qweight()
+            self.scales, self.zeros = self.scales.contiguous(), self.zeros.contiguous()
+            self.gpu_layout = False
         if self.native is None:
             return
         if self.native.kind == cpu_native.INT4PACK:
@@ -169,6 +197,10 @@ class QuantLinear(nn.Module):
         self.native = None
 
     def _canonical_qweight(self) -> torch.Tensor:
+        if self.qweight.dtype == torch.int32:  # the GPU words replaced the bytes
+            from kernels.triton_layout import from_gpu_words
+
+            return from_gpu_words(self.qweight, self.bits, self.in_features)
         if self.native is None or (self.native.kind == cpu_native.INT4PACK and self.bits != 4):
             return self.qweight
         if self.native.kind == cpu_native.INT4PACK:
@@ -182,6 +214,9 @@ class QuantLinear(nn.Module):
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "qweight"] = self._canonical_qweight()
+        if self.gpu_layout:  # transposed views on CUDA: the state dict holds contiguous [N, K // G]
+            destination[prefix + "scales"] = self.scales.contiguous()
+            destination[prefix + "zeros"] = self.zeros.contiguous()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._to_canonical()

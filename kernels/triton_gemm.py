@@ -1,10 +1,18 @@
-"""Fused dequant-matmul for prefill (M > 16): y [M, N] = x [M, K] @ W.T, W packed 2/3/4/8-bit, group-wise.
+"""Fused dequant-GEMM on tensor cores: y [M, N] = x [M, K] @ W.T for M above triton_ops.GEMV_MAX_M (decode batches
+and prefill), W packed 2/3/4/8-bit in the GPU words (kernels/triton_layout.py).
 
-Shape contract: x fp16/bf16 [M, K] contiguous; qweight uint8 [N, packed_cols(K, bits)];
-scales, zeros fp16 [N, K // G]; y [M, N] in x's dtype. Act-order perm is applied to x by the caller.
-Tiles: BLOCK_M x BLOCK_N programs walk K in BLOCK_K steps, dequantize the weight tile in registers
-(fp32, then x's dtype) and accumulate with tl.dot in fp32. Under TRITON_INTERPRET=1, bf16 tl.dot returns
-garbage (Triton 3.9 interpreter), so there the bf16 dot runs in fp32 instead (DOT_FP32).
+Shape contract: x fp16/bf16/fp32 [M, K] (last dim contiguous); words int32 [N, W]; scales_t, zeros_t fp16
+[K // G, N] contiguous; perm int32 [K] or None (act-order, gathered in the kernel); bias [N] or None;
+y [M, N] in x's dtype. tl.dot accumulates in fp32 (fp32 x: full-precision "ieee" dots).
+
+Program (m block, n block, k split) walks its share of K in tiles of BLOCK_K values inside one group: the
+[BLOCK_N, BLOCK_K / V] words load once, coalesced along each row, and are repeated in registers
+(tl.interleave) so each element shifts its own field up; one FMA per element with the group's a and c
+(loaded once per tile as [BLOCK_N] vectors) dequantizes to x's dtype for the dot. Output tiles go in
+GROUP_M-row bands so weight tiles stay in L2 across m blocks. Small-M buckets split K and add into a
+zeroed y atomically (one pass); the autotune key holds the M bucket, so decode batches and prefill get
+their own configs. Row offsets are 64-bit (a quantized lm_head at a long prefill passes 2**31 elements).
+Under TRITON_INTERPRET=1, bf16 tl.dot returns garbage (Triton 3.9 interpreter): there it runs in fp32.
 """
 
 from __future__ import annotations
@@ -13,63 +21,164 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_config import autotune_mode, interpreting
-from kernels.triton_dequant import load_dequant_tile
+from kernels.triton_config import (
+    autotune_mode,
+    fit_block_k,
+    interpreting,
+    launch_args,
+    m_bucket,
+    pinned_meta,
+    sm_count,
+    split_k,
+    zero_output,
+)
+from kernels.triton_dequant import mantissa_tile, split_tiles
 
-SMALL_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-FULL_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [
-        (32, 64, 64, 4, 3), (64, 64, 64, 4, 3), (64, 128, 64, 4, 4), (128, 128, 32, 8, 3),
-        (128, 64, 64, 4, 4), (64, 256, 32, 8, 3), (128, 256, 64, 8, 3), (16, 128, 128, 4, 4),
-    ]
-]
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by the largest M bucket they serve
+SMALL = {16: (16, 64, 128, 4, 3), 64: (64, 64, 64, 4, 3), 1 << 30: (128, 128, 64, 8, 3)}
+FULL = {
+    16: [(16, 64, 128, 4, 3), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 64, 4, 4), (16, 256, 128, 8, 3),
+         (16, 32, 256, 4, 4)],
+    64: [(32, 64, 128, 4, 3), (64, 64, 128, 4, 3), (32, 128, 64, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3)],
+    256: [(64, 128, 64, 4, 4), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 4)],
+    1 << 30: [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 4),
+              (128, 64, 64, 4, 4), (256, 128, 64, 8, 3)],
+}
+GROUP_M = 8
+SPLIT_UP_TO = 64  # M buckets at or below this may split K
 
 
 @triton.jit
-def _qgemm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_xm, stride_qn, stride_sn, stride_ym,
-                  BITS: tl.constexpr, GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _qgemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROUP, KW, PLANE,
+                  stride_xm, stride_wn, stride_ym, M_BUCKET,
+                  BITS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+                  SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    band = GROUP_M * num_n  # programs per band of GROUP_M m blocks
+    first_m = (pid // band) * GROUP_M
+    rows_in_band = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band) % rows_in_band
+    pid_n = (pid % band) // rows_in_band
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    BKW: tl.constexpr = BLOCK_K // V
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm  # (BM, 1)
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # (BN, 1)
+    kk = tl.arange(0, BLOCK_K)
+    col = tl.arange(0, BKW)
+    t_start, t_end = split_tiles(K, pid_k, SPLIT_K, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)  # (BM, BK)
-        w = load_dequant_tile(q_ptr, s_ptr, z_ptr, offs_k, offs_n, K, N, stride_qn, stride_sn, BITS, GROUP)
-        if DOT_FP32:
-            acc += tl.dot(x.to(tl.float32), w)  # (BM, BN)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        offs_k = k0 + kk
+        k_mask = offs_k < K
+        if HAS_PERM:
+            src = tl.load(perm_ptr + offs_k, mask=k_mask, other=0)
         else:
-            acc += tl.dot(x, w.to(x.dtype))  # (BM, BN)
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+            src = tl.max_contiguous(tl.multiple_of(offs_k, BLOCK_K), BLOCK_K)
+        x = tl.load(x_rows + src[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # (BM, BK)
+        offs_w = tl.max_contiguous(tl.multiple_of(t * BKW + col, BKW), BKW)
+        f = mantissa_tile(w_rows, offs_w, n_mask[:, None] & (offs_w < KW)[None, :], PLANE, BITS, BLOCK_K)  # (BN, BK)
+        g = (k0 // GROUP).to(tl.int64) * N
+        s = tl.load(s_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)  # (BN,)
+        z = tl.load(z_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        w = f * (s * (1 << BITS))[:, None] - (((1 << BITS) + z) * s)[:, None]  # (BN, BK) = (q - z) * s
+        if DOT_FP32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)  # (BM, BN)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(pid_k == 0, b, 0.0)[None, :]  # once, by the first split
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    out = acc.to(y_ptr.dtype.element_ty)
+    mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out, mask=mask)
+    else:
+        tl.atomic_add(y_ptrs, out, mask=mask, sem="relaxed")
 
 
-_KEY = ["N", "K", "BITS", "GROUP"]
-_tuned = {
-    "small": triton.autotune(SMALL_CONFIGS, key=_KEY)(_qgemm_kernel),
-    "full": triton.autotune(FULL_CONFIGS, key=_KEY)(_qgemm_kernel),
-}
+def _bucket_list(table: dict, bucket: int):
+    return table[min(b for b in table if b >= bucket)]
+
+
+def fitted_configs(base: list[tuple], nargs: dict, splits: tuple[int, ...] = (1,)) -> list[triton.Config]:
+    """Fit each (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) to this weight and M, add SPLIT_K, drop duplicates."""
+    m, n, k, bits, group = nargs["M"], nargs["N"], nargs["K"], nargs["BITS"], nargs["GROUP"]
+    device = nargs["x_ptr"].device
+    sms = sm_count(device)
+    out, seen = [], set()
+    for bm, bn, bk, warps, stages in base:
+        bk = fit_block_k(bk, group_size=group, in_features=k, bits=bits)
+        bm = min(bm, max(triton.next_power_of_2(m), 16))
+        bn = min(bn, max(triton.next_power_of_2(n), 16))
+        k_tiles = triton.cdiv(k, bk)
+        programs = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+        small = m_bucket(m) <= SPLIT_UP_TO and device.type == "cuda"
+        base_split = split_k(programs, k_tiles, sms) if small else 1
+        for mult in splits if small else (1,):
+            split = min(base_split * mult, k_tiles)
+            key = (bm, bn, bk, warps, stages, split)
+            if key not in seen:
+                seen.add(key)
+                out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
+                                         num_warps=warps, num_stages=stages,
+                                         pre_hook=zero_output if split > 1 else None))
+    return out
+
+
+def _prune(configs, nargs, **kwargs):
+    args = {**nargs, **kwargs}
+    base = _bucket_list(FULL, args["M_BUCKET"])
+    return fitted_configs(base, args, splits=(1, 2))
+
+
+_KEY = ["M_BUCKET", "N", "K", "GROUP", "BITS", "HAS_PERM", "HAS_BIAS"]
+# every FULL entry once; the pruner keeps the M bucket's own list
+_tuned = triton.autotune(
+    [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+     for configs in FULL.values() for bm, bn, bk, w, s in configs],
+    key=_KEY, prune_configs_by={"early_config_prune": _prune})(_qgemm_kernel)
+
+
+def _grid(m: int, n: int):
+    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
 
 def qgemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
-          group_size: int, in_features: int, autotune: str | None = None, poison: bool = False) -> torch.Tensor:
-    """Launch the GEMM kernel on x [M, K]; `autotune` is "small" / "full" (default: KERNELS_AUTOTUNE).
+          group_size: int, in_features: int, perm: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+          split_k: int | None = None, config: dict | None = None, autotune: str | None = None,
+          poison: bool = False) -> torch.Tensor:
+    """y [M, N] = x[:, perm] @ W.T + bias for x [M, K]; qweight canonical uint8 or GPU int32 words.
 
-    `poison=True` fills the output with NaN before the launch (tests: every element must be written).
+    `split_k` / `config` ({"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) pin a launch; otherwise
+    autotune mode "small" launches the M bucket's default config and "full" benchmarks the bucket's list once
+    per key. `poison=True` fills y with NaN first (split-K zeroes it before adding).
     """
-    if x.dim() != 2 or x.shape[1] != in_features or x.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"x must be fp16/bf16 [M, {in_features}], got {x.dtype} {tuple(x.shape)}")
-    m, n = x.shape[0], qweight.shape[0]
-    x = x.contiguous()
-    y = torch.full((m, n), float("nan"), dtype=x.dtype, device=x.device) if poison else \
-        torch.empty((m, n), dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-    _tuned[autotune_mode(autotune)][grid](x, qweight, scales, zeros, y, m, n, in_features, x.stride(0),
-                                          qweight.stride(0), scales.stride(0), y.stride(0),
-                                          BITS=bits, GROUP=group_size,
-                                          DOT_FP32=interpreting() and x.dtype == torch.bfloat16)
+    y, args = launch_args("qgemm", x, qweight, scales, zeros, perm, bias, bits=bits, group_size=group_size,
+                          in_features=in_features, poison=poison)
+    if y.numel() == 0:
+        return y
+    m, n = y.shape
+    args.update(M_BUCKET=m_bucket(m), GROUP_M=GROUP_M,
+                DOT_FP32=x.dtype == torch.float32 or (interpreting() and x.dtype == torch.bfloat16))
+    if split_k is None and config is None and autotune_mode(autotune) == "full":
+        _tuned[_grid(m, n)](**args)
+        return y
+    cfg = dict(config or {})
+    default = _bucket_list(SMALL, m_bucket(m))
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+    base = tuple(cfg.get(name, d) for name, d in zip(names, default, strict=True))
+    chosen = fitted_configs([base], args)[0]
+    meta = pinned_meta(chosen, split_k, y)
+    _qgemm_kernel[_grid(m, n)(meta)](**args, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages)
     return y
+

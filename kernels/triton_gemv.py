@@ -1,10 +1,18 @@
-"""Fused dequant-GEMV for decode (M = 1..16), split over K: y [M, N] = x [M, K] @ W.T.
+"""Fused dequant-GEMV for decode: y [M, N] = x [M, K] @ W.T for a few rows (M <= triton_ops.GEMV_MAX_M), on CUDA cores.
 
-Shape contract: x fp16/bf16 [M <= 16, K]; qweight uint8 [N, packed_cols(K, bits)]; scales, zeros fp16
-[N, K // G]. Program (n-block, k-split) dequantizes [BLOCK_K, BLOCK_N] weight tiles once and multiplies
-all M rows with them on CUDA cores (no tensor-core padding to 16 rows), writing fp32 partial sums
-[SPLIT_K, M, N] that are summed afterwards: deterministic, unlike atomics. Decode is bound by reading the
-packed weight once, so SPLIT_K is chosen to put about 4 programs on every SM.
+Shape contract: x fp16/bf16/fp32 [M, K] (last dim contiguous); words int32 [N, W] (kernels/triton_layout.py);
+scales_t, zeros_t fp16 [K // G, N] contiguous; perm int32 [K] or None (act-order: y = x[:, perm] @ W.T, the
+gather done in the kernel); bias [N] or None; y [M, N] in x's dtype, accumulated in fp32.
+
+Program (n block, k split, row m) walks its share of K in tiles of BLOCK_K values that sit inside one group:
+    - the tile's words [BLOCK_N, BLOCK_K / V] load once, each row's words contiguous (coalesced);
+    - the group's scales and zeros load once per tile as [BLOCK_N] vectors (transposed layout: contiguous);
+    - for each field i of a word (unrolled) 1 + q / 2**b (kernels/triton_dequant.py: no conversion
+      instruction) times the x values of those columns accumulates into a [BLOCK_N, BLOCK_K / V] fp32 tile;
+      the group's a and c (a = 2**b s, c = -(2**b + z) s) scale it once per word;
+    - one reduction across threads at the end.
+Split-K programs add their rows into a zeroed y with one atomic add in y's dtype (the config's pre-hook
+zeroes y): one pass, no partial buffer and no second kernel. Row offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -13,70 +21,139 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_config import autotune_mode
-from kernels.triton_dequant import load_dequant_tile
+from kernels.triton_config import (
+    autotune_mode,
+    fit_block_k,
+    launch_args,
+    pinned_meta,
+    sm_count,
+    split_k,
+    zero_output,
+)
+from kernels.triton_dequant import chunk_field, split_tiles, word_field
 
-MAX_M = 16
-SMALL_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-FULL_CONFIGS = [
-    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bn, bk, w, s in [
-        (32, 128, 4, 2), (64, 64, 4, 2), (64, 128, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3),
-        (256, 32, 8, 2), (32, 256, 4, 3), (64, 256, 8, 3),
-    ]
-]
+# (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K is cut to the group (triton_config.fit_block_k)
+SMALL = [(128, 128, 4, 2)]  # also the pinned launch's default
+FULL = [(64, 128, 4, 2), (128, 128, 4, 2), (128, 64, 4, 3), (256, 64, 4, 2), (256, 128, 8, 2), (64, 256, 4, 2),
+        (128, 256, 8, 2), (32, 256, 2, 2), (512, 32, 8, 3), (256, 32, 4, 3), (128, 32, 4, 4), (512, 64, 8, 2)]
 
 
 @triton.jit
-def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, part_ptr, M, N, K, stride_xm, stride_qn, stride_sn,
-                  SPLIT_K: tl.constexpr, BITS: tl.constexpr, GROUP: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROUP, KW, PLANE,
+                  stride_xm, stride_wn, stride_ym,
+                  BITS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
+    pid_m = tl.program_id(2)
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS  # values per word column
+    BKW: tl.constexpr = BLOCK_K // V
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_per_split = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
-    k_start = pid_k * k_per_split
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)  # (BM, BK)
-        w = load_dequant_tile(q_ptr, s_ptr, z_ptr, offs_k, offs_n, K, N, stride_qn, stride_sn, BITS, GROUP)
-        acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)  # (BM, BK, BN) -> (BM, BN)
-    tl.store(part_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :], acc,
-             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    n_mask = offs_n < N
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # (BN, 1)
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+    col = tl.arange(0, BKW)
+    t_start, t_end = split_tiles(K, pid_k, SPLIT_K, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+    for t in range(t_start, t_end):
+        k0 = t * BLOCK_K
+        offs_w = tl.max_contiguous(tl.multiple_of(t * BKW + col, BKW), BKW)
+        wmask = n_mask[:, None] & (offs_w < KW)[None, :]
+        wa = tl.load(w_rows + offs_w[None, :], mask=wmask, other=0)  # (BN, BKW)
+        if BITS == 3:
+            wb = tl.load(w_rows + PLANE + offs_w[None, :], mask=wmask, other=0)
+            wh = tl.load(w_rows + 2 * PLANE + offs_w[None, :], mask=wmask, other=0)
+        g = (k0 // GROUP).to(tl.int64) * N  # the tile's group row of scales_t / zeros_t
+        s = tl.load(s_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)  # (BN,)
+        z = tl.load(z_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        a = s * (1 << BITS)
+        c = -((1 << BITS) + z) * s
+        part = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+        xs = tl.zeros((BKW,), dtype=tl.float32)
+        for i in tl.static_range(V):
+            kk = k0 + col * V + i  # (BKW,): the columns field i of each word holds
+            kmask = kk < K
+            if HAS_PERM:
+                src = tl.load(perm_ptr + kk, mask=kmask, other=0)
+            else:
+                src = kk
+            xi = tl.load(x_row + src, mask=kmask, other=0.0).to(tl.float32)
+            if BITS == 3:
+                f = chunk_field(wa, wb, wh, i)
+            else:
+                f = word_field(wa, i, BITS)
+            part += f * xi[None, :]  # (BN, BKW)
+            xs += xi
+        acc += part * a[:, None] + c[:, None] * xs[None, :]
+    y = tl.sum(acc, axis=1)  # (BN,)
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        y += tl.where(pid_k == 0, b, 0.0)  # once, by the first split
+    y_ptrs = y_ptr + pid_m.to(tl.int64) * stride_ym + offs_n
+    out = y.to(y_ptr.dtype.element_ty)
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, out, mask=n_mask)
+    else:
+        tl.atomic_add(y_ptrs, out, mask=n_mask, sem="relaxed")
 
 
-_KEY = ["N", "K", "BITS", "GROUP", "BLOCK_M", "SPLIT_K"]
-_tuned = {
-    "small": triton.autotune(SMALL_CONFIGS, key=_KEY)(_qgemv_kernel),
-    "full": triton.autotune(FULL_CONFIGS, key=_KEY)(_qgemv_kernel),
-}
+def fitted_configs(base: list[tuple], nargs: dict, splits: tuple[int, ...] = (1,)) -> list[triton.Config]:
+    """Fit each (BLOCK_N, BLOCK_K, warps, stages) to this weight, add SPLIT_K (x `splits`), drop duplicates."""
+    n, k, m, bits, group = nargs["N"], nargs["K"], nargs["M"], nargs["BITS"], nargs["GROUP"]
+    device = nargs["x_ptr"].device
+    sms = sm_count(device)
+    out, seen = [], set()
+    for bn, bk, warps, stages in base:
+        bk = fit_block_k(bk, group_size=group, in_features=k, bits=bits, minimum=32)
+        bn = min(bn, max(triton.next_power_of_2(n), 16))
+        k_tiles = triton.cdiv(k, bk)
+        # off CUDA (the interpreter) one program at a time gains nothing from splitting: tests pin split_k
+        base_split = split_k(triton.cdiv(n, bn) * m, k_tiles, sms) if device.type == "cuda" else 1
+        for mult in splits:
+            split = min(base_split * mult, k_tiles)
+            key = (bn, bk, warps, stages, split)
+            if key not in seen:
+                seen.add(key)
+                out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=warps,
+                                         num_stages=stages, pre_hook=zero_output if split > 1 else None))
+    return out
 
 
-def _split_k(n: int, k: int, device: torch.device) -> int:
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    programs_n = triton.cdiv(n, 64)
-    return max(1, min(16, (4 * sms) // programs_n, k // 256))
+def _prune(configs, nargs, **kwargs):
+    base = [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in configs]
+    return fitted_configs(base, {**nargs, **kwargs}, splits=(1, 2))
+
+
+_KEY = ["M", "N", "K", "GROUP", "BITS", "HAS_PERM", "HAS_BIAS"]
+_tuned = triton.autotune([triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+                          for bn, bk, w, s in FULL], key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+    _qgemv_kernel)
 
 
 def qgemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
-          group_size: int, in_features: int, split_k: int | None = None, autotune: str | None = None,
+          group_size: int, in_features: int, perm: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+          split_k: int | None = None, config: dict | None = None, autotune: str | None = None,
           poison: bool = False) -> torch.Tensor:
-    """Launch the split-K GEMV on x [M <= 16, K]; `poison=True` fills the partial sums with NaN first."""
-    if x.dim() != 2 or x.shape[1] != in_features or x.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"x must be fp16/bf16 [M, {in_features}], got {x.dtype} {tuple(x.shape)}")
-    m, n = x.shape[0], qweight.shape[0]
-    if m > MAX_M:
-        raise ValueError(f"qgemv takes at most {MAX_M} rows, got M={m}: use kernels.triton_gemm.qgemm")
-    x = x.contiguous()
-    split = split_k or _split_k(n, in_features, x.device)
-    shape = (split, m, n)
-    part = torch.full(shape, float("nan"), dtype=torch.float32, device=x.device) if poison else \
-        torch.empty(shape, dtype=torch.float32, device=x.device)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
-    _tuned[autotune_mode(autotune)][grid](x, qweight, scales, zeros, part, m, n, in_features, x.stride(0),
-                                          qweight.stride(0), scales.stride(0), SPLIT_K=split, BITS=bits,
-                                          GROUP=group_size, BLOCK_M=max(1, triton.next_power_of_2(m)))
-    return part.sum(dim=0).to(x.dtype)  # (M, N)
+    """y [M, N] = x[:, perm] @ W.T + bias for x [M, K]; qweight canonical uint8 or GPU int32 words.
+
+    `split_k` / `config` ({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) pin a launch (tests, benchmarks);
+    otherwise autotune mode "small" launches the default config (split-K by triton_config.split_k) and "full"
+    benchmarks the FULL list once per key. `poison=True` fills y with NaN first: with one program along K an
+    element no program writes stays NaN (split-K zeroes y before adding).
+    """
+    y, args = launch_args("qgemv", x, qweight, scales, zeros, perm, bias, bits=bits, group_size=group_size,
+                          in_features=in_features, poison=poison)
+    if y.numel() == 0:
+        return y
+    m, n = y.shape
+    if split_k is None and config is None and autotune_mode(autotune) == "full":
+        _tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], m)](**args)
+        return y
+    cfg = dict(config or {})
+    base = (cfg.get("BLOCK_N", SMALL[0][0]), cfg.get("BLOCK_K", SMALL[0][1]), cfg.get("num_warps", SMALL[0][2]),
+            cfg.get("num_stages", SMALL[0][3]))
+    chosen = fitted_configs([base], args)[0]
+    meta = pinned_meta(chosen, split_k, y)
+    _qgemv_kernel[(triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"], m)](
+        **args, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages)
+    return y

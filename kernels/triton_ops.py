@@ -1,32 +1,93 @@
-"""torch.library custom op around the Triton dequant-matmuls, with a fake so torch.compile traces it.
+"""The Triton path of a QuantLinear on CUDA: one function that picks GEMV or GEMM by M, the torch.library custom
+op around it (with a fake, so torch.compile traces it), and the plan a module builds once.
 
-    compression_lab::qmatmul(x [..., K], qweight, scales, zeros, bits, group_size, in_features) -> y [..., N]
-Picks the split-K GEMV for M <= 16 rows and the tiled GEMM above (`triton_path`).
+    compression_lab::qmatmul(x [..., K], qweight, scales, zeros, perm?, bias?, bits, group_size, in_features) -> y [..., N]
+
+qweight is kernels.pack's uint8 layout or the GPU int32 words (kernels/triton_layout.py); scales and zeros
+are [N, K // G] (transposed views are read without a copy). M = x.numel() // K rows: up to GEMV_MAX_M the
+CUDA-core GEMV (triton_gemv.py), above it the tensor-core GEMM (triton_gemm.py), which splits K itself
+for small M buckets.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
+from kernels import triton_layout
+from kernels.reference import qmatmul_ref
 from kernels.triton_gemm import qgemm
-from kernels.triton_gemv import MAX_M, qgemv
+from kernels.triton_gemv import qgemv
+
+GEMV, GEMM = "triton-gemv", "triton-gemm"
+# Rows at or below which the GEMV runs. With one row the GEMV reads each weight once on CUDA cores with no
+# padding; from two rows a 16-row tensor-core tile costs about what a second pass of FMAs costs.
+# benchmarks/gpu_check.py times both kernels at M = 1..16 on the GPU it runs on ("crossover" rows).
+GEMV_MAX_M = 1
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def triton_path(m: int) -> str:
-    """Kernel name for M rows: decode batches take the GEMV, prefill the GEMM."""
-    return "triton-gemv" if m <= MAX_M else "triton-gemm"
+    """Kernel name for M rows: decode takes the GEMV, batches and prefill the GEMM."""
+    return GEMV if m <= GEMV_MAX_M else GEMM
+
+
+def qmatmul_2d(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               perm: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group_size: int,
+               in_features: int) -> torch.Tensor:
+    """y [M, N] for x2 [M, K]: the GEMV or the GEMM, launched directly (autotune mode from $KERNELS_AUTOTUNE)."""
+    launch = qgemv if x2.shape[0] <= GEMV_MAX_M else qgemm
+    return launch(x2, qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features,
+                  perm=perm, bias=bias)
 
 
 @torch.library.custom_op("compression_lab::qmatmul", mutates_args=())
-def qmatmul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-                   group_size: int, in_features: int) -> torch.Tensor:
-    lead = x.shape[:-1]
+def qmatmul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   perm: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_size: int,  # noqa: UP045
+                   in_features: int) -> torch.Tensor:
     x2 = x.reshape(-1, in_features)  # (M, K)
-    launch = qgemv if x2.shape[0] <= MAX_M else qgemm
-    y = launch(x2, qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features)
-    return y.reshape(*lead, qweight.shape[0])
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    y = qmatmul_2d(x2, qweight, scales, zeros, perm, bias, bits, group_size, in_features)
+    return y.reshape(*x.shape[:-1], qweight.shape[0])
 
 
 @qmatmul_triton.register_fake
-def _(x, qweight, scales, zeros, bits, group_size, in_features):
+def _(x, qweight, scales, zeros, perm, bias, bits, group_size, in_features):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+class TritonPlan:
+    """A QuantLinear's CUDA runtime: x [..., K] -> y [..., N] in x's dtype, `path` naming the last call's kernel.
+
+    Holds the module's own tensors (the GPU words, or a view of qweight; scales/zeros as transposed views),
+    so what it holds is what weight_bytes counts. Eager calls launch directly (the custom op's dispatch costs
+    microseconds a call); under torch.compile the call goes through the custom op, which the graph keeps.
+    The kernels read the bias in its own dtype (added in fp32). Activations in other dtypes (float64) take
+    the reference on the canonical bytes.
+    """
+
+    def __init__(self, words: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, perm: torch.Tensor | None,
+                 bias: torch.Tensor | None, *, bits: int, group_size: int, in_features: int, out_features: int):
+        self.words, self.scales, self.zeros, self.perm, self.bias = words, scales, zeros, perm, bias
+        self.bits, self.group_size, self.k, self.n = bits, group_size, in_features, out_features
+        self.path: str | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in DTYPES:
+            self.path = "reference"
+            canonical = triton_layout.from_gpu_words(self.words, self.bits, self.k)
+            return qmatmul_ref(x, canonical, self.scales, self.zeros, bits=self.bits, group_size=self.group_size,
+                               in_features=self.k, perm=self.perm, bias=self.bias)
+        if torch.compiler.is_compiling():
+            y = qmatmul_triton(x, self.words, self.scales, self.zeros, self.perm, self.bias, self.bits,
+                               self.group_size, self.k)
+        else:
+            x2 = x.reshape(-1, self.k)  # (M, K)
+            if x2.stride(1) != 1:
+                x2 = x2.contiguous()
+            y = qmatmul_2d(x2, self.words, self.scales, self.zeros, self.perm, self.bias, self.bits, self.group_size,
+                           self.k).view(*x.shape[:-1], self.n)
+        self.path = triton_path(x.numel() // self.k if self.k else 0)
+        return y
