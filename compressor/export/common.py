@@ -99,6 +99,9 @@ def export_config(model: nn.Module, facts: ModelFacts, dtype: torch.dtype):
         config.head_dim = head_dim  # explicit: fewer heads no longer divide hidden_size into it
         for key, value in facts.uniform_layout.items():
             setattr(config, key, value)
+    if getattr(config, "tie_word_embeddings", False) and tied_head(model) is None:
+        # the recipe gave the head its own (quantized) weights: a reader that ties would overwrite them
+        config.tie_word_embeddings = False
     config.dtype = dtype
     config.architectures = [type(model).__name__]
     return config
@@ -141,7 +144,7 @@ def tied_head(model: nn.Module) -> str | None:
     if not getattr(cfg, "tie_word_embeddings", False):
         return None
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or emb is None or head.weight is not emb.weight:
+    if head is None or emb is None or getattr(head, "weight", None) is not emb.weight:
         return None
     for name, module in model.named_modules():
         if module is head:

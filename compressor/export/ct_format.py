@@ -166,7 +166,7 @@ def encode(model: nn.Module, linears: dict[str, LabWeight], facts: ModelFacts, o
 
     state: dict[str, torch.Tensor] = {}
     groups: dict[str, tuple[QuantizationScheme, list[str]]] = {}
-    notes, ignore = [], []
+    notes, ignore = [], [head] if head is not None else []  # a tied head is no Linear of its own to quantize
     for name, e in entries.items():
         state.update({f"{name}.{k}": t for k, t in e.tensors.items()})
         if e.target.bias is not None:

@@ -112,3 +112,26 @@ def test_structured_pruning_writes_the_smaller_config(compressed_tiny, demo_toke
     cfg = load_export(tmp_path, "compressed-tensors").config
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size, cfg.head_dim) == (2, 2, 192, 32)
     assert not hasattr(cfg, "pruned_layout")
+
+
+@pytest.mark.parametrize("quantize_head", [False, True])
+def test_tied_embeddings(quantize_head, demo_tokenizer, tmp_path):
+    """A tied head is written once and loads tied; a head the recipe quantized is its own weight in the export."""
+    import compressor
+    from tests.helpers import tiny_llama
+
+    model = tiny_llama(vocab=VOCAB)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    stage = {"method": "rtn", "bits": 8, "group_size": -1, "symmetric": True}
+    if quantize_head:
+        stage["ignore"] = [r"(^|\.)embed"]
+    model, _ = compressor.compress(model, {"stages": [stage]})
+    result = export_model(model, demo_tokenizer, "compressed-tensors", tmp_path)
+    loaded = load_export(tmp_path, "compressed-tensors")
+    with torch.no_grad():
+        loaded(input_ids=probe_ids(VOCAB))  # decompress
+    assert loaded.config.tie_word_embeddings is not quantize_head
+    head = loaded.lm_head.weight.float()
+    assert torch.equal(head, lab_weights(model)["lm_head"]) and any("lm_head" == n.name for n in result.notes) \
+        if quantize_head else torch.equal(head, model.model.embed_tokens.weight)
