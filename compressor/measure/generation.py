@@ -34,8 +34,15 @@ def max_positions(model) -> int | None:
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy continuations (text only, prompt removed), batched with left padding."""
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
+                    stop_at_eos: bool | None = None) -> list[str]:
+    """Greedy continuations (text only, prompt removed), batched with left padding.
+
+    Every row runs `max_new_tokens` steps (the same work whatever the answers). With `stop_at_eos`
+    (default: when the tokenizer has a chat template) each text ends where the model first wrote the
+    EOS token, its end of turn: what follows is the model starting a conversation of its own
+    ("Paris.<|im_end|>\n<|im_start|>system ..."), which is no part of its answer."""
+    stop = tokenizer.eos_token_id if (has_chat_template(tokenizer) if stop_at_eos is None else stop_at_eos) else None
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -47,7 +54,9 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, b
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None,
                                  temperature=None, top_p=None, top_k=None)
-            new = gen[:, enc["input_ids"].shape[1] :]  # (B, max_new_tokens)
+            new = gen[:, enc["input_ids"].shape[1] :].tolist()  # (B, max_new_tokens)
+            if stop is not None:
+                new = [row[: row.index(stop)] if stop in row else row for row in new]
             out += tokenizer.batch_decode(new, skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side

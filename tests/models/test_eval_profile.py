@@ -4,12 +4,13 @@ template sends every prompt through it, other models get few-shot arithmetic; th
 from __future__ import annotations
 
 import pytest
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from compressor.measure import evaldata
 from compressor.measure.evaldata import eval_profile, load_eval_data
-from compressor.measure.generation import chat_prompt
+from compressor.measure.generation import chat_prompt, greedy_generate
 from compressor.measure.quality import eval_tokens
 from compressor.measure.settings import EvalSettings
 from compressor.models.loading import DEMO_DIR
@@ -25,7 +26,7 @@ def _byte_tokenizer(chat: bool, bos: str | None = None) -> PreTrainedTokenizerFa
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<s>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<s>", pad_token="<s>")
     if bos is not None:  # a tokenizer that adds BOS in front of every text, and a template that writes it too
         from tokenizers import processors
 
@@ -81,3 +82,25 @@ def test_a_chat_prompt_never_starts_with_two_bos(adds_bos):
     ids = tok(chat_prompt(tok, "hi"))["input_ids"]
     assert ids.count(tok.bos_token_id) == (1 if adds_bos else 0)
     assert eval_profile(tok).name == "chat"
+
+
+class _Scripted(torch.nn.Module):
+    """A 'model' whose generate appends fixed ids: what greedy_generate does with them is under test."""
+
+    def __init__(self, tail: list[int]):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+        self.tail = tail
+
+    def generate(self, input_ids, max_new_tokens, **_):
+        tail = torch.tensor([self.tail[:max_new_tokens]] * input_ids.shape[0])
+        return torch.cat([input_ids, tail], dim=1)
+
+
+@pytest.mark.parametrize("chat, expect", [(True, "hi"), (False, "hiyo")])
+def test_a_chat_answer_ends_at_the_end_of_its_turn(chat, expect):
+    tok = _byte_tokenizer(chat=chat)
+    ids = tok("hi", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] + \
+        tok("yo", add_special_tokens=False)["input_ids"]
+    out = greedy_generate(_Scripted(ids), tok, ["a", "b"], max_new_tokens=5)
+    assert out == [expect, expect]
