@@ -143,10 +143,14 @@ def ensure_folder(entry: CatalogEntry, log: Callable[[str], None] | None = None)
     (tmp / SOURCE_FILE).write_text(json.dumps({
         "source": source_note(meta.quant_type), "gguf": gguf.name, "gguf_bytes": gguf.stat().st_size,
         "package": entry.package, "tensor_types": meta.type_counts, "license": entry.license}, indent=1))
-    if cached_folder(entry) is None:  # nobody else finished first
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    else:
+    try:
+        if cached_folder(entry) is None:  # nobody else finished first
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    except OSError:  # another process renamed its folder in between: use that one
+        if cached_folder(entry) is None:
+            raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"{entry.name}: converted in {time.perf_counter() - t0:.0f} s; later loads read {target}")
     return target
