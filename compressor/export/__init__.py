@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from compressor.export.common import NOT_FOR_TRANSFORMERS, ExportOptions
+from compressor.export.common import ExportOptions
 from compressor.export.result import ExportRefused, ExportResult, TensorNote, folder_bytes
 
 FORMATS = {
@@ -104,8 +104,8 @@ def export_model(model: nn.Module, tokenizer, fmt: str, out_dir: str | Path, rep
     else:
         notes, model_notes = hf_format.write(model, tokenizer, folder, linears, facts, opts)
     result = ExportResult(fmt=fmt, path=str(folder), notes=notes, model_notes=model_notes)
-    if verify and any(NOT_FOR_TRANSFORMERS in n for n in model_notes):
-        model_notes.append("verify skipped: transformers cannot load this file")
+    if verify and not result.transformers_loads:
+        model_notes.append("verify skipped: see the note on transformers")
     elif verify:
         from compressor.export.verify import logits_error
 

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressor.export.result import ExportRefused
+from compressor.export.result import TRANSFORMERS_CANNOT_LOAD, ExportRefused
 from compressor.export.source import LabWeight, ModelFacts
 
 MISMATCH = ("requantize", "dense", "refuse")
 FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 # config.json keys only the lab reads: never copied into an export
 LAB_CONFIG_KEYS = ("compression_lab", "pruned_layout", "quantization_config")
-# model note when a GGUF file is valid for llama.cpp but transformers' reader cannot build its config
-NOT_FOR_TRANSFORMERS = "llama.cpp reads this file; transformers' GGUF reader cannot"
 LAB_FORMAT_HINT = ("keep the lab's own format (compressor.save_compressed, or the run's model download), "
                    "which holds it")
 
@@ -82,7 +80,7 @@ def check_model(fmt: str, facts: ModelFacts, opts: ExportOptions, supported_type
             if fmt != "GGUF":
                 raise ExportRefused(fmt, what, f"export to GGUF for llama.cpp (which reads it), {LAB_FORMAT_HINT}, or "
                                     "prune a fraction of heads that leaves a divisor of the hidden size")
-            notes.append(f"{what}: {NOT_FOR_TRANSFORMERS}")
+            notes.append(f"{what}: llama.cpp reads this file; {TRANSFORMERS_CANNOT_LOAD}")
         notes.append("structured pruning: every layer keeps "
                      + ", ".join(f"{k}={v}" for k, v in facts.uniform_layout.items()) + " (written to the config)")
     return notes

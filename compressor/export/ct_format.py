@@ -43,7 +43,7 @@ from compressor.export.common import (
     tied_head,
 )
 from compressor.export.requant import integer_zeros, regrid
-from compressor.export.result import TensorNote, note_for
+from compressor.export.result import TRANSFORMERS_CANNOT_LOAD, TensorNote, note_for
 from compressor.export.source import DenseWeight, IntWeight, LabWeight, ModelFacts, ScaledWeight
 
 FMT = "compressed-tensors"
@@ -208,11 +208,18 @@ def _quant_config(groups: dict, ignore: list[str], model_notes: list[str]) -> di
                               "mixed-precision", quantization_status="compressed", ignore=ignore).model_dump()
     if any(not s.weights.symmetric for s, _ in groups.values()):
         # transformers 5.24 with compressed-tensors 0.20.1 allocates zero points unpacked but the files (and
-        # vLLM) pack them: a compressed load fails on their shape. Dequantizing at load reads them right.
-        qcfg["dequantize"] = True
-        model_notes.append("asymmetric zero points: config.json asks transformers to dequantize at load "
-                           "(dequantize: true; its compressed load path fails on packed zero points); vLLM "
-                           "ignores the flag")
+        # vLLM) pack them: a compressed load fails on their shape. Its dequantize-at-load path reads them
+        # right, but decodes every layer with the first scheme: usable with one scheme only.
+        if only_one:
+            qcfg["dequantize"] = True
+            model_notes.append("asymmetric zero points: config.json asks transformers to dequantize at load "
+                               "(dequantize: true; its compressed load path fails on packed zero points); vLLM "
+                               "ignores the flag")
+        else:
+            model_notes.append(f"several schemes with asymmetric zero points: {TRANSFORMERS_CANNOT_LOAD} (5.24 with "
+                               "compressed-tensors 0.20.1: its compressed load fails on packed zero points and its "
+                               "dequantize-at-load decodes every layer with the first scheme); the file follows "
+                               "the compressed-tensors format (vLLM's reader was not tested here)")
     return qcfg
 
 

@@ -55,7 +55,6 @@ def check(recipe: str, n_windows: int, threads: int = 2) -> dict:
         raise SystemExit("llama-cpp-python is not installed: pip install llama-cpp-python (builds llama.cpp)") from None
     import compressor
     from compressor.export import GGUF_FILE, export_model
-    from compressor.export.common import NOT_FOR_TRANSFORMERS
     from compressor.export.verify import load_export
     from compressor.measure.evaldata import held_out_text
     from compressor.models.loading import load_model
@@ -69,8 +68,7 @@ def check(recipe: str, n_windows: int, threads: int = 2) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = export_model(model, tok, "gguf", tmp)
         lab = _nll_torch(model, windows)
-        readable = not any(NOT_FOR_TRANSFORMERS in m for m in result.model_notes)
-        hf = _nll_torch(load_export(tmp, "gguf"), windows) if readable else None
+        hf = _nll_torch(load_export(tmp, "gguf"), windows) if result.transformers_loads else None
         llm = llama_cpp.Llama(model_path=f"{tmp}/{GGUF_FILE}", n_ctx=WINDOW, n_batch=WINDOW, logits_all=True,
                               n_threads=threads, verbose=False)
         t0 = time.perf_counter()

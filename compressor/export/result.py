@@ -20,6 +20,8 @@ import torch
 from compressor.errors import LabError
 
 STATUSES = ("lossless", "rounded", "requantized", "dense")
+# in a model note when the file is valid for its format but transformers (this version) cannot load it
+TRANSFORMERS_CANNOT_LOAD = "transformers cannot load this file"
 RESULT_VERSION = 1
 
 
@@ -72,6 +74,11 @@ class ExportResult:
         for n in self.notes:
             out[n.status] += 1
         return out
+
+    @property
+    def transformers_loads(self) -> bool:
+        """False when a model note says transformers cannot load the file (verify is then skipped)."""
+        return not any(TRANSFORMERS_CANNOT_LOAD in m for m in self.model_notes)
 
     @property
     def max_abs_err(self) -> float:

@@ -37,7 +37,6 @@ def _written(result) -> str:
 
 def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -> dict:
     from compressor.export import ExportRefused, export_model
-    from compressor.export.common import NOT_FOR_TRANSFORMERS
     from compressor.export.verify import load_export
 
     try:
@@ -47,7 +46,7 @@ def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -
     row = {"recipe": name, "format": fmt, "written": _written(result), "lossless": "yes" if result.lossless else "no",
            "max_dw": f"{result.max_abs_err:.2g}", "bytes": result.bytes_written,
            "note": "; ".join(m for m in result.model_notes if not m.startswith("tokenizer"))}
-    if any(NOT_FOR_TRANSFORMERS in m for m in result.model_notes):
+    if not result.transformers_loads:
         return row  # llama.cpp only: transformers cannot load it to measure logits
     with torch.no_grad():
         got = load_export(folder, fmt)(input_ids=ids).logits

@@ -23,6 +23,11 @@ RECIPES = {
     "structured-half": [{"method": "structured", "heads_fraction": 0.5, "mlp_fraction": 0.25}],
     "structured-quarter": [{"method": "structured", "heads_fraction": 0.25, "mlp_fraction": 0.25}],
     "kivi": [{"method": "kivi"}],
+    # mixed precision: 4-bit groups, 8-bit per channel down_proj (two compressed-tensors schemes)
+    "mixed-sym": [{"method": "rtn", "bits": 4, "group_size": 32, "symmetric": True,
+                   "overrides": [{"pattern": "down_proj", "bits": 8, "group_size": -1}]}],
+    "mixed-asym": [{"method": "rtn", "bits": 4, "group_size": 32,
+                    "overrides": [{"pattern": "down_proj", "bits": 8, "group_size": -1}]}],
 }
 VOCAB = 4096  # the demo tokenizer's
 
