@@ -97,7 +97,8 @@ def export_model(model: nn.Module, tokenizer, fmt: str, out_dir: str | Path, rep
     recipe = getattr(report, "recipe", None)
     if fmt == "gguf":
         notes, model_notes = gguf_format.write(model, tokenizer, folder / GGUF_FILE, linears, facts, opts,
-                                               name=Path(getattr(model.config, "_name_or_path", "") or "model").name)
+                                               name=Path(getattr(model.config, "_name_or_path", "") or "model").name,
+                                               recipe=recipe)
     elif fmt == "compressed-tensors":
         notes, model_notes = ct_format.write(model, tokenizer, folder, linears, facts, opts,
                                              extra={"recipe": recipe} if recipe else None)

@@ -18,6 +18,7 @@ permutation, which keeps blocks intact); norms are F32. Architecture: Llama (no 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,8 +234,8 @@ def _file_type(tensors: dict[str, _Tensor]) -> int:
 
 
 def write(model: nn.Module, tokenizer, path: Path, linears: dict[str, LabWeight], facts: ModelFacts,
-          opts: ExportOptions, name: str = "model") -> tuple[list[TensorNote], list[str]]:
-    """Write one .gguf file at `path`."""
+          opts: ExportOptions, name: str = "model", recipe: dict | None = None) -> tuple[list[TensorNote], list[str]]:
+    """Write one .gguf file at `path`; the lab's recipe, if given, as the string `compression_lab.recipe`."""
     import gguf
 
     tensors, config, vocab, notes, model_notes = encode(model, tokenizer, linears, facts, opts)
@@ -259,6 +260,8 @@ def write(model: nn.Module, tokenizer, path: Path, linears: dict[str, LabWeight]
     w.add_file_type(_file_type(tensors))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_vocab(w, vocab)
+    if recipe:
+        w.add_string("compression_lab.recipe", json.dumps(recipe))
     T = _qtypes()
     for gname, t in tensors.items():  # float16/float32 arrays carry their type; block bytes and bf16 name it
         w.add_tensor(gname, t.data, raw_dtype=None if t.qtype in (T.F16, T.F32) else t.qtype)

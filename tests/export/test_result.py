@@ -29,3 +29,20 @@ def test_export_json_is_written_and_readable(compressed_tiny, demo_tokenizer, tm
     assert len(saved["notes"]) == len(result.notes) == 15
     assert math.isinf(result.notes[0].sqnr_db) and saved["notes"][0]["sqnr_db"] == "inf"
     assert set(result.files) == {"model.gguf", RESULT_FILE} and result.bytes_written > 0
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "compressed-tensors"])
+def test_the_recipe_travels_with_the_export(fmt, demo_tokenizer, tmp_path):
+    import gguf
+
+    import compressor
+    from tests.helpers import tiny_llama
+
+    model, report = compressor.compress(tiny_llama(vocab=4096), "int8")
+    export_model(model, demo_tokenizer, fmt, tmp_path, report=report)
+    if fmt == "gguf":
+        field = gguf.GGUFReader(tmp_path / "model.gguf").fields["compression_lab.recipe"]
+        recipe = json.loads(bytes(field.parts[field.data[0]]).decode())
+    else:
+        recipe = json.loads((tmp_path / "config.json").read_text())["compression_lab_export"]["recipe"]
+    assert recipe == report.recipe and recipe["stages"][0]["bits"] == 8
