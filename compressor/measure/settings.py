@@ -1,16 +1,42 @@
 """How much to evaluate: `EvalSettings`, every default resolved once, so the page, the CLI and a job
-payload measure the same windows and problems for the same settings."""
+payload measure the same windows and problems for the same settings.
+
+Named presets (PRESETS) set every value at once: "quick" (the default: a first full result in seconds
+on a small model, one speed repeat, 40 problems), "standard" (the settings before presets) and
+"thorough" (for reports: more tokens, problems and repeats). `EvalSettings.from_dict({"preset":
+"thorough", "repeats": 7})` starts from a preset and changes what it names. `preset` is never set by
+hand: it names the preset whose values these are, or "custom", so a report says what it measured.
+
+    EvalSettings.named("thorough").arithmetic_samples   # 200
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from compressor.errors import LabError
+
+CUSTOM = "custom"
+# Every value of each preset. The perplexity window is the same in all three, so their perplexities
+# compare; what changes is how many tokens, problems and timed repeats stand behind each figure.
+PRESETS: dict[str, dict] = {
+    "quick": {"ppl_tokens": 512, "context": 256, "stride": 128, "top_k": 32, "arithmetic_samples": 40,
+              "max_new_tokens": 16, "speed_prompt_tokens": 64, "speed_new_tokens": 8, "speed_batch": 1,
+              "repeats": 1, "online_extras": False, "attribute_stages": True},
+    "standard": {"ppl_tokens": 2048, "context": 256, "stride": 128, "top_k": 32, "arithmetic_samples": 100,
+                 "max_new_tokens": 24, "speed_prompt_tokens": 128, "speed_new_tokens": 16, "speed_batch": 8,
+                 "repeats": 3, "online_extras": True, "attribute_stages": True},
+    "thorough": {"ppl_tokens": 8192, "context": 256, "stride": 128, "top_k": 32, "arithmetic_samples": 200,
+                 "max_new_tokens": 32, "speed_prompt_tokens": 256, "speed_new_tokens": 32, "speed_batch": 8,
+                 "repeats": 5, "online_extras": True, "attribute_stages": True},
+}
+DEFAULT_PRESET = "quick"
 
 
 @dataclass
 class EvalSettings:
-    """How much to evaluate. Defaults keep an RTN run on the demo model well under a minute on 2 cores.
+    """How much to evaluate. The defaults are the "quick" preset (PRESETS): a first full result in
+    seconds on the demo model on 2 cores.
 
     Args:
         ppl_tokens: tokens of held-out text scored for perplexity and KL.
@@ -28,20 +54,22 @@ class EvalSettings:
         attribute_stages: with a recipe of several stages, also measure perplexity, KL and
             arithmetic after each stage but the last, so the report attributes the quality change to
             each stage (one extra quality evaluation per stage, no speed runs).
+        preset: (derived, not an argument) the preset whose values these are, or "custom".
     """
 
-    ppl_tokens: int = 2048
+    ppl_tokens: int = 512
     context: int = 256
     stride: int | None = None
     top_k: int = 32
-    arithmetic_samples: int = 100
-    max_new_tokens: int = 24
-    speed_prompt_tokens: int = 128
-    speed_new_tokens: int = 16
-    speed_batch: int = 8
-    repeats: int = 3
-    online_extras: bool = True
+    arithmetic_samples: int = 40
+    max_new_tokens: int = 16
+    speed_prompt_tokens: int = 64
+    speed_new_tokens: int = 8
+    speed_batch: int = 1
+    repeats: int = 1
+    online_extras: bool = False
     attribute_stages: bool = True
+    preset: str = field(default=CUSTOM, init=False)
 
     # (min, max) accepted for each integer setting: large enough to mean something, small enough
     # that one run cannot occupy a shared 2-core machine for an hour.
@@ -64,13 +92,37 @@ class EvalSettings:
         if self.stride > self.context:
             raise LabError(f"eval setting stride={self.stride} is larger than context={self.context}: "
                            "use a stride <= context (half the context is usual).")
+        values = self.values()
+        self.preset = next((name for name, p in PRESETS.items() if p == values), CUSTOM)
+
+    def values(self) -> dict:
+        """The settings without the derived `preset` label."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    @classmethod
+    def named(cls, preset: str, **changes) -> EvalSettings:
+        """The settings of `preset` (PRESETS), with `changes`; LabError naming the presets otherwise."""
+        if preset not in PRESETS:
+            raise LabError(f"eval preset {str(preset)[:40]!r} is not known: use one of {', '.join(PRESETS)}.")
+        return cls.from_dict({**PRESETS[preset], **changes})
 
     @classmethod
     def from_dict(cls, d: dict | None) -> EvalSettings:
+        """Settings from a mapping; a "preset" key starts from that preset ("custom": from the defaults)
+        and the other keys change it. Unknown keys are refused, naming the known ones."""
         d = dict(d or {})
-        unknown = sorted(set(d) - {f for f in cls.__dataclass_fields__})
+        preset = d.pop("preset", None)
+        known = sorted(f.name for f in fields(cls) if f.init)
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise LabError(f"unknown eval setting(s) {unknown}: known are {sorted(cls.__dataclass_fields__)}.")
+            raise LabError(f"unknown eval setting(s) {unknown}: known are {known} and 'preset'.")
+        if preset is not None and preset != CUSTOM:
+            if preset not in PRESETS:
+                raise LabError(f"eval preset {str(preset)[:40]!r} is not known: use one of {', '.join(PRESETS)}.")
+            base = dict(PRESETS[preset])
+            if "context" in d and "stride" not in d:  # a new window gets its own default stride
+                base.pop("stride")
+            d = {**base, **d}
         return cls(**d)
 
     def to_dict(self) -> dict:
