@@ -360,7 +360,8 @@ class Environment(Record):
 class Timings(Record):
     load_s: float | None = None
     baseline_eval_s: float | None = None
-    baseline_cached: bool = False
+    baseline_cached: bool = False  # the baseline's quality came from the cache (speed is always measured)
+    baseline_cached_at: float | None = None  # when that cached baseline was measured (time.time())
     compress_s: float | None = None
     stage_eval_s: float | None = None
     compressed_eval_s: float | None = None
@@ -398,6 +399,9 @@ class Report(Record):
     environment: Environment | None = None
     timings: Timings = field(default_factory=Timings)
     warnings: list[str] = field(default_factory=list)
+    # Sections still being measured in a report streamed while its run goes on ("speed", "projection",
+    # "samples"); empty in a finished report.
+    pending: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

@@ -103,6 +103,14 @@ def model_fingerprint(model, spec: str) -> dict:
             "identified": bool(files) or revision is not None}
 
 
+def public_fingerprint(fingerprint: dict) -> dict:
+    """The fingerprint as reports show it: what identifies the weights (file names, sizes and digests,
+    or the hub revision), with the folder reduced to its name, so no server path reaches a visitor.
+    The cache key keeps the full fingerprint."""
+    folder = fingerprint.get("folder") or ""
+    return {**fingerprint, "folder": Path(folder).name if Path(folder).is_absolute() else folder}
+
+
 def eval_data_digest(tokens: torch.Tensor, problems: list[dict], prompts: list[str]) -> str:
     """sha256 of what the baseline is measured on: the held-out tokens, the arithmetic problems and
     the sample prompts. Bundled data changes with an app update while a Space's cache persists."""

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compressor.errors import LabError
 from compressor.runs import artifacts
 from compressor.runs.artifacts import ArtifactPolicy
 from compressor.runs.context import BaselineCache, JobContext, dict_json, failure_message
@@ -112,10 +113,11 @@ class RunBook:
         self.event(live, {"kind": "partial", "pending": pending})
 
     def failed(self, live: LiveRun, message: str, trace: str) -> None:
-        """Ends the run failed with `message`. The traceback goes to the app's log, not to the run's
-        log that visitors read."""
-        log.warning("run %s failed: %s\n%s", live.run_id, message, trace.rstrip())
-        self.log(live, "the run failed (the app's log has the details for the operator)")
+        """Ends the run failed with `message`. A traceback (none for bad input) goes to the app's log,
+        not to the run's log that visitors read."""
+        if trace:
+            log.warning("run %s failed: %s\n%s", live.run_id, message, trace.rstrip())
+            self.log(live, "the run failed (the app's log has the details for the operator)")
         self.finish(live, FAILED, error=message)
 
     def log(self, live: LiveRun, line: str, t: float | None = None) -> None:
@@ -190,7 +192,7 @@ class RunBook:
             art.mkdir(parents=True, exist_ok=True)
             report = json.loads(dict_json(fn(json.loads(live.payload_json), ctx), "the report returned by the job"))
         except Exception as e:
-            step(self.failed, failure_message(e), traceback.format_exc())
+            step(self.failed, failure_message(e), "" if isinstance(e, LabError) else traceback.format_exc())
         except BaseException as e:  # Ctrl-C, SystemExit: the app is stopping; the run must still end
             step(self.finish, INTERRUPTED, None, f"the app stopped while this run ran ({failure_message(e)})")
             raise

@@ -238,13 +238,13 @@ class JobManager:
         (LabError otherwise). `reason` becomes the run's error."""
         with self._cond:
             live = self._runs.live.get(run_id)
+            if owner is not None:
+                stored = self.store.get_run(run_id) if live is None else None
+                if live is None and stored is None:
+                    raise LabError(f"no run {str(run_id)[:40]!r} of yours is queued or running")
+                _check_owner(live.owner if live is not None else stored.owner, owner, run_id)
             if live is None or live.finished:
-                if owner is not None and live is None:
-                    run = self.store.get_run(run_id)
-                    if run is None or run.owner != owner:  # say nothing about other visitors' runs
-                        raise LabError(f"no run {str(run_id)[:40]!r} of yours is queued or running")
                 return False
-            _check_owner(live.owner, owner, run_id)
             if live.inline:
                 raise LabError(f"run {run_id} runs inside the app's own process (ZeroGPU) and cannot be "
                                "cancelled; it ends by itself within the GPU time limit")

@@ -44,26 +44,43 @@ class QualityPart(Record):
 
 
 def measure_quality(model, tokenizer, data: EvalData, settings: EvalSettings, reference: Reference | None = None,
-                    emit: Emit = _quiet, online: bool = True) -> tuple[QualityPart, Reference]:
-    """Perplexity (and KL/top-1 against `reference`), arithmetic, samples and online extras (unless
-    `online` is False). Returns the part and this model's own Reference (the baseline's is the one
-    others are compared with)."""
+                    emit: Emit = _quiet, online: bool = True, samples: bool = True) -> tuple[QualityPart, Reference]:
+    """Perplexity (and KL/top-1 against `reference`), arithmetic, and unless switched off the greedy
+    samples and online extras (`measure_samples`). Returns the part and this model's own Reference
+    (the baseline's is the one others are compared with)."""
     t0 = time.perf_counter()
     emit(0.0, "perplexity and KL on held-out text")
     q, own = evaluate_quality(model, data.tokens, settings.context, settings.stride, settings.top_k, reference,
                               bos_id=leading_bos(tokenizer))
     # generation runs through the compressed KV cache when a KV stage configured one; the
     # perplexity windows above are single forwards, which a KV cache does not touch
-    with kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext():
+    with _kv_generation(model):
         emit(0.3, "arithmetic exact match")
         arith = evaluate_arithmetic(model, tokenizer, data.problems)
-        emit(0.55, "greedy samples")
-        samples = greedy_generate(model, tokenizer, data.prompts, settings.max_new_tokens) if data.prompts else []
     w_bytes = weight_bytes(model)
-    extras = online_extras(model, tokenizer, settings) if online else {}
     quality = Quality(**q.to_dict(), reference_top_k=settings.top_k, reference_tail_mass=own.mean_tail_mass,
                       seconds=time.perf_counter() - t0)
-    return QualityPart(quality, Arithmetic.from_dict(arith), samples, extras, w_bytes), own
+    part = QualityPart(quality, Arithmetic.from_dict(arith), weight_bytes=w_bytes)
+    if samples or online:
+        part.samples, part.online = measure_samples(model, tokenizer, data, settings, emit, online=online,
+                                                    samples=samples)
+    return part, own
+
+
+def measure_samples(model, tokenizer, data: EvalData, settings: EvalSettings, emit: Emit = _quiet,
+                    online: bool = True, samples: bool = True) -> tuple[list[str], dict]:
+    """Greedy answers to the sample prompts, and the online extras (WikiText-2, GSM8K, lm-eval) when
+    the settings ask for them: the slowest figures to read, measured last."""
+    answers: list[str] = []
+    if samples and data.prompts:
+        emit(0.55, "greedy samples")
+        with _kv_generation(model):
+            answers = greedy_generate(model, tokenizer, data.prompts, settings.max_new_tokens)
+    return answers, online_extras(model, tokenizer, settings) if online else {}
+
+
+def _kv_generation(model):
+    return kv_cache_in_generate(model) if getattr(model, "kv_cache_config", None) else contextlib.nullcontext()
 
 
 @dataclass
@@ -86,14 +103,17 @@ def measure_performance(model, settings: EvalSettings, emit: Emit = _quiet) -> S
     return SpeedPart(speed, raw["kv_bytes_per_token_measured"] or kv_config, kv_config)
 
 
-def measurement(part: QualityPart, perf: SpeedPart, model=None, kv_context: int | None = None,
+def measurement(part: QualityPart, perf: SpeedPart | None, model=None, kv_context: int | None = None,
                 baseline: Measurement | None = None) -> Measurement:
-    """The Measurement of one model. For a compressed model (`baseline` given): the paired interval on
-    arithmetic, and, when a KV stage compressed its cache, its bytes per token at `kv_context`."""
+    """The Measurement of one model (its speed sections None while `perf` is not measured yet). For a
+    compressed model (`baseline` given): the paired interval on arithmetic, and, when a KV stage
+    compressed its cache, its bytes per token at `kv_context`."""
     m = Measurement(weight_bytes=part.weight_bytes, quality=part.quality, arithmetic=part.arithmetic,
-                    speed=perf.speed, kv_bytes_per_token=perf.kv_bytes_per_token,
-                    kv_bytes_per_token_config=perf.kv_bytes_per_token_config, online=part.online)
-    if model is not None and getattr(model, "kv_cache_config", None) is not None and kv_context:
+                    online=part.online)
+    if perf is not None:
+        m.speed, m.kv_bytes_per_token = perf.speed, perf.kv_bytes_per_token
+        m.kv_bytes_per_token_config = perf.kv_bytes_per_token_config
+    if perf is not None and model is not None and getattr(model, "kv_cache_config", None) is not None and kv_context:
         # A compressed cache's bytes per token depend on the length: KIVI keeps a recent window in fp16,
         # StreamingLLM evicts only past sinks + window. The speed run stops at a few hundred tokens, so
         # fill a real cache layer to the projection's context instead and report that figure.

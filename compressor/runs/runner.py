@@ -1,13 +1,16 @@
-"""One run: load, measure the baseline, compress, measure again, project onto hardware.
+"""One run: check, load, measure the baseline, compress, measure again (streaming), project onto hardware.
 
     report = run(RunRequest.from_dict({"model": "demo", "recipe": "w4-g128", "hardware": "t4"}))
 
 `run_job(payload, ctx)` is the same for the background worker (the job target
-"compressor.runs.runner:run_job"): the payload is a RunRequest's JSON, the result `Report.to_dict()`.
-Baseline and compressed models are measured the same way on the same tokens
-(compressor/runs/measure_model.py); the baseline's quality (its top-k reference for KL included) is
-cached through `cache`, keyed by compressor/runs/fingerprint.py, so a second recipe on the same model
-skips it. Speed and memory are measured again every time.
+"compressor.runs.runner:run_job"): the payload is a RunRequest's JSON, the result `Report.to_dict()`,
+and partial reports go to `ctx.partial` as the compressed model's figures arrive (quality, then speed;
+samples and the projection complete the report). Before any weight loads, `preflight` checks the
+model's config and the recipe against its shapes. Baseline and compressed models are measured the
+same way on the same tokens (compressor/runs/measure_model.py); the baseline's quality (its top-k
+reference for KL included) is cached through `cache`, keyed by compressor/runs/fingerprint.py, so a
+second recipe on the same model skips it (`report.timings.baseline_cached` says so). Speed and memory
+are measured again every time.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from compressor.errors import LabError, ModelLoadError
 from compressor.measure import hardware as hw
 from compressor.measure.evaldata import load_eval_data
 from compressor.measure.generation import check_positions
@@ -30,6 +34,7 @@ from compressor.runs.measure_model import (
     QualityPart,
     measure_performance,
     measure_quality,
+    measure_samples,
     measurement,
     quality_summary,
     stage_quality,
@@ -37,8 +42,11 @@ from compressor.runs.measure_model import (
 from compressor.runs.projection import project_report
 
 # Fraction of the whole run each phase covers, for progress events.
-PHASES = {"load": (0.0, 0.05), "evaluate-baseline": (0.05, 0.3), "compress": (0.3, 0.7),
-          "evaluate-compressed": (0.7, 0.95), "project": (0.95, 1.0)}
+PHASES = {"load": (0.0, 0.05), "evaluate-baseline": (0.05, 0.3), "compress": (0.3, 0.65),
+          "evaluate-compressed": (0.65, 0.95), "project": (0.95, 1.0)}
+# The compressed model's figures in the order they reach the page: (section, share of its phase).
+STREAM = {"quality": (0.0, 0.4), "speed": (0.4, 0.7), "samples": (0.7, 1.0)}
+PENDING_AFTER = {"quality": ["speed", "samples", "projection"], "speed": ["samples", "projection"]}
 TARGET = "compressor.runs.runner:run_job"  # what a JobManager runs
 
 
@@ -53,8 +61,8 @@ class _Phases:
             lo, hi = PHASES[phase]
             self.progress(Progress(stage=phase, fraction=lo + (hi - lo) * min(max(within, 0.0), 1.0), message=message))
 
-    def within(self, phase: str) -> Callable[[float, str], None]:
-        return lambda fraction, message: self.emit(phase, fraction, message)
+    def within(self, phase: str, lo: float = 0.0, hi: float = 1.0) -> Callable[[float, str], None]:
+        return lambda fraction, message: self.emit(phase, lo + (hi - lo) * fraction, message)
 
     def engine_callback(self) -> Callable[[Progress], None]:
         def forward(p: Progress) -> None:
@@ -64,13 +72,25 @@ class _Phases:
         return forward
 
 
+def check_payload(payload: dict) -> RunRequest:
+    """A job payload read as a RunRequest (LabError otherwise): what a JobManager's `check_payload`
+    runs before storing a submission. Config-only checks against the model are `preflight`'s."""
+    return RunRequest.from_dict(payload)
+
+
 def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None] | None = None,
-        log: Callable[[str], None] | None = None, save_dir: str | Path | None = None) -> Report:
+        log: Callable[[str], None] | None = None, save_dir: str | Path | None = None,
+        partial: Callable[[Report], None] | None = None) -> Report:
     """Load `request.model`, measure it, compress it with `request.recipe`, measure again, project.
 
-    Bad input (a hardware id, a model spec, lengths beyond the model's positions) raises a LabError
-    before any long work starts. `cache` is anything with get(key) -> dict | None and put(key, dict)
+    Everything that can be checked before work is checked first: the hardware id, then the model's
+    config and the recipe against its shapes on the meta device (`compressor.models.preflight`), then
+    lengths against the model's positions, all before any weight is loaded or measured; each problem
+    is a LabError naming the fix. `cache` is anything with get(key) -> dict | None and put(key, dict)
     (a JobContext's cache). With `save_dir`, the compressed model is saved there (`load_model(folder)`).
+    `partial(report)` receives the report as its figures arrive: the compressed model's quality, then
+    its speed and memory (`report.pending` names what is still to come); samples and the hardware
+    projection complete the report that `run` returns.
     """
     from compressor.engine.compress import compress
     from compressor.models.loading import load_model
@@ -82,10 +102,14 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     if request.hardware != hw.THIS_MACHINE:
         hw.get_profile(request.hardware)  # a bad id fails now; "this-machine" is probed when projecting
 
-    phases.emit("load", 0.0, f"loading {request.model}")
+    phases.emit("load", 0.0, f"checking {request.model} and the recipe (config only)")
+    pre = _preflight(request)
+    for warning in pre.warnings:
+        log(f"note: {warning}")
+    phases.emit("load", 0.2, f"loading {request.model}")
     t0 = time.perf_counter()
     net, tokenizer = load_model(request.model, allow_pickle=request.allow_pickle,
-                                trust_remote_code=request.trust_remote_code, device=request.device)
+                                trust_remote_code=request.trust_remote_code, device=request.device, log=log)
     load_s = time.perf_counter() - t0
     env = fp.environment(request.device)
     fingerprint = fp.model_fingerprint(net, request.model)
@@ -109,7 +133,7 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
         base_part, reference = measure_quality(net, tokenizer, data, settings,
                                                emit=phases.within("evaluate-baseline"))
         if cache is not None:
-            cache.put(key, {"part": base_part.to_dict(), "reference": reference.to_dict()})
+            cache.put(key, {"part": base_part.to_dict(), "reference": reference.to_dict(), "measured_at": time.time()})
     baseline = measurement(base_part, measure_performance(net, settings, phases.within("evaluate-baseline")))
     baseline_s = time.perf_counter() - t0
 
@@ -127,43 +151,79 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     compress_s = time.perf_counter() - t0  # includes the per-stage quality checks (timings: stage_eval_s)
     log(f"compressed in {compress_s:.1f} s")
     if save_dir is not None:
-        from compressor.engine.serialize import save_compressed, unsaveable_modules
+        _save(net, tokenizer, save_dir, log)
 
-        blocked = unsaveable_modules(net)
-        if blocked:  # a folder that cannot load back would be offered for download and to the prompt box
-            log(f"the compressed model is not saved: {len(blocked)} module(s) ({blocked[0]}, ...) are of a type "
-                "the lab cannot save (bitsandbytes); the prompt box compresses again from the recipe")
-        else:
-            save_compressed(net, tokenizer, save_dir)
-            log(f"compressed model saved to {save_dir}")
-
+    # The compressed model's figures, streamed as they exist: quality, then speed, then samples.
     t0 = time.perf_counter()
-    emit = phases.within("evaluate-compressed")
-    comp_part, _ = measure_quality(net, tokenizer, data, settings, reference=reference, emit=emit)
-    # a model cannot be projected beyond the positions it was trained for (ModelFacts.max_context)
     kv_context = min(request.projection_context, getattr(net.config, "max_position_embeddings", 2048))
-    compressed = measurement(comp_part, measure_performance(net, settings, emit), model=net, kv_context=kv_context,
-                             baseline=baseline)
-    compressed_s = time.perf_counter() - t0
-    if after_stage is not None:
-        creport.stages[-1].quality = quality_summary(compressed)
-
-    phases.emit("project", 0.0, "projecting onto hardware")
+    comp_part, _ = measure_quality(net, tokenizer, data, settings, reference=reference, online=False, samples=False,
+                                   emit=phases.within("evaluate-compressed", *STREAM["quality"]))
     report = Report(
         request=request,
         model=ModelInfo(spec=request.model, n_params=n_params, architecture=type(net).__name__,
-                        fingerprint=fingerprint),
-        baseline=baseline, compressed=compressed, compression=creport,
-        samples=[Sample(p, b, c) for p, b, c in zip(data.prompts, base_part.samples, comp_part.samples, strict=True)],
-        footprint=footprint(net, n_params, request.recipe, baseline, compressed, base_bytes16, base_float_bytes),
-        environment=env, warnings=list(creport.warnings))
-    report.projection = project_report(report, request.hardware, request.projection_context, request.projection_batch)
-    report.timings = Timings(load_s=load_s, baseline_eval_s=baseline_s, baseline_cached=cached is not None,
-                             compress_s=compress_s, stage_eval_s=sum(s.quality.get("seconds", 0.0)
-                                                                     for s in creport.stages),
-                             compressed_eval_s=compressed_s, total_s=time.perf_counter() - t_start)
+                        fingerprint=fp.public_fingerprint(fingerprint), source=pre.source),
+        baseline=baseline, compressed=measurement(comp_part, None, baseline=baseline), compression=creport,
+        environment=env, warnings=list(dict.fromkeys([*pre.warnings, *creport.warnings])))
+    timings = dict(load_s=load_s, baseline_eval_s=baseline_s, baseline_cached=cached is not None,
+                   baseline_cached_at=(cached or {}).get("measured_at"), compress_s=compress_s,
+                   stage_eval_s=sum(s.quality.get("seconds", 0.0) for s in creport.stages))
+    _send(partial, report, "quality", Timings(**timings, total_s=time.perf_counter() - t_start))
+
+    perf = measure_performance(net, settings, phases.within("evaluate-compressed", *STREAM["speed"]))
+    report.compressed = measurement(comp_part, perf, model=net, kv_context=kv_context, baseline=baseline)
+    report.footprint = footprint(net, n_params, request.recipe, baseline, report.compressed, base_bytes16,
+                                 base_float_bytes)
+    _send(partial, report, "speed", Timings(**timings, total_s=time.perf_counter() - t_start))
+
+    comp_part.samples, comp_part.online = measure_samples(
+        net, tokenizer, data, settings, phases.within("evaluate-compressed", *STREAM["samples"]))
+    report.compressed.online = comp_part.online
+    report.samples = [Sample(p, b, c) for p, b, c in zip(data.prompts, base_part.samples, comp_part.samples,
+                                                         strict=True)]
+    if after_stage is not None:
+        creport.stages[-1].quality = quality_summary(report.compressed)
+    compressed_s = time.perf_counter() - t0
+    # last: "this-machine" probes the machine once per process (seconds), which no figure above waits for
+    phases.emit("project", 0.0, "projecting onto hardware")
+    report.projection = project_report(report, request.hardware, request.projection_context,
+                                       request.projection_batch)
+    report.timings = Timings(**timings, compressed_eval_s=compressed_s, total_s=time.perf_counter() - t_start)
     phases.emit("project", 1.0, "done")
     return report
+
+
+def _preflight(request: RunRequest):
+    """`compressor.models.preflight` on the request. What it raises beyond LabError comes from reading
+    the model's own files (a config.json that is not JSON, or a list): bad input, said as such."""
+    from compressor.models.preflight import preflight
+
+    try:
+        return preflight(request.model, request.recipe, allow_pickle=request.allow_pickle,
+                         trust_remote_code=request.trust_remote_code)
+    except LabError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:
+        raise ModelLoadError(f"model {request.model!r}: its config cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200]}); config.json must be a JSON mapping as save_pretrained() writes it"
+                             ) from None
+
+
+def _send(partial: Callable[[Report], None] | None, report: Report, section: str, timings: Timings) -> None:
+    """Hands a partial report to `partial` (nothing when nobody listens)."""
+    if partial is not None:
+        partial(dataclasses.replace(report, pending=list(PENDING_AFTER[section]), timings=timings))
+
+
+def _save(net, tokenizer, save_dir: str | Path, log: Callable[[str], None]) -> None:
+    from compressor.engine.serialize import save_compressed, unsaveable_modules
+
+    blocked = unsaveable_modules(net)
+    if blocked:  # a folder that cannot load back would be offered for download and to the prompt box
+        log(f"the compressed model is not saved: {len(blocked)} module(s) ({blocked[0]}, ...) are of a type "
+            "the lab cannot save (bitsandbytes); the prompt box compresses again from the recipe")
+    else:
+        save_compressed(net, tokenizer, save_dir)
+        log("compressed model saved for download")
 
 
 def run_job(payload: dict, ctx) -> dict:
@@ -171,7 +231,9 @@ def run_job(payload: dict, ctx) -> dict:
     `ctx.artifact_dir`/report.json beside the saved compressed model."""
     request = RunRequest.from_dict(payload)
     artifact_dir = getattr(ctx, "artifact_dir", None)
-    report = run(request, cache=ctx.cache, progress=ctx.progress, log=ctx.log, save_dir=artifact_dir).to_dict()
+    partial = (lambda r: ctx.partial(r.to_dict())) if getattr(ctx, "wants_partial", False) else None
+    report = run(request, cache=ctx.cache, progress=ctx.progress, log=ctx.log, save_dir=artifact_dir,
+                 partial=partial).to_dict()
     if artifact_dir is not None:
         Path(artifact_dir).mkdir(parents=True, exist_ok=True)
         (Path(artifact_dir) / "report.json").write_text(json.dumps(report, indent=2))

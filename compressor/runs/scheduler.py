@@ -129,7 +129,8 @@ class Scheduler:
         if time.monotonic() < self._restart_at:
             return
         while len(self.workers) < self.concurrency and not self.stopping:
-            self.workers.append(WorkerProcess(self._mp, str(self.data_dir), f"{NAME_PREFIX}-{len(self.workers)}"))
+            self.workers.append(WorkerProcess(self._mp, str(self.data_dir), f"{NAME_PREFIX}-{len(self.workers)}",
+                                              preload=self.target))
 
     def _dispatch(self) -> None:
         for w in self.workers:

@@ -4,8 +4,9 @@ Both ends of the pipe live here: `WorkerProcess` is the app's handle (start, han
 messages, stop), `worker_main` the loop inside the child, which `WorkerProcess` starts with
 multiprocessing's "spawn" context for `compressor.runs.manager.JobManager`. Start-up imports only the
 standard library and light `compressor` modules (this module imports the job context, never the
-manager); torch and transformers load when the target imports them, so a fresh worker (after a
-cancel or a crash) is ready in a fraction of a second.
+manager), so a fresh worker (after a cancel or a crash) is ready in a fraction of a second. Once ready,
+it imports its target's module in the background (torch and transformers, for the runner), so the
+next run does not wait for those imports; a run handed over meanwhile waits on Python's import lock.
 
 Pipe protocol (tuples of plain values; reports travel as JSON text, never pickled objects)
     parent -> worker   ("run", run_id, target, payload_json, artifact_dir)   |   ("stop",)
@@ -14,7 +15,7 @@ Pipe protocol (tuples of plain values; reports travel as JSON text, never pickle
                        ("log", run_id, time, line)
                        ("partial", run_id, report_json)      a report measured so far (Report.to_dict())
                        ("done", run_id, report_json)
-                       ("error", run_id, message, traceback_text)
+                       ("error", run_id, message, traceback_text)   "" for a LabError (bad input)
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class WorkerProcess:
         run_id: the run it is working on, or None when idle.
     """
 
-    def __init__(self, mp: SpawnContext, data_dir: str, name: str):
+    def __init__(self, mp: SpawnContext, data_dir: str, name: str, preload: str | None = None):
         parent_conn, child_conn = mp.Pipe(duplex=True)
         self.process = mp.Process(
             target=worker_main,
-            args=(child_conn, data_dir),
+            args=(child_conn, data_dir, preload),
             name=name,
             daemon=False,  # a daemonic worker could not start processes of its own (tokenizers, compile)
         )
@@ -201,8 +202,15 @@ def _watch_parent() -> None:
         time.sleep(PARENT_CHECK_S)
 
 
-def worker_main(conn: Connection, data_dir: str) -> None:
-    """Entry point of the worker process (the target of `multiprocessing.Process`)."""
+def _preload(target: str) -> None:
+    # Imports the target's module while the worker is idle; a failure is left for the run to report.
+    with contextlib.suppress(BaseException):
+        importlib.import_module(target.partition(":")[0])
+
+
+def worker_main(conn: Connection, data_dir: str, preload: str | None = None) -> None:
+    """Entry point of the worker process (the target of `multiprocessing.Process`); `preload` is the
+    "package.module:function" target whose module is imported in the background once ready."""
     threading.Thread(target=_watch_parent, name="parent-watch", daemon=True).start()
     send_lock = threading.Lock()  # the target may report progress from its own threads
 
@@ -213,6 +221,8 @@ def worker_main(conn: Connection, data_dir: str) -> None:
     open_store = functools.cache(lambda: RunStore(data_dir))  # opened on the first cache access
     cache = BaselineCache(open_store)
     send("ready", os.getpid())
+    if preload:
+        threading.Thread(target=_preload, args=(preload,), name="preload", daemon=True).start()
     while True:
         try:
             msg = conn.recv()
@@ -251,7 +261,8 @@ def _run_one(send, cache: BaselineCache, run_id: str, target: str, payload: dict
                 out.flush()
         report_json = dict_json(report, f"the report returned by job target {target!r}")
     except BaseException as e:  # noqa: B036 - SystemExit/KeyboardInterrupt in a target still end only the job
-        send("error", run_id, failure_message(e), traceback.format_exc())
+        # a LabError is the input's fault and says so itself: its traceback would tell the operator nothing
+        send("error", run_id, failure_message(e), "" if isinstance(e, LabError) else traceback.format_exc())
     else:
         send("done", run_id, report_json)
     finally:

@@ -19,6 +19,7 @@ from compressor.runs.artifacts import ArtifactPolicy
 from compressor.runs.context import JobContext, progress_dict
 from compressor.runs.manager import JobManager
 from compressor.runs.store import RunStore
+from tests.runs.procs import pid_alive
 
 T = "tests.jobtargets:"
 REPO = Path(__file__).resolve().parents[2]
@@ -35,14 +36,6 @@ def wait_for_log(m: JobManager, run_id: str, prefix: str, timeout: float = WAIT_
             if e["kind"] == "log" and e["message"].startswith(prefix):
                 return e["message"]
     raise AssertionError(f"run {run_id} logged no line starting with {prefix!r}; status {m.status(run_id)}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
 def test_job_succeeds_and_report_is_stored(manager):

@@ -27,6 +27,8 @@ def test_the_report_is_complete_and_keeps_each_fact_once(demo_run):
     assert [s.prompt for s in r.samples] and all(s.expected is None for s in r.samples)
     assert set(r.footprint) == {"baseline", "compressed"} and r.footprint["compressed"].measured_dtype == "float32"
     assert r.model.fingerprint["identified"] and r.environment.device == "cpu"
+    assert r.model.fingerprint["folder"] == "lab-llama-7m"  # what identifies the weights, not the server's path
+    assert "/" not in json.dumps(r.model.fingerprint) and r.pending == [] and r.request.eval.preset == "custom"
     assert r.timings.total_s >= r.timings.compress_s > 0 and not r.timings.baseline_cached
     d = r.to_dict()
     assert "stages" not in d and "layers" not in d and "samples" not in d["baseline"]
