@@ -6,6 +6,8 @@ Standard library only: the worker process and the store import it before torch i
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,3 +25,16 @@ def default_data_dir() -> Path:
         return space
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "compression-lab"
+
+
+def scrub_paths(text: str, data_dir: str | Path | None = None) -> str:
+    """`text` with the server's own folders replaced by short names (<app>, <data>, <python>, ~), for
+    messages a visitor reads: where the app is installed says nothing about their input."""
+    roots = [(str(REPO), "<app>"), (str(Path(data_dir) if data_dir else default_data_dir()), "<data>")]
+    for key in ("purelib", "platlib", "stdlib"):
+        roots.append((sysconfig.get_paths().get(key, ""), "<python>"))
+    roots += [(sys.prefix, "<python>"), (str(Path.home()), "~")]
+    for root, name in sorted(roots, key=lambda r: -len(r[0])):  # the longest (most specific) first
+        if root and len(root) > 1:
+            text = text.replace(root, name)
+    return text

@@ -4,7 +4,9 @@
     python -m compressor presets
     python -m compressor hardware
 
-Exit status: 0 on success, 2 on bad input (the message says what to change), 1 on any other failure.
+Exit status: 0 on success, 2 on bad input (the message says what to change), 1 on any other failure,
+130 when interrupted. No traceback reaches the terminal unless asked for (`--traceback`, or
+LAB_TRACEBACK=1): an unexpected failure prints its type and message and how to see where it came from.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import traceback
 
 from compressor.cli import hardware, presets, run
 from compressor.errors import LabError
+from compressor.paths import scrub_paths
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS = (run, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`
 
 
@@ -30,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m compressor", description="Compression Lab: compress, measure, project.")
+    p.add_argument("--traceback", action="store_true", help="show the traceback of an unexpected failure")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -46,9 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception:
-        traceback.print_exc()
-        print("error: the run failed (traceback above); this is a bug or a resource limit, not bad input.",
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("error: the run ran out of memory; try a smaller model, a shorter context or the quick preset",
               file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as e:
+        if args.traceback or os.environ.get("LAB_TRACEBACK") == "1":
+            traceback.print_exc()
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        print(f"error: the run failed unexpectedly ({scrub_paths(detail)[:500]}); this is a bug or a resource "
+              "limit, not bad input. Run again with --traceback to see where it failed.", file=sys.stderr)
         return EXIT_FAILURE

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
+from compressor.engine.bounds import read_recipe_file
+from compressor.errors import LabError
+from compressor.measure.settings import DEFAULT_PRESET, PRESETS
 from compressor.runs.contract import PROJECTION_CONTEXT, Report, RunRequest
 from compressor.runs.format import fmt, fmt_change, fmt_interval, fmt_kl, fmt_num, fmt_pct, fmt_rate
+from compressor.runs.speedfacts import speed_comparison
 
 # flag -> eval setting; flags left out keep EvalSettings' defaults (the stride: half the context)
 EVAL_FLAGS = {"samples": "arithmetic_samples", "context": "context", "max_new_tokens": "max_new_tokens",
@@ -24,8 +30,11 @@ def add_parser(sub) -> None:
     r.add_argument("--model", default="demo", help="'demo', a local folder or a hub id")
     r.add_argument("--recipe", required=True, help="preset name, .yaml/.json file, or YAML/JSON text")
     r.add_argument("--hardware", default="this-machine", help="profile id for the projection (see `hardware`)")
-    r.add_argument("--json", type=Path, help="write the full report here")
-    r.add_argument("--samples", type=int, help="arithmetic problems to score (default 100)")
+    r.add_argument("--json", type=Path, help="write the full report here (checked before the run starts)")
+    r.add_argument("--eval", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help="evaluation preset: quick (seconds on a small model), standard, thorough (for reports); "
+                        "the flags below change single settings of it")
+    r.add_argument("--samples", type=int, help="arithmetic problems to score")
     r.add_argument("--context", type=int, help="perplexity window in tokens (stride = context / 2)")
     r.add_argument("--max-new-tokens", type=int, help="tokens generated per side-by-side sample")
     r.add_argument("--ppl-tokens", type=int, help="held-out tokens scored for perplexity and KL")
@@ -39,19 +48,47 @@ def add_parser(sub) -> None:
     r.set_defaults(func=cmd_run)
 
 
+def recipe_arg(value: str) -> str:
+    """--recipe as the text a request takes: a .yaml/.yml/.json file's contents (read as bounded UTF-8
+    text), else the value itself (a preset name, YAML or JSON)."""
+    if "\n" not in value and value.strip().endswith((".yaml", ".yml", ".json")):
+        return read_recipe_file(value.strip())  # YAML reads JSON too
+    return value
+
+
 def request_from_args(args: argparse.Namespace) -> RunRequest:
     """The RunRequest of `run`'s flags: the job payload the page sends for the same settings."""
-    payload = {"model": args.model, "recipe": args.recipe, "hardware": args.hardware,
-               "eval": {name: getattr(args, flag) for flag, name in EVAL_FLAGS.items()
-                        if getattr(args, flag) is not None},
+    evald = {name: getattr(args, flag) for flag, name in EVAL_FLAGS.items() if getattr(args, flag) is not None}
+    payload = {"model": args.model, "recipe": recipe_arg(args.recipe), "hardware": args.hardware,
+               "eval": {"preset": getattr(args, "eval", DEFAULT_PRESET), **evald},
                "device": args.device, "projection_context": args.projection_context,
                "projection_batch": args.projection_batch, "allow_pickle": args.allow_pickle,
                "trust_remote_code": args.trust_remote_code}
     return RunRequest.from_dict(payload)
 
 
+def check_output_file(path: Path) -> None:
+    """LabError unless a file can be written at `path`: checked before the run, so a long run does not
+    end in a failed write. Creates nothing that stays (a probe file in the folder is removed at once)."""
+    if path.is_dir():
+        raise LabError(f"--json {path} is a folder: give a file name, e.g. {path / 'report.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders --json would create
+        folder = folder.parent
+    if not folder.is_dir():
+        raise LabError(f"--json {path}: {folder} is a file, not a folder: choose another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise LabError(f"--json {path} exists and is not writable: choose another path or change its permissions")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lab-write-check-"):
+            pass
+    except OSError as e:
+        raise LabError(f"--json {path}: cannot write in {folder} ({e.strerror or e}): choose a writable "
+                       "folder") from None
+
+
 def cmd_run(args) -> int:
-    from compressor.runs.context import JobContext
+    from compressor.runs.context import BaselineCache
     from compressor.runs.runner import run
 
     def progress(p):
@@ -60,13 +97,20 @@ def cmd_run(args) -> int:
             print(f"[{100 * p.fraction:5.1f}%] {p.stage}{layer} {p.message}", file=sys.stderr)
 
     request = request_from_args(args)  # bad flags fail here, before the model loads
-    cache = None if args.no_cache else JobContext.local(on_log=None).cache
+    if args.json:
+        check_output_file(args.json)
+    cache = None if args.no_cache else BaselineCache.local()
     report = run(request, cache=cache, progress=progress,
                  log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     print(format_report(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.to_dict(), indent=2))
+        except OSError as e:  # the disk filled up during the run, the folder went away
+            print(f"error: the report could not be written to {args.json} ({e.strerror or e}); the table above "
+                  "is the run's result", file=sys.stderr)
+            return 1
         print(f"\nreport written to {args.json}")
     return 0
 
@@ -103,9 +147,11 @@ def format_report(report: Report) -> str:
     from compressor.runs.projection import projection_lines
 
     b, c = report.baseline, report.compressed
+    cached = " (baseline quality from the cache)" if report.timings.baseline_cached else ""
     lines = [f"model {report.model.spec} ({report.model.n_params:,} parameters), "
              f"recipe {', '.join(s.method for s in report.request.recipe.stages)}, "
-             f"compressed in {fmt(report.timings.compress_s, 'duration')}", ""]
+             f"compressed in {fmt(report.timings.compress_s, 'duration')}, "
+             f"evaluation preset {report.request.eval.preset}{cached}", ""]
     w = max(len(r[0]) for r in ROWS) + 2
     lines.append(f"{'':<{w}}{'baseline':>14}{'compressed':>14}")
     for label, attr, kind in ROWS:
@@ -114,11 +160,9 @@ def format_report(report: Report) -> str:
         lines.append(f"arithmetic 95% CI: baseline {fmt_interval(b.arithmetic.ci95)}, compressed "
                      f"{fmt_interval(c.arithmetic.ci95)}, paired difference {fmt_interval(c.arithmetic_diff_ci95, 'pts')}"
                      f" (n={c.arithmetic.n})")
-    decode = [(name, s.batch1.decode_tokens_per_s) for name, s in (("baseline", b.speed), ("compressed", c.speed))
-              if s and s.batch1 and s.batch1.decode_tokens_per_s]
-    if len(decode) == 2:
-        spread = [f"{name} [{fmt_rate(d.min)}, {fmt_rate(d.max)}]" for name, d in decode]
-        lines.append(f"decode tokens/s: median of {c.speed.repeats} repeat(s), range {', '.join(spread)}")
+    speed = speed_comparison(report)
+    if speed is not None:
+        lines.append(speed.sentence())
     q = c.quality
     if q:
         lines.append(f"perplexity over {q.n_tokens} tokens, window {q.context}, stride {q.stride}; "

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from compressor.errors import LabError
+from compressor.runs.limits import check_prompt
 
-MAX_PROMPT_CHARS = 2000
 MAX_NEW_TOKENS = (1, 128)
 
 
@@ -30,11 +30,7 @@ def answer(payload: dict, ctx=None) -> dict:
     from compressor.measure.generation import greedy_generate
     from compressor.models.loading import load_model
 
-    prompt = str(payload.get("prompt") or "")
-    if not prompt.strip():
-        raise LabError("prompt is empty: type a few words for both models to continue.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise LabError(f"prompt has {len(prompt)} characters: keep it under {MAX_PROMPT_CHARS}.")
+    prompt = check_prompt(payload.get("prompt") or "")  # the page checks it too, before submitting
     n_new = payload.get("max_new_tokens", 32)
     lo, hi = MAX_NEW_TOKENS
     if isinstance(n_new, bool) or not isinstance(n_new, int) or not lo <= n_new <= hi:

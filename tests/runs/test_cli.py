@@ -1,6 +1,7 @@
 """The command line: exit codes, messages, the request its flags make, and real runs on the demo model."""
 
 import json
+import tempfile
 
 import pytest
 
@@ -65,9 +66,13 @@ def test_a_cli_run_is_the_runners_run_and_writes_the_report(demo_run, tmp_path, 
             "--samples", "24", "--ppl-tokens", "512", "--max-new-tokens", "8", "--quiet"]
     assert request_from_args(build_parser().parse_args(argv)) == r.request
     monkeypatch.setenv("LAB_DATA_DIR", str(demo_run.data_dir))  # the demo run's baseline cache
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where a leaked temp folder would be
+    (tmp_path / "tmp").mkdir()
     assert main(argv) == 0
+    assert list((tmp_path / "tmp").iterdir()) == []  # a CLI run leaves no temp folder behind
     table = capsys.readouterr().out
-    assert "perplexity" in table and "projection" in table
+    assert "perplexity" in table and "projection" in table and "baseline quality from the cache" in table
+    assert "Decode on this machine (cpu)" in table
     r2 = Report.from_dict(json.loads(out.read_text()))
     assert r2.timings.baseline_cached and r2.baseline.perplexity == b.perplexity
     assert r2.compressed.kld == pytest.approx(c.kld, rel=1e-3)
