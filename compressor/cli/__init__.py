@@ -11,14 +11,19 @@ LAB_TRACEBACK=1): an unexpected failure prints its type and message and how to s
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import traceback
 
-from compressor.cli import hardware, presets, run
-from compressor.errors import LabError
-from compressor.paths import scrub_paths
+# Before torch loads (the commands import it): OpenMP threads that spin while waiting stall on shared
+# cores (measured 4-6x slower on a busy 2-core machine, shared/ENVIRONMENT.md). Set it to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+
+from compressor.cli import hardware, presets, run  # noqa: E402
+from compressor.errors import LabError  # noqa: E402
+from compressor.paths import scrub_paths  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS = (run, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`

@@ -211,6 +211,9 @@ def _preload(target: str) -> None:
 def worker_main(conn: Connection, data_dir: str, preload: str | None = None) -> None:
     """Entry point of the worker process (the target of `multiprocessing.Process`); `preload` is the
     "package.module:function" target whose module is imported in the background once ready."""
+    # Before the target loads torch: OpenMP threads spinning while they wait stall on shared cores
+    # (4-6x slower on a busy 2-core machine, shared/ENVIRONMENT.md). The app's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     threading.Thread(target=_watch_parent, name="parent-watch", daemon=True).start()
     send_lock = threading.Lock()  # the target may report progress from its own threads
 
