@@ -5,6 +5,7 @@ Standard library only: the worker process and the store import it before torch i
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import sysconfig
@@ -30,11 +31,14 @@ def default_data_dir() -> Path:
 def scrub_paths(text: str, data_dir: str | Path | None = None) -> str:
     """`text` with the server's own folders replaced by short names (<app>, <data>, <python>, ~), for
     messages a visitor reads: where the app is installed says nothing about their input."""
-    roots = [(str(REPO), "<app>"), (str(Path(data_dir) if data_dir else default_data_dir()), "<data>")]
-    for key in ("purelib", "platlib", "stdlib"):
-        roots.append((sysconfig.get_paths().get(key, ""), "<python>"))
-    roots += [(sys.prefix, "<python>"), (str(Path.home()), "~")]
-    for root, name in sorted(roots, key=lambda r: -len(r[0])):  # the longest (most specific) first
-        if root and len(root) > 1:
-            text = text.replace(root, name)
+    for root, name in _roots(str(data_dir) if data_dir else str(default_data_dir())):
+        text = text.replace(root, name)
     return text
+
+
+@functools.lru_cache(maxsize=8)
+def _roots(data_dir: str) -> tuple[tuple[str, str], ...]:
+    roots = [(str(REPO), "<app>"), (data_dir, "<data>"), (sys.prefix, "<python>"), (str(Path.home()), "~")]
+    roots += [(sysconfig.get_paths().get(key, ""), "<python>") for key in ("purelib", "platlib", "stdlib")]
+    # the longest (most specific) first; "/" or "" would rewrite every path
+    return tuple(sorted(((r, n) for r, n in roots if len(r) > 1), key=lambda rn: -len(rn[0])))

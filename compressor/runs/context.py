@@ -24,6 +24,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from compressor.errors import LabError
+from compressor.paths import scrub_paths
 from compressor.progress import Progress
 from compressor.runs.store import RunStore, default_data_dir
 
@@ -83,13 +84,14 @@ def dict_json(value: object, what: str) -> str:
 
 def failure_message(e: BaseException) -> str:
     """The run's error for an exception its target raised: a LabError's own message (written for
-    the user); anything else with its type, since `str()` alone can be empty or cryptic."""
+    the user); anything else with its type, since `str()` alone can be empty or cryptic. The server's
+    own folders are shortened (`compressor.paths.scrub_paths`): a visitor reads this."""
     if isinstance(e, LabError):
-        return str(e)
+        return scrub_paths(str(e))
     if isinstance(e, MemoryError):  # str(MemoryError()) is empty: say what happened and what to change
         return (f"the job ran out of memory (MemoryError{f': {e}' if str(e) else ''}); "
                 "try a smaller model, a shorter context or fewer samples")
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return scrub_paths(f"{type(e).__name__}: {e}") if str(e) else type(e).__name__
 
 
 class BaselineCache:
@@ -152,7 +154,8 @@ class JobContext:
         self._on_progress(progress_dict(event))
 
     def log(self, message: str) -> None:
-        self._on_log(str(message))
+        """A line for the run's log, which visitors read: the server's own folders are shortened."""
+        self._on_log(scrub_paths(str(message)))
 
     @property
     def wants_partial(self) -> bool:

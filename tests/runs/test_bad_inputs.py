@@ -333,3 +333,16 @@ def test_config_errors_list_every_bad_variable():
     with pytest.raises(ConfigError) as e:
         ServerConfig.from_env({"LAB_TIME_LIMIT_S": "x", "LAB_KEEP_RUNS": "many", "LAB_MAX_QUEUED": "3"})
     assert "LAB_TIME_LIMIT_S" in str(e.value) and "LAB_KEEP_RUNS" in str(e.value)
+
+
+def test_messages_a_visitor_reads_carry_no_server_paths(tmp_path, monkeypatch):
+    from compressor.paths import REPO
+    from compressor.runs.context import JobContext, failure_message
+
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
+    error = failure_message(FileNotFoundError(2, "No such file", str(tmp_path / "data" / "artifacts" / "x")))
+    assert error == "FileNotFoundError: [Errno 2] No such file: '<data>/artifacts/x'"
+    assert str(REPO) not in failure_message(LabError(f"cannot read {REPO / 'assets' / 'x.json'}"))
+    lines = []
+    JobContext(run_id="r", artifact_dir=tmp_path, cache=None, on_log=lines.append).log(f"saved to {tmp_path}/data/m")
+    assert lines == ["saved to <data>/m"]
