@@ -47,9 +47,10 @@ class QuantLinear(nn.Module):
         qweight uint8 [N, packed_cols(K, bits)], scales fp16 [N, K // G], zeros fp16 [N, K // G],
         perm int32 [K] (only with act-order), bias [N] (only with bias).
 
-    Runtime layout on CUDA (kernels/triton_layout.py): the first CUDA forward builds the GPU words (for 2/4/8
-    bits a view of qweight when rows are whole words, else they replace it) and makes scales/zeros transposed
-    views of [K // G, N] storage (the same bytes), then runs a kernels.triton_ops.TritonPlan.
+    Runtime layout on CUDA (kernels/triton_layout.py): the first CUDA forward replaces qweight by the GPU words
+    (int32 [W, N], the same bytes bar padding to whole words) and makes scales / zeros strided views of one
+    int32 [K // G, N] scale-and-zero word per group and column (the same bytes), then runs a
+    kernels.triton_ops.TritonPlan.
 
     Runtime layout on CPU (kernels/cpu_plan.py): the first CPU forward builds a plan that every later call runs.
     A 4-bit or per-channel 8-bit `qweight` is replaced by its native kernel's layout (same bytes); 2- and
@@ -165,15 +166,14 @@ class QuantLinear(nn.Module):
         from kernels import triton_layout
         from kernels.triton_ops import TritonPlan
 
-        words = triton_layout.to_gpu_words(self.qweight, self.bits, self.in_features)
-        if words.data_ptr() != self.qweight.data_ptr():  # 3-bit planes or padded rows: they replace the bytes
-            self.qweight = words
-        self.scales = triton_layout.transposed_view(self.scales)  # (N, K // G) view of (K // G, N) storage
-        self.zeros = triton_layout.transposed_view(self.zeros)
+        # the GPU words and the packed scale/zero words replace the canonical bytes (the same count, bar
+        # padding to whole words); scales / zeros stay as strided fp16 views of sz
+        self.qweight = triton_layout.to_gpu_words(self.qweight, self.bits, self.in_features)  # (W, N) int32
+        sz = triton_layout.pack_scales(self.scales, self.zeros)  # (K // G, N) int32
+        self.scales, self.zeros = triton_layout.scale_views(sz)
         self.gpu_layout = True
-        self._run = TritonPlan(words, self.scales, self.zeros, self.perm, self.bias, bits=self.bits,
-                               group_size=self.group_size, in_features=self.in_features,
-                               out_features=self.out_features)
+        self._run = TritonPlan(self.qweight, sz, self.perm, self.bias, bits=self.bits, group_size=self.group_size,
+                               in_features=self.in_features, out_features=self.out_features)
         return self._run
 
     @torch.no_grad()

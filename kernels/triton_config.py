@@ -14,7 +14,7 @@ import os
 import torch
 import triton
 
-from kernels.triton_layout import plane_words, to_gpu_words, values_per_word
+from kernels.triton_layout import pack_scales, plane_rows, to_gpu_words, values_per_word, word_rows
 
 AUTOTUNE_ENV = "KERNELS_AUTOTUNE"
 MODES = ("small", "full")
@@ -96,23 +96,29 @@ def check_x(x: torch.Tensor, in_features: int, name: str) -> None:
         raise ValueError(f"{name}: x's last dim must be contiguous (stride {x.stride(1)}): pass x.contiguous()")
 
 
-def launch_args(name: str, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                perm: torch.Tensor | None, bias: torch.Tensor | None, *, bits: int, group_size: int,
-                in_features: int, poison: bool) -> tuple[torch.Tensor, dict]:
-    """(y [M, N], the keyword arguments both kernels take): x checked, the GPU words (a no-op for a module's
-    words, a view of canonical 2/4/8-bit bytes), scales/zeros as [K // G, N] (the module's transposed views
-    need no copy), dummies for absent tensors, y NaN-filled when `poison`."""
+def gpu_operands(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, *, bits: int,
+                 in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(words int32 [W, N], sz int32 [K // G, N]): a module's GPU layout as is, or built from canonical tensors
+    (uint8 qweight [N, packed_cols], fp16 scales and zeros [N, K // G]) for a one-off call."""
+    words = qweight if qweight.dtype == torch.int32 else to_gpu_words(qweight, bits, in_features)
+    sz = scales if scales.dtype == torch.int32 else pack_scales(scales, zeros)
+    return words, sz
+
+
+def launch_args(name: str, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                zeros: torch.Tensor | None, perm: torch.Tensor | None, bias: torch.Tensor | None, *, bits: int,
+                group_size: int, in_features: int, poison: bool) -> tuple[torch.Tensor, dict]:
+    """(y [M, N], the keyword arguments both kernels take): x checked, the GPU operands (gpu_operands), dummies
+    for absent tensors, y NaN-filled when `poison`."""
     check_x(x, in_features, name)
-    m, n = x.shape[0], qweight.shape[0]
-    words = to_gpu_words(qweight, bits, in_features)
-    st, zt = scales.T, zeros.T  # (K // G, N)
-    st = st if st.is_contiguous() else st.contiguous()
-    zt = zt if zt.is_contiguous() else zt.contiguous()
+    words, sz = gpu_operands(qweight, scales, zeros, bits=bits, in_features=in_features)
+    m, n = x.shape[0], words.shape[1]
     y = torch.full((m, n), float("nan"), dtype=x.dtype, device=x.device) if poison else \
         torch.empty((m, n), dtype=x.dtype, device=x.device)
-    args = {"x_ptr": x, "w_ptr": words, "s_ptr": st, "z_ptr": zt, "perm_ptr": words if perm is None else perm,
-            "bias_ptr": st if bias is None else bias, "y_ptr": y, "M": m, "N": n, "K": in_features,
-            "GROUP": group_size, "KW": -(-in_features // values_per_word(bits)), "PLANE": plane_words(bits, in_features),
-            "stride_xm": x.stride(0), "stride_wn": words.stride(0), "stride_ym": y.stride(0),
+    args = {"x_ptr": x, "w_ptr": words, "sz_ptr": sz, "perm_ptr": words if perm is None else perm,
+            "bias_ptr": sz if bias is None else bias, "y_ptr": y, "M": m, "N": n, "K": in_features,
+            "GROUP": group_size, "KW": plane_rows(bits, in_features) or word_rows(bits, in_features),
+            "PLANE": plane_rows(bits, in_features) * words.stride(0),
+            "stride_xm": x.stride(0), "stride_wk": words.stride(0), "stride_ym": y.stride(0),
             "BITS": bits, "HAS_PERM": perm is not None, "HAS_BIAS": bias is not None}
     return y, args

@@ -22,7 +22,7 @@ ONE_F32_BITS = 0x3F800000  # the bits of 1.0f
 
 
 @triton.jit
-def split_tiles(K, pid_k, SPLIT_K: tl.constexpr, BLOCK_K: tl.constexpr):
+def split_tiles(K, pid_k, SPLIT_K, BLOCK_K: tl.constexpr):
     """[t_start, t_end): the K tiles program pid_k of SPLIT_K walks (whole tiles, the last split may be short)."""
     k_tiles = tl.cdiv(K, BLOCK_K)
     per_split = tl.cdiv(k_tiles, SPLIT_K)
@@ -63,42 +63,46 @@ def chunk_field(a, b, h, i: tl.constexpr):
 
 
 @triton.jit
-def _repeat(w, LOG2: tl.constexpr):
-    """Each element of w repeated 2**LOG2 times in place along the last axis (in registers, no reload)."""
-    if LOG2 >= 1:
-        w = tl.interleave(w, w)
-    if LOG2 >= 2:
-        w = tl.interleave(w, w)
-    if LOG2 >= 3:
-        w = tl.interleave(w, w)
-    if LOG2 >= 4:
-        w = tl.interleave(w, w)
-    if LOG2 >= 5:
-        w = tl.interleave(w, w)
-    return w
+def scale_zero(sz):
+    """(scale, zero) fp32 from the packed int32 words of kernels.triton_layout.pack_scales."""
+    s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    z = (sz >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return s, z
 
 
 @triton.jit
-def mantissa_tile(w_rows, offs_w, mask, PLANE, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """[BN, BLOCK_K] fp32 of 1 + q / 2**BITS for the K tile whose word columns are offs_w [BLOCK_K / V].
+def slab_tile(w_ptrs, mask, PLANE, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_K, BN] fp32 of 1 + q / 2**BITS, row j holding field j // BKW of word row j % BKW, BKW = BLOCK_K / V.
 
-    w_rows [BN, 1] are row pointers, mask [BN, BLOCK_K / V] the valid words; each word is loaded once and
-    repeated in registers (tl.interleave), then every element shifts its own field up.
+    w_ptrs [BKW, BN] point at the tile's word rows (3 bits: plane A's; B and H sit PLANE and 2 PLANE further),
+    each loaded once; the V fields of each word are taken in registers (every shift a constant), so row j of
+    the result is the value at column 32 (r // R) + R (j // BKW) + r % R of the tile, r = j % BKW (the caller
+    gathers x in that order: kernels/triton_layout.py deals each chunk round-robin over its R word rows).
     """
-    kk = tl.arange(0, BLOCK_K)
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    fld = tl.arange(0, V)[:, None, None]  # (V, 1, 1)
     if BITS == 3:
-        a = tl.load(w_rows + offs_w[None, :], mask=mask, other=0)
-        b = tl.load(w_rows + PLANE + offs_w[None, :], mask=mask, other=0)
-        h = tl.load(w_rows + 2 * PLANE + offs_w[None, :], mask=mask, other=0)
-        lo = _repeat(tl.interleave(a, b), 4)  # (BN, BK): A[c] for 32c + 0..15, B[c] for 32c + 16..31
-        hi = _repeat(h, 5)  # (BN, BK)
-        lo = ((lo >> ((kk % 16) * 2)[None, :]) & 3) << 20
-        hi = ((hi >> (kk % 32)[None, :]) & 1) << 22
+        a = tl.load(w_ptrs, mask=mask, other=0)
+        b = tl.load(w_ptrs + PLANE, mask=mask, other=0)
+        h = tl.load(w_ptrs + 2 * PLANE, mask=mask, other=0)
+        lo = tl.where(fld < 16, a[None, :, :], b[None, :, :])  # (V, BKW, BN)
+        lo = ((lo >> ((fld % 16) * 2)) & 3) << 20
+        hi = ((h[None, :, :] >> fld) & 1) << 22
         bits = lo | hi | 0x3F800000
     else:
-        V: tl.constexpr = 32 // BITS
-        LOG2V: tl.constexpr = 5 - (BITS + 4) // 4  # log2(V): 2 -> 4, 4 -> 3, 8 -> 2
-        w = _repeat(tl.load(w_rows + offs_w[None, :], mask=mask, other=0), LOG2V)  # (BN, BK)
-        q = (w >> ((kk % V) * BITS)[None, :]) & ((1 << BITS) - 1)
+        w = tl.load(w_ptrs, mask=mask, other=0)
+        q = (w[None, :, :] >> (fld * BITS)) & ((1 << BITS) - 1)  # (V, BKW, BN)
         bits = (q << (23 - BITS)) | 0x3F800000
-    return bits.to(tl.float32, bitcast=True)
+    f = bits.to(tl.float32, bitcast=True)
+    return tl.reshape(f, (BLOCK_K, w_ptrs.shape[1]))
+
+
+@triton.jit
+def slab_columns(BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """[BLOCK_K]: the tile column (from the tile's start) of each row of slab_tile's result."""
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    R: tl.constexpr = 1 if BITS == 3 else BITS
+    BKW: tl.constexpr = BLOCK_K // V
+    j = tl.arange(0, BLOCK_K)
+    r = j % BKW
+    return (r // R) * 32 + (j // BKW) * R + r % R

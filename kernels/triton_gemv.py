@@ -1,16 +1,17 @@
 """Fused dequant-GEMV for decode: y [M, N] = x [M, K] @ W.T for a few rows (M <= triton_ops.GEMV_MAX_M), on CUDA cores.
 
-Shape contract: x fp16/bf16/fp32 [M, K] (last dim contiguous); words int32 [N, W] (kernels/triton_layout.py);
-scales_t, zeros_t fp16 [K // G, N] contiguous; perm int32 [K] or None (act-order: y = x[:, perm] @ W.T, the
-gather done in the kernel); bias [N] or None; y [M, N] in x's dtype, accumulated in fp32.
+Shape contract: x fp16/bf16/fp32 [M, K] (last dim contiguous); words int32 [W, N] and sz int32 [K // G, N]
+(kernels/triton_layout.py); perm int32 [K] or None (act-order: y = x[:, perm] @ W.T, gathered in the kernel);
+bias [N] or None; y [M, N] in x's dtype, accumulated in fp32.
 
 Program (n block, k split, row m) walks its share of K in tiles of BLOCK_K values that sit inside one group:
-    - the tile's words [BLOCK_N, BLOCK_K / V] load once, each row's words contiguous (coalesced);
-    - the group's scales and zeros load once per tile as [BLOCK_N] vectors (transposed layout: contiguous);
+    - the tile's words [BLOCK_K / V, BLOCK_N] load once, each word row's N columns contiguous (coalesced,
+      16-byte vectors);
+    - the group's scales and zeros load once per tile, one int32 [BLOCK_N] vector in the words' column layout;
     - for each field i of a word (unrolled) 1 + q / 2**b (kernels/triton_dequant.py: no conversion
-      instruction) times the x values of those columns accumulates into a [BLOCK_N, BLOCK_K / V] fp32 tile;
-      the group's a and c (a = 2**b s, c = -(2**b + z) s) scale it once per word;
-    - one reduction across threads at the end.
+      instruction) times the x value of its column accumulates into a [BLOCK_K / V, BLOCK_N] fp32 tile,
+      which the group's a = 2**b s and c = -(2**b + z) s scale once per word;
+    - one reduction across the word rows at the end.
 Split-K programs add their rows into a zeroed y with one atomic add in y's dtype (the config's pre-hook
 zeroes y): one pass, no partial buffer and no second kernel. Row offsets are 64-bit.
 """
@@ -30,62 +31,71 @@ from kernels.triton_config import (
     split_k,
     zero_output,
 )
-from kernels.triton_dequant import chunk_field, split_tiles, word_field
+from kernels.triton_dequant import chunk_field, scale_zero, split_tiles, word_field
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K is cut to the group (triton_config.fit_block_k)
 SMALL = [(128, 128, 4, 2)]  # also the pinned launch's default
-FULL = [(64, 128, 4, 2), (128, 128, 4, 2), (128, 64, 4, 3), (256, 64, 4, 2), (256, 128, 8, 2), (64, 256, 4, 2),
-        (128, 256, 8, 2), (32, 256, 2, 2), (512, 32, 8, 3), (256, 32, 4, 3), (128, 32, 4, 4), (512, 64, 8, 2)]
+FULL = [(64, 128, 4, 2), (128, 128, 4, 2), (256, 128, 8, 2), (128, 64, 4, 3), (256, 64, 4, 3), (512, 32, 8, 3),
+        (128, 256, 8, 2), (32, 256, 2, 2)]
 
 
-@triton.jit
-def _qgemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROUP, KW, PLANE,
-                  stride_xm, stride_wn, stride_ym,
-                  BITS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+# one binary for every split and M: SPLIT_K == 1 picks a plain store at run time
+@triton.jit(do_not_specialize=["M", "GROUP", "SPLIT_K"])
+def _qgemv_kernel(x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROUP, KW, PLANE,
+                  stride_xm, stride_wk, stride_ym,
+                  BITS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
-    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS  # values per word column
-    BKW: tl.constexpr = BLOCK_K // V
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS  # fields per word
+    R: tl.constexpr = 1 if BITS == 3 else BITS  # word rows per chunk of 32 values
+    BKW: tl.constexpr = BLOCK_K // V  # word rows per tile
+    offs_n = tl.max_contiguous(tl.multiple_of(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), BLOCK_N), BLOCK_N)
     n_mask = offs_n < N
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # (BN, 1)
     x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
-    col = tl.arange(0, BKW)
+    row = tl.arange(0, BKW)
+    k_of_row = (row // R) * 32 + row % R  # (BKW,): field 0's column of each word row, from the tile start
     t_start, t_end = split_tiles(K, pid_k, SPLIT_K, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+    acc = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
-        offs_w = tl.max_contiguous(tl.multiple_of(t * BKW + col, BKW), BKW)
-        wmask = n_mask[:, None] & (offs_w < KW)[None, :]
-        wa = tl.load(w_rows + offs_w[None, :], mask=wmask, other=0)  # (BN, BKW)
+        rows = t * BKW + row  # (BKW,): this tile's word rows
+        w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wk + offs_n[None, :]  # (BKW, BN)
+        if EVEN_K:
+            wmask = n_mask[None, :]
+        else:
+            wmask = (rows < KW)[:, None] & n_mask[None, :]
+        wa = tl.load(w_ptrs, mask=wmask, other=0)
         if BITS == 3:
-            wb = tl.load(w_rows + PLANE + offs_w[None, :], mask=wmask, other=0)
-            wh = tl.load(w_rows + 2 * PLANE + offs_w[None, :], mask=wmask, other=0)
-        g = (k0 // GROUP).to(tl.int64) * N  # the tile's group row of scales_t / zeros_t
-        s = tl.load(s_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)  # (BN,)
-        z = tl.load(z_ptr + g + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        a = s * (1 << BITS)
-        c = -((1 << BITS) + z) * s
-        part = tl.zeros((BLOCK_N, BKW), dtype=tl.float32)
+            wb = tl.load(w_ptrs + PLANE, mask=wmask, other=0)
+            wh = tl.load(w_ptrs + 2 * PLANE, mask=wmask, other=0)
+        # the group's scale/zero words, shaped like the word tile (every row the same addresses) so they load
+        # in its register layout: a [BLOCK_N] load took another layout and a shuffle through shared memory
+        sz_ptrs = sz_ptr + (k0 // GROUP).to(tl.int64) * N + (offs_n[None, :] + 0 * row[:, None])  # (BKW, BN)
+        s, z = scale_zero(tl.load(sz_ptrs, mask=wmask, other=0))
+        part = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
         xs = tl.zeros((BKW,), dtype=tl.float32)
         for i in tl.static_range(V):
-            kk = k0 + col * V + i  # (BKW,): the columns field i of each word holds
-            kmask = kk < K
+            kk = tl.max_contiguous(tl.multiple_of(k0 + k_of_row + i * R, R), R)  # (BKW,): field i's columns
             if HAS_PERM:
-                src = tl.load(perm_ptr + kk, mask=kmask, other=0)
+                src = tl.load(perm_ptr + kk, mask=kk < K, other=0)
             else:
                 src = kk
-            xi = tl.load(x_row + src, mask=kmask, other=0.0).to(tl.float32)
+            if EVEN_K:
+                xi = tl.load(x_row + src).to(tl.float32)
+            else:
+                xi = tl.load(x_row + src, mask=kk < K, other=0.0).to(tl.float32)
             if BITS == 3:
                 f = chunk_field(wa, wb, wh, i)
             else:
                 f = word_field(wa, i, BITS)
-            part += f * xi[None, :]  # (BN, BKW)
+            part += f * xi[:, None]  # (BKW, BN)
             xs += xi
-        acc += part * a[:, None] + c[:, None] * xs[None, :]
-    y = tl.sum(acc, axis=1)  # (BN,)
+        # f * a + c = (q - z) * s with a = 2**b s and c = -(2**b + z) s, applied once per word
+        acc += part * (s * (1 << BITS))
+        acc += xs[:, None] * (-((1 << BITS) + z) * s)
+    y = tl.sum(acc, axis=0)  # (BN,)
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         y += tl.where(pid_k == 0, b, 0.0)  # once, by the first split
@@ -114,7 +124,8 @@ def fitted_configs(base: list[tuple], nargs: dict, splits: tuple[int, ...] = (1,
             key = (bn, bk, warps, stages, split)
             if key not in seen:
                 seen.add(key)
-                out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split}, num_warps=warps,
+                out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split, "EVEN_K": k % bk == 0},
+                                         num_warps=warps,
                                          num_stages=stages, pre_hook=zero_output if split > 1 else None))
     return out
 
@@ -130,11 +141,14 @@ _tuned = triton.autotune([triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warp
     _qgemv_kernel)
 
 
-def qgemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
+def qgemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, *, bits: int,
           group_size: int, in_features: int, perm: torch.Tensor | None = None, bias: torch.Tensor | None = None,
           split_k: int | None = None, config: dict | None = None, autotune: str | None = None,
           poison: bool = False) -> torch.Tensor:
-    """y [M, N] = x[:, perm] @ W.T + bias for x [M, K]; qweight canonical uint8 or GPU int32 words.
+    """y [M, N] = x[:, perm] @ W.T + bias for x [M, K].
+
+    qweight, scales, zeros: canonical (uint8 [N, packed_cols], fp16 [N, K // G] twice), or the GPU layout
+    (words int32 [W, N], sz int32 [K // G, N], None): kernels/triton_layout.py.
 
     `split_k` / `config` ({"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}) pin a launch (tests, benchmarks);
     otherwise autotune mode "small" launches the default config (split-K by triton_config.split_k) and "full"

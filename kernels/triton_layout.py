@@ -1,58 +1,66 @@
-"""The GPU runtime layout of a packed weight: int32 words along K, built once when a QuantLinear moves to CUDA.
+"""The GPU runtime layout of a packed weight, built once when a QuantLinear moves to CUDA: int32 words along K,
+stored K-major so the N columns a program reads are contiguous, and each group's scale and zero in one word.
 
-    words: int32 [N, W]   row n holds q[n, :] as bit fields packed along K; a 4-byte load brings one output
-                          row's next 32 / bits values, and a warp reading a row's consecutive words reads
-                          consecutive addresses (coalesced, vectorisable where rows are 16-byte aligned).
+    words: int32 [W, N]    word row r, column n holds values of q[n, :] as bit fields; a warp reading one word
+                           row reads consecutive addresses (coalesced, 16-byte vectors of 4 columns); W =
+                           bits * ceil(K / 32) (32 values in `bits` words at every width)
+    sz:    int32 [K // G, N]  bits 0..15: scales[n, g] (fp16 bits), bits 16..31: zeros[n, g] (fp16 bits)
 
-2, 4 and 8 bits: V = 32 / bits values per word, word w holding q[n, V*w + i] in bits [bits*i, bits*(i+1)):
+2, 4 and 8 bits: V = 32 / bits values per word, R = 32 / V = bits word rows per chunk of 32 values. Within chunk c
+the values are dealt round-robin over its R rows: field i of word row R*c + r holds q[n, 32c + R*i + r].
 
-    4-bit word w:  bit 31 ...... 28 27 ...... 24  ...  7 ....... 4 3 ....... 0
-                   [  q[8w + 7]   ][  q[8w + 6]  ] ... [  q[8w + 1] ][  q[8w]   ]
+    4-bit (R = 4), chunk c, column n:        bits 31..28    27..24   ...    7..4       3..0
+        word row 4c     [ q[n, 32c + 28] ][ q[32c+24] ] ... [ q[32c+4] ][ q[32c]     ]
+        word row 4c + 1 [ q[n, 32c + 29] ][ q[32c+25] ] ... [ q[32c+5] ][ q[32c + 1] ]
+        ...             (field i of the R rows: R consecutive values, x[32c + R*i : 32c + R*i + R])
 
-    This is kernels.pack's byte layout read as little-endian int32, so when a row's packed bytes are a whole
-    number of words (packed_cols(K, bits) % 4 == 0) the words ARE qweight, viewed: no copy, no extra byte.
-    Otherwise every row is padded with zero bytes to a whole word (a copy that replaces qweight).
+    So the x values one field of a thread's R word rows multiplies are contiguous (one vector load), where a
+    plain packing along K would put them V apart (one load each). Rows are padded to whole chunks with zeros.
 
-3 bits: three planes of P = ceil(K / 32) words, [A | B | H] along each row (W = 3P); chunk c covers q[n, 32c : 32c + 32]:
+3 bits: three planes of P = ceil(K / 32) word rows, [A; B; H] (W = 3P); chunk c covers q[n, 32c : 32c + 32]:
 
-    A[c] bits [2i, 2i + 2):  the low two bits of q[32c + i]        i = 0 .. 15
-    B[c] bits [2i, 2i + 2):  the low two bits of q[32c + 16 + i]   i = 0 .. 15
-    H[c] bit  i:             the high bit of q[32c + i]            i = 0 .. 31
+    A[c, n] bits [2i, 2i + 2):  the low two bits of q[n, 32c + i]        i = 0 .. 15
+    B[c, n] bits [2i, 2i + 2):  the low two bits of q[n, 32c + 16 + i]   i = 0 .. 15
+    H[c, n] bit  i:             the high bit of q[n, 32c + i]            i = 0 .. 31
 
-    Exactly 3 bits a value (12 bytes per 32 values; kernels.pack's 24-bit words straddle 32-bit loads), plus K
-    padded to a multiple of 32. A kernel reads the three planes with the same offsets, each load coalesced.
+    Exactly 3 bits a value (12 bytes per 32 values, as kernels.pack's 3 bytes per 8, whose 24-bit words
+    straddle 32-bit loads), plus K padded to a multiple of 32. Fields past K are zero.
 
-Fields past K are zero. Scales and zeros stay fp16 with the same values; the kernels read them transposed,
-[K // G, N], so the N columns a program needs for one group are contiguous: `transposed_view` gives the
-canonical [N, K // G] tensor as a view of such storage (the same bytes, so weight_bytes does not change).
+Why one word for a scale and a zero: the kernels load a group's [BLOCK_N] scales once per K tile, and an int32
+vector load takes the same register layout as the word tile's columns, so no shuffle through shared memory
+sits in the loop (two fp16 loads took another layout and a barrier-bound conversion each). The module keeps
+its `scales` / `zeros` as strided views of `sz` (the same bytes); the state dict stays canonical.
 
-The kernels put one K tile inside one group, so a layer takes this layout when G == K (per channel) or G is
-a multiple of 32 (the engine's 32 / 64 / 128): `unsupported_reason` says why another does not.
+The kernels keep one K tile inside one group, so a layer takes this layout when G == K (per channel) or G is a
+multiple of 32 (the engine's 32 / 64 / 128): `unsupported_reason` says why another does not.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.pack import pack, packed_cols, unpack
+from kernels.pack import pack, unpack
 
 CHUNK = 32  # values per 3-bit chunk, and the multiple of a group size the kernels can tile
 
 
 def values_per_word(bits: int) -> int:
-    """Values one word (3-bit: one chunk of three words) holds: the K step of one column of words."""
+    """Fields in one word: V (3-bit: the 32 values of a chunk, one field in each of its planes)."""
     return CHUNK if bits == 3 else 32 // bits
 
 
-def words_per_row(bits: int, in_features: int) -> int:
-    """W of the int32 [N, W] words for in_features = K."""
-    if bits == 3:
-        return 3 * -(-in_features // CHUNK)
-    return -(-packed_cols(in_features, bits) // 4)
+def rows_per_chunk(bits: int) -> int:
+    """R: the word rows one chunk of 32 values is dealt over (1 for 3-bit: one row in each plane)."""
+    return 1 if bits == 3 else bits
 
 
-def plane_words(bits: int, in_features: int) -> int:
-    """Words between the 3-bit planes A, B and H of one row (0 for the other widths)."""
+def word_rows(bits: int, in_features: int) -> int:
+    """W of the int32 [W, N] words for in_features = K."""
+    return bits * -(-in_features // CHUNK)
+
+
+def plane_rows(bits: int, in_features: int) -> int:
+    """Word rows between the 3-bit planes A, B and H (0 for the other widths)."""
     return -(-in_features // CHUNK) if bits == 3 else 0
 
 
@@ -85,38 +93,41 @@ def _fields(words: torch.Tensor, width: int, count: int) -> torch.Tensor:
 
 
 def to_gpu_words(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """Canonical uint8 [N, packed_cols(K, bits)] (kernels.pack) -> int32 words [N, W] (a view when it can be)."""
-    if qweight.dtype == torch.int32:
-        return qweight
-    n = qweight.shape[0]
+    """Canonical uint8 [N, packed_cols(K, bits)] (kernels.pack) -> int32 words [W, N] (a new tensor)."""
+    n, chunks = qweight.shape[0], -(-in_features // CHUNK)
+    q = unpack(qweight, bits, in_features)
+    q = torch.nn.functional.pad(q, (0, chunks * CHUNK - in_features)).reshape(n, chunks, CHUNK)  # (N, C, 32)
     if bits == 3:
-        p = plane_words(3, in_features)
-        q = unpack(qweight, 3, in_features)
-        q = torch.nn.functional.pad(q, (0, p * CHUNK - in_features)).reshape(n, p, CHUNK)  # (N, P, 32)
         low, high = q & 3, q >> 2
         planes = (_pack_fields(low[..., :16], 2), _pack_fields(low[..., 16:], 2), _pack_fields(high, 1))
-        return torch.cat(planes, dim=1).contiguous()  # (N, 3P): [A | B | H]
-    cols = qweight.shape[1]
-    if cols % 4 == 0 and qweight.is_contiguous():
-        return qweight.view(torch.int32)  # (N, cols / 4): the same bytes
-    padded = torch.nn.functional.pad(qweight, (0, -cols % 4))
-    return padded.contiguous().view(torch.int32)
+        return torch.cat(planes, dim=1).T.contiguous()  # (3P, N): [A; B; H]
+    r = rows_per_chunk(bits)
+    fields = q.reshape(n, chunks, 32 // bits, r).transpose(2, 3)  # (N, C, R, V): value 32c + R*i + r at [c, r, i]
+    return _pack_fields(fields, bits).reshape(n, chunks * r).T.contiguous()  # (W, N)
 
 
 def from_gpu_words(words: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """Inverse of `to_gpu_words`: int32 [N, W] -> canonical uint8 [N, packed_cols(K, bits)] (exact)."""
-    if words.dtype == torch.uint8:
-        return words
-    n = words.shape[0]
+    """Inverse of `to_gpu_words`: int32 [W, N] -> canonical uint8 [N, packed_cols(K, bits)] (exact)."""
+    rows = words.T  # (N, W)
+    n, chunks = rows.shape[0], -(-in_features // CHUNK)
     if bits == 3:
-        p = plane_words(3, in_features)
-        a, b, h = words[:, :p], words[:, p:2 * p], words[:, 2 * p:]
-        low = torch.cat([_fields(a, 2, 16), _fields(b, 2, 16)], dim=-1)  # (N, P, 32)
-        q = (low | (_fields(h, 1, 32) << 2)).reshape(n, p * CHUNK)[:, :in_features]
-        return pack(q, 3)
-    return words.contiguous().view(torch.uint8)[:, :packed_cols(in_features, bits)].contiguous()
+        a, b, h = rows[:, :chunks], rows[:, chunks:2 * chunks], rows[:, 2 * chunks:]
+        low = torch.cat([_fields(a, 2, 16), _fields(b, 2, 16)], dim=-1)  # (N, C, 32)
+        q = low | (_fields(h, 1, 32) << 2)
+    else:
+        r = rows_per_chunk(bits)
+        fields = _fields(rows.reshape(n, chunks, r), bits, 32 // bits)  # (N, C, R, V)
+        q = fields.transpose(2, 3).reshape(n, chunks, CHUNK)
+    return pack(q.reshape(n, chunks * CHUNK)[:, :in_features], bits)
 
 
-def transposed_view(t: torch.Tensor) -> torch.Tensor:
-    """[N, G'] with [G', N] contiguous storage underneath (a view of `t` when it already is one)."""
-    return t if t.T.is_contiguous() else t.T.contiguous().T
+def pack_scales(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """fp16 scales, zeros [N, K // G] -> int32 sz [K // G, N]: the scale's bits low, the zero's high."""
+    pair = torch.stack([scales.to(torch.float16).T, zeros.to(torch.float16).T], dim=-1)  # (K/G, N, 2)
+    return pair.contiguous().view(torch.int32).squeeze(-1)
+
+
+def scale_views(sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scales, zeros) fp16 [N, K // G] as strided views of sz's bytes (no copy)."""
+    pair = sz.view(torch.float16).view(*sz.shape, 2)  # (K/G, N, 2)
+    return pair[..., 0].T, pair[..., 1].T

@@ -1,10 +1,11 @@
 """The Triton path of a QuantLinear on CUDA: one function that picks GEMV or GEMM by M, the torch.library custom
 op around it (with a fake, so torch.compile traces it), and the plan a module builds once.
 
-    compression_lab::qmatmul(x [..., K], qweight, scales, zeros, perm?, bias?, bits, group_size, in_features) -> y [..., N]
+    compression_lab::qmatmul(x [..., K], qweight, scales, zeros?, perm?, bias?, bits, group_size, in_features) -> y [..., N]
 
-qweight is kernels.pack's uint8 layout or the GPU int32 words (kernels/triton_layout.py); scales and zeros
-are [N, K // G] (transposed views are read without a copy). M = x.numel() // K rows: up to GEMV_MAX_M the
+(qweight, scales, zeros) are canonical (kernels.pack uint8, fp16 scales and zeros [N, K // G]) or the GPU
+layout (words int32 [W, N], sz int32 [K // G, N], None: kernels/triton_layout.py); N = y's last dim. M =
+x.numel() // K rows: up to GEMV_MAX_M the
 CUDA-core GEMV (triton_gemv.py), above it the tensor-core GEMM (triton_gemm.py), which splits K itself
 for small M buckets.
 """
@@ -33,7 +34,7 @@ def triton_path(m: int) -> str:
     return GEMV if m <= GEMV_MAX_M else GEMM
 
 
-def qmatmul_2d(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+def qmatmul_2d(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                perm: torch.Tensor | None, bias: torch.Tensor | None, bits: int, group_size: int,
                in_features: int) -> torch.Tensor:
     """y [M, N] for x2 [M, K]: the GEMV or the GEMM, launched directly (autotune mode from $KERNELS_AUTOTUNE)."""
@@ -43,51 +44,52 @@ def qmatmul_2d(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
 
 
 @torch.library.custom_op("compression_lab::qmatmul", mutates_args=())
-def qmatmul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+def qmatmul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],  # noqa: UP045
                    perm: Optional[torch.Tensor], bias: Optional[torch.Tensor], bits: int, group_size: int,  # noqa: UP045
                    in_features: int) -> torch.Tensor:
     x2 = x.reshape(-1, in_features)  # (M, K)
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
     y = qmatmul_2d(x2, qweight, scales, zeros, perm, bias, bits, group_size, in_features)
-    return y.reshape(*x.shape[:-1], qweight.shape[0])
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 @qmatmul_triton.register_fake
 def _(x, qweight, scales, zeros, perm, bias, bits, group_size, in_features):
-    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+    n = qweight.shape[1] if qweight.dtype == torch.int32 else qweight.shape[0]
+    return x.new_empty(*x.shape[:-1], n)
 
 
 class TritonPlan:
     """A QuantLinear's CUDA runtime: x [..., K] -> y [..., N] in x's dtype, `path` naming the last call's kernel.
 
-    Holds the module's own tensors (the GPU words, or a view of qweight; scales/zeros as transposed views),
-    so what it holds is what weight_bytes counts. Eager calls launch directly (the custom op's dispatch costs
-    microseconds a call); under torch.compile the call goes through the custom op, which the graph keeps.
-    The kernels read the bias in its own dtype (added in fp32). Activations in other dtypes (float64) take
-    the reference on the canonical bytes.
+    Holds the module's own tensors (the GPU words and sz, which its qweight / scales / zeros buffers are or
+    view), so what it holds is what weight_bytes counts. Eager calls launch directly (the custom op's
+    dispatch costs microseconds a call); under torch.compile the call goes through the custom op, which the
+    graph keeps. The kernels read the bias in its own dtype (added in fp32). Activations in other dtypes
+    (float64) take the reference on the canonical bytes.
     """
 
-    def __init__(self, words: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, perm: torch.Tensor | None,
-                 bias: torch.Tensor | None, *, bits: int, group_size: int, in_features: int, out_features: int):
-        self.words, self.scales, self.zeros, self.perm, self.bias = words, scales, zeros, perm, bias
+    def __init__(self, words: torch.Tensor, sz: torch.Tensor, perm: torch.Tensor | None, bias: torch.Tensor | None,
+                 *, bits: int, group_size: int, in_features: int, out_features: int):
+        self.words, self.sz, self.perm, self.bias = words, sz, perm, bias
         self.bits, self.group_size, self.k, self.n = bits, group_size, in_features, out_features
         self.path: str | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in DTYPES:
             self.path = "reference"
+            scales, zeros = triton_layout.scale_views(self.sz)
             canonical = triton_layout.from_gpu_words(self.words, self.bits, self.k)
-            return qmatmul_ref(x, canonical, self.scales, self.zeros, bits=self.bits, group_size=self.group_size,
+            return qmatmul_ref(x, canonical, scales, zeros, bits=self.bits, group_size=self.group_size,
                                in_features=self.k, perm=self.perm, bias=self.bias)
         if torch.compiler.is_compiling():
-            y = qmatmul_triton(x, self.words, self.scales, self.zeros, self.perm, self.bias, self.bits,
-                               self.group_size, self.k)
+            y = qmatmul_triton(x, self.words, self.sz, None, self.perm, self.bias, self.bits, self.group_size, self.k)
         else:
             x2 = x.reshape(-1, self.k)  # (M, K)
             if x2.stride(1) != 1:
                 x2 = x2.contiguous()
-            y = qmatmul_2d(x2, self.words, self.scales, self.zeros, self.perm, self.bias, self.bits, self.group_size,
+            y = qmatmul_2d(x2, self.words, self.sz, None, self.perm, self.bias, self.bits, self.group_size,
                            self.k).view(*x.shape[:-1], self.n)
         self.path = triton_path(x.numel() // self.k if self.k else 0)
         return y

@@ -23,36 +23,48 @@ def test_gpu_words_round_trip_exact(bits, k):
     q = _random_q(5, k, bits, seed=bits * 7 + k)
     packed = pack(q, bits)
     words = triton_layout.to_gpu_words(packed, bits, k)
-    assert words.dtype == torch.int32 and words.shape == (5, triton_layout.words_per_row(bits, k))
+    assert words.dtype == torch.int32 and words.shape == (triton_layout.word_rows(bits, k), 5)
     assert torch.equal(triton_layout.from_gpu_words(words, bits, k), packed)
 
 
-def test_whole_word_rows_are_a_view_of_qweight_others_a_padded_copy():
-    packed = pack(_random_q(3, 64, 4, seed=0), 4)  # 32 bytes a row: 8 words
-    words = triton_layout.to_gpu_words(packed, 4, 64)
-    assert words.data_ptr() == packed.data_ptr() and words.shape == (3, 8)
-    odd = pack(_random_q(3, 100, 4, seed=1), 4)  # 50 bytes a row: padded to 13 words
-    assert triton_layout.to_gpu_words(odd, 4, 100).shape == (3, 13)
+def test_rows_pad_to_whole_chunks_of_32_values():
+    words = triton_layout.to_gpu_words(pack(_random_q(3, 100, 4, seed=1), 4), 4, 100)  # 4 chunks, the last short
+    assert words.shape == (16, 3)  # 4 word rows a chunk at 4 bits
+    zero = triton_layout.to_gpu_words(pack(torch.zeros(3, 100, dtype=torch.uint8), 4), 4, 100)
+    assert not zero.any()  # padding is zeros
 
 
-def test_4bit_word_holds_eight_consecutive_values_low_nibble_first():
-    q = torch.arange(16, dtype=torch.uint8).reshape(1, 16) % 16
-    words = triton_layout.to_gpu_words(pack(q, 4), 4, 16)
-    for w in range(2):
-        assert int(words[0, w]) & 0xFFFFFFFF == sum(int(q[0, 8 * w + i]) << (4 * i) for i in range(8))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_a_chunk_is_dealt_round_robin_over_its_word_rows(bits):
+    q = _random_q(1, 32, bits, seed=bits)
+    words = triton_layout.to_gpu_words(pack(q, bits), bits, 32).long() & 0xFFFFFFFF
+    r_count, v = bits, 32 // bits  # R word rows of V fields
+    assert words.shape == (r_count, 1)
+    for r in range(r_count):  # field i of row r: q[R*i + r], so field i of the R rows covers R consecutive values
+        assert int(words[r, 0]) == sum(int(q[0, r_count * i + r]) << (bits * i) for i in range(v)), r
 
 
 def test_3bit_planes_hold_low_bits_in_a_and_b_and_the_high_bit_in_h():
     q = (torch.arange(64, dtype=torch.uint8) * 5 % 8).reshape(1, 64)  # two chunks, every value 0..7
     words = triton_layout.to_gpu_words(pack(q, 3), 3, 64).long() & 0xFFFFFFFF
-    p = triton_layout.plane_words(3, 64)
-    assert words.shape == (1, 3 * p) and p == 2
+    p = triton_layout.plane_rows(3, 64)
+    assert words.shape == (3 * p, 1) and p == 2
     for c in range(2):
         v = [int(t) for t in q[0, 32 * c:32 * c + 32]]
-        assert int(words[0, c]) == sum((v[i] & 3) << (2 * i) for i in range(16))
-        assert int(words[0, p + c]) == sum((v[16 + i] & 3) << (2 * i) for i in range(16))
-        assert int(words[0, 2 * p + c]) == sum((v[i] >> 2) << i for i in range(32))
+        assert int(words[c, 0]) == sum((v[i] & 3) << (2 * i) for i in range(16))
+        assert int(words[p + c, 0]) == sum((v[16 + i] & 3) << (2 * i) for i in range(16))
+        assert int(words[2 * p + c, 0]) == sum((v[i] >> 2) << i for i in range(32))
     assert words.numel() * 4 == packed_cols(64, 3)  # exactly 3 bits a value
+
+
+def test_scale_and_zero_share_one_word_and_view_back_exactly():
+    _, s, z, _ = _quantized(6, 128, 4, 32, seed=2)
+    sz = triton_layout.pack_scales(s, z)
+    assert sz.dtype == torch.int32 and sz.shape == (4, 6)
+    assert int(sz[1, 2]) & 0xFFFF == int(s[2, 1].view(torch.int16)) & 0xFFFF  # the scale's bits low
+    scales, zeros = triton_layout.scale_views(sz)
+    assert torch.equal(scales, s) and torch.equal(zeros, z)
+    assert scales.data_ptr() == sz.data_ptr()  # views: no second copy
 
 
 def test_unsupported_groups_are_named():
@@ -104,8 +116,8 @@ def test_module_in_the_gpu_layout_matches_reference_and_saves_canonical(bits, g,
     ref = qmatmul_ref(x.float(), mod.qweight, mod.scales, mod.zeros, bits=bits, group_size=g, in_features=96,
                       perm=mod.perm, bias=mod.bias.float())
     mod._prepare_gpu()  # what the first CUDA forward does (the kernels run in the interpreter here)
-    assert mod.scales.T.is_contiguous() and mod.zeros.T.is_contiguous()
-    assert (mod.qweight.dtype == torch.int32) == (bits == 3)  # 3-bit planes replace the bytes, 2/4-bit are views
+    assert mod.qweight.dtype == torch.int32 and mod.qweight.shape[1] == 24
+    assert torch.equal(mod.scales, before["scales"]) and torch.equal(mod.zeros, before["zeros"])  # views of sz
     y = mod(x)
     assert mod.kernel_path == "triton-gemm" and sqnr_db(y, ref) > 60
     assert mod(x[:1]).shape == (1, 24) and mod.kernel_path == "triton-gemv"
@@ -123,11 +135,11 @@ def test_gpu_layout_holds_the_canonical_bytes():
         seen = {(t.data_ptr(), t.dtype, tuple(t.shape)): t for t in m.buffers()}
         return sum(t.numel() * t.element_size() for t in seen.values())
 
-    for bits, k in ((4, 96), (2, 96), (3, 128)):
+    for bits, k in ((4, 96), (2, 96), (8, 96), (3, 128)):
         mod = _module(bits, 32, k=k, bias=False)
         stored = held(mod)
         mod._prepare_gpu()
-        assert held(mod) == stored, bits  # views for 2/4 bits; 3-bit planes the same 12 bytes per 32 values
+        assert held(mod) == stored, bits  # whole words; 3-bit planes the same 12 bytes per 32 values
 
 
 @needs_triton
