@@ -4,7 +4,8 @@
 
 Paths for the weight-only format (docs/architecture.md):
     "triton-gemv" / "triton-gemm"    fused dequant-matmul on CUDA for fp16/bf16/fp32 x: the CUDA-core GEMV
-                                     for one row, the tensor-core GEMM (split-K for small M) above; a
+    / "triton-dequant-dense"         for one row, the tensor-core GEMM (split-K for small M) above, and the
+                                     weight dequantized once + one dense matmul for long prefills; a
                                      QuantLinear on CUDA builds the GPU words once (kernels/triton_layout.py,
                                      `gpu_kind`) and runs a kernels.triton_ops.TritonPlan.
     "cpu-int4pack" / "cpu-int8pack"  PyTorch's native CPU kernels (2/3/4-bit and per-channel 8-bit), and
@@ -72,7 +73,8 @@ def qmatmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros:
             raise ValueError(f"x has {x.shape[-1]} features in its last dim, the layer expects in_features={in_features}")
         check_qweight(qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features, perm=perm)
         y = qmatmul_triton(x, qweight, scales, zeros, perm, bias, bits, group_size, in_features)
-        return y, triton_path(x.numel() // in_features)
+        n = qweight.shape[1] if qweight.dtype == torch.int32 else qweight.shape[0]
+        return y, triton_path(x.numel() // in_features, n, in_features)
     y = qmatmul_ref(x, qweight, scales, zeros, bits=bits, group_size=group_size, in_features=in_features,
                     perm=perm, bias=bias)
     return y, REFERENCE

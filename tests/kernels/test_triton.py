@@ -71,6 +71,32 @@ def test_gemm_matches_reference(bits, m, n, k, g, dtype, act_order, bias, split)
     _run(qgemm, bits, m, n, k, g, dtype, act_order, bias, split, seed=bits * 1000 + k + m)
 
 
+@pytest.mark.parametrize("bits,g,k", [(2, 32, 96), (3, 100, 100), (4, 64, 128), (8, 32, 64)])
+def test_dequantize_to_dense_matches_reference(bits, g, k):
+    from kernels.reference import dequantize
+    from kernels.triton_layout import pack_scales, to_gpu_words
+    from kernels.triton_unpack import dequantize_t
+
+    q, s, z, _ = _quantized(20, k, bits, g, seed=bits + k)
+    w_t = dequantize_t(to_gpu_words(pack(q, bits), bits, k), pack_scales(s, z), bits=bits, group_size=g,
+                       in_features=k, dtype=F32)
+    ref = dequantize(pack(q, bits), s, z, bits=bits, group_size=g, in_features=k)
+    torch.testing.assert_close(w_t.T, ref, rtol=1e-6, atol=1e-6)  # f * a + c: one fp32 rounding from (q - z) * s
+
+
+def test_long_prefills_take_the_dense_path(monkeypatch):
+    from kernels import triton_ops
+
+    monkeypatch.setattr(triton_ops, "DENSE_FROM_M", 8)
+    q, s, z, perm = _quantized(24, 64, 4, 32, seed=3, act_order=True)
+    qw, bias = pack(q, 4), torch.randn(24).half()
+    x = torch.randn(9, 64).half()
+    y = triton_ops.qmatmul_2d(x, qw, s, z, perm, bias, 4, 32, 64)
+    ref = qmatmul_ref(x.float(), qw, s, z, bits=4, group_size=32, in_features=64, perm=perm, bias=bias.float())
+    assert triton_ops.triton_path(9, 24, 64) == triton_ops.DENSE and triton_ops.triton_path(7, 24, 64) == "triton-gemm"
+    assert sqnr_db(y, ref) > MIN_SQNR[F16]
+
+
 @pytest.mark.parametrize("kernel", ["qgemv", "qgemm"])
 def test_zero_rows_and_bad_inputs(kernel):
     from kernels import triton_gemm, triton_gemv
