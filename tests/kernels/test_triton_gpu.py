@@ -20,6 +20,11 @@ pytestmark = [
 MIN_SQNR = {torch.float32: 90, torch.float16: 55, torch.bfloat16: 40}
 
 
+@pytest.fixture(autouse=True)
+def _one_config_per_key(monkeypatch):
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "small")  # compiles, no benchmarking: these tests check numbers
+
+
 def _cuda_module(bits, g, n, k, act_order, bias=True, seed=0):
     q, s, z, perm = _quantized(n, k, bits, g, seed=seed, act_order=act_order)
     b = torch.randn(n).half() if bias else None
