@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import yaml
 
+from compressor.engine import bounds
 from compressor.engine.presets import list_presets
 from compressor.engine.recipe import Recipe, load_recipe
 from compressor.errors import LabError
@@ -26,18 +27,14 @@ def recipe_yaml(source: object) -> str:
 
 
 def parse_recipe_text(text: str) -> object:
-    """YAML/JSON text -> the parsed recipe (dict or list), or a preset name. LabError on bad YAML."""
-    if not text or not text.strip():
+    """YAML/JSON text -> the parsed recipe (dict or list), or a preset name, read by the engine's bounded
+    parser (compressor.engine.bounds: size, aliases, nodes, nesting). LabError for anything else."""
+    if not isinstance(text, str) or not text.strip():
         raise LabError("the recipe is empty: pick a preset, add a stage, or paste a YAML recipe")
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise LabError(f"the recipe is not valid YAML{where}: {getattr(e, 'problem', e)}") from e
     presets = list_presets()
-    if isinstance(parsed, str) and parsed.strip() in presets:
-        return parsed.strip()  # a preset name
+    if text.strip() in presets:
+        return text.strip()
+    parsed = bounds.parse_recipe_text(text)
     if not isinstance(parsed, dict | list):
         raise LabError(f"the recipe must be a preset name ({', '.join(presets)}) or a YAML mapping of stages, "
                        f"got {type(parsed).__name__} {str(parsed)[:40]!r}")
@@ -45,8 +42,11 @@ def parse_recipe_text(text: str) -> object:
 
 
 def recipe_from_text(text: str) -> Recipe:
-    """The editor's text as the engine's Recipe; LabError (bad YAML, or the engine's RecipeError)."""
-    return load_recipe(parse_recipe_text(text))
+    """The editor's text as the engine's Recipe: the text itself goes to `load_recipe` (never a file name
+    on the server), which bounds it before anything is expanded; LabError naming the problem."""
+    if not isinstance(text, str) or not text.strip():
+        raise LabError("the recipe is empty: pick a preset, add a stage, or paste a YAML recipe")
+    return load_recipe(text, files=False)
 
 
 def stages_of(parsed: object) -> list:
