@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from compressor.runs.config import ConfigError, ServerConfig
 from compressor.runs.context import JobContext
 from compressor.runs.manager import JobManager
 from compressor.runs.runner import TARGET as RUN_TARGET
@@ -21,23 +22,29 @@ except ImportError:
     spaces = None
 
 ASK_TARGET = "compressor.runs.ask:answer"
-TIME_LIMIT_S = float(os.environ.get("LAB_TIME_LIMIT_S", "900"))
-ASK_TIMEOUT_S = 180
 ZERO_GPU = spaces is not None and bool(os.environ.get("SPACES_ZERO_GPU"))
-ZERO_GPU_DURATION_S = int(os.environ.get("LAB_ZERO_GPU_DURATION_S", "240"))
 
 
-def make_managers(data_dir: str | Path | None = None) -> tuple[JobManager, JobManager]:
-    """The compression job manager and the free-prompt one (its own small store under the data folder)."""
+def make_managers(data_dir: str | Path | None = None,
+                  config: ServerConfig | None = None) -> tuple[JobManager, JobManager]:
+    """The compression job manager and the free-prompt one (its own small store under the data folder),
+    set from the LAB_* environment (`ServerConfig.from_env`: a bad value is a ConfigError naming it)."""
+    config = config or ServerConfig.from_env()
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    manager = JobManager(data_dir, target=RUN_TARGET, concurrency=1, time_limit_s=TIME_LIMIT_S,
-                         max_queued_per_owner=3)
-    ask_manager = JobManager(data_dir / "prompt-box", target=ASK_TARGET, concurrency=1, time_limit_s=ASK_TIMEOUT_S)
+    manager = JobManager(data_dir, target=RUN_TARGET, concurrency=1, **config.run_manager_options())
+    ask_manager = JobManager(data_dir / "prompt-box", target=ASK_TARGET, concurrency=1, **config.ask_manager_options())
     return manager, ask_manager
 
 
+def _zero_gpu_duration_s() -> int:
+    try:
+        return ServerConfig.from_env().zero_gpu_duration_s
+    except ConfigError:  # start-up reports it (make_managers); the decorator needs a number now
+        return ServerConfig().zero_gpu_duration_s
+
+
 def _gpu(fn):
-    return spaces.GPU(duration=ZERO_GPU_DURATION_S)(fn) if spaces is not None else fn
+    return spaces.GPU(duration=_zero_gpu_duration_s())(fn) if spaces is not None else fn
 
 
 @_gpu

@@ -2,22 +2,25 @@
 recipe, notes on KV stages and on speed, and both models' generations side by side.
 
 Pure functions of the report: every figure is an attribute the run measured or projected
-(compressor.runs.contract), formatted by compressor.runs.format; nothing here computes one. A card
-claims a change (a colour) only when the run's own uncertainty allows it: accuracy when its paired
-95 % interval leaves out 0, speed when the repeats' ranges do not overlap.
+(compressor.runs.contract), formatted by compressor.runs.format, and speed is read through
+compressor.runs.speedfacts; nothing here computes a figure. A card claims a change (a colour) only when
+the run's own uncertainty allows it: accuracy when its paired 95 % interval leaves out 0, speed when
+the repeats' ranges do not overlap.
 
-A report streamed while its run goes on (`pending=True`) has sections still None: their cards say
-"measuring..." and fill in as the figures arrive.
+A report streamed while its run goes on names what is still to come (`Report.pending`: "speed",
+"samples", "projection"): those cards say "measuring..." and fill in as the figures arrive.
 """
 
 from __future__ import annotations
 
 import html
+import time
 
 from compressor.engine.stage import stage_from_dict
 from compressor.measure.arithmetic import parse_answer
 from compressor.runs import format as f
 from compressor.runs.contract import Measurement, Report, Stat
+from compressor.runs.speedfacts import speed_comparison
 from ui.names import hardware_name, model_name
 from ui.recipes import recipe_label
 
@@ -32,15 +35,6 @@ CARDS = [
     ("Arithmetic accuracy", "arithmetic_accuracy", "pct", True),
 ]
 SPEEDS = {"decode_tokens_per_s", "prefill_tokens_per_s"}
-# Why a kernel path can be slower than fp32 on a CPU (keys: kernels.dispatch path names, by prefix)
-PATH_WHY = {
-    "reference": "the reference path (dequantize, then a dense matmul) on every call: no native kernel serves "
-                 "this format here",
-    "cpu-dequant": "weights dequantized to bf16 and a dense matmul on every call",
-    "cpu-int": "PyTorch's native low-bit CPU kernels: on a small model, decode on a CPU is bound by per-call "
-               "overhead and compute, not by reading weights, so fewer bytes do not make it faster",
-    "bnb": "bitsandbytes' CPU kernels, which unpack weights on every call",
-}
 
 
 def _card(label: str, value: str, base: str, delta: str, tone: str, extra: str = "", tag: str = "") -> str:
@@ -48,6 +42,10 @@ def _card(label: str, value: str, base: str, delta: str, tone: str, extra: str =
     return (f'<div class="lab-card"><div class="lab-card-label">{label}{tag_html}</div>'
             f'<div class="lab-card-value">{value}</div><div class="lab-card-base">{base}</div>'
             f'<div class="lab-delta {tone}">{delta or "&nbsp;"}</div>{extra}</div>')
+
+
+def _pending_card(label: str, tag: str = "") -> str:
+    return _card(label, PENDING, "&nbsp;", "", "neutral", tag=tag)
 
 
 def _stat(m: Measurement, attr: str) -> Stat | None:
@@ -58,12 +56,14 @@ def _stat(m: Measurement, attr: str) -> Stat | None:
 def _spread(stat: Stat | None) -> str:
     if stat is None or not (f.is_number(stat.min) and f.is_number(stat.max)):
         return ""
+    if stat.n < 2:
+        return "timed once (no spread)"
     return f"range {f.fmt_rate(stat.min)}-{f.fmt_rate(stat.max)}, median of {stat.n}"
 
 
-def separated(base: Stat | None, comp: Stat | None) -> bool:
-    """True when the two speed ranges (min..max over repeats) do not overlap: a change beyond the noise."""
-    ok = base is not None and comp is not None and all(f.is_number(v) for v in (base.min, base.max, comp.min, comp.max))
+def _prefill_separated(base: Stat | None, comp: Stat | None) -> bool:
+    """Prefill's ranges apart, by the rule compressor.runs.speedfacts applies to decode."""
+    ok = base is not None and comp is not None and min(base.n, comp.n) >= 2
     return ok and (comp.max < base.min or comp.min > base.max)
 
 
@@ -73,16 +73,21 @@ def kernel_path_text(m: Measurement) -> str:
     return ", ".join(f"{html.escape(str(p))} ({n} module{'s' * (n != 1)})" for p, n in paths.items())
 
 
-def _speed_card(label: str, attr: str, base: Measurement, comp: Measurement, pending: bool) -> str:
+def _speed_card(label: str, attr: str, report: Report) -> str:
+    base, comp = report.baseline, report.compressed
+    if "speed" in report.pending:
+        return _pending_card(label, tag="this machine")
     b, c = getattr(base, attr), getattr(comp, attr)
     sb, sc = _stat(base, attr), _stat(comp, attr)
-    if c is None and pending:
-        return _card(label, PENDING, f"baseline {f.fmt_rate(b) if b is not None else PENDING}", "", "neutral",
-                     tag="this machine")
-    tone = f.delta_tone(b, c, True) if separated(sb, sc) else "neutral"
+    if attr == "decode_tokens_per_s":
+        cmp = speed_comparison(report)
+        apart = cmp is not None and cmp.separated
+    else:
+        apart = _prefill_separated(sb, sc)
+    tone = f.delta_tone(b, c, True) if apart else "neutral"
     delta = f.fmt_delta(b, c, "rate")
-    if delta and tone == "neutral" and sb is not None and sc is not None:
-        delta += " (within the spread)"
+    if delta and not apart and sb is not None and sc is not None:
+        delta += " (within the spread)" if min(sb.n, sc.n) >= 2 else " (timed once)"
     extra = "".join(f'<div class="lab-card-ci">{who} {text}</div>' for who, text in
                     (("compressed:", _spread(sc)), ("baseline:", _spread(sb))) if text)
     if attr == "decode_tokens_per_s" and comp.kernel_paths:
@@ -90,11 +95,8 @@ def _speed_card(label: str, attr: str, base: Measurement, comp: Measurement, pen
     return _card(label, f.fmt_rate(c), f"baseline {f.fmt_rate(b)}", delta, tone, extra, tag="this machine")
 
 
-def _accuracy_card(base: Measurement, comp: Measurement, pending: bool) -> str:
+def _accuracy_card(base: Measurement, comp: Measurement) -> str:
     b, c = base.arithmetic_accuracy, comp.arithmetic_accuracy
-    if c is None and pending:
-        return _card("Arithmetic accuracy", PENDING, f"baseline {f.fmt_pct(b) if b is not None else PENDING}",
-                     "", "neutral")
     ci_b = base.arithmetic.ci95 if base.arithmetic else None
     ci_c = comp.arithmetic.ci95 if comp.arithmetic else None
     diff = comp.arithmetic_diff_ci95
@@ -113,16 +115,15 @@ def _accuracy_card(base: Measurement, comp: Measurement, pending: bool) -> str:
     return _card("Arithmetic accuracy", value, base_text, delta, tone, extra)
 
 
-def _plain_card(label: str, attr: str, kind: str, higher: bool, base: Measurement, comp: Measurement,
-                pending: bool) -> str:
+def _plain_card(label: str, attr: str, kind: str, higher: bool, base: Measurement, comp: Measurement) -> str:
     b, c = getattr(base, attr), getattr(comp, attr)
-    if c is None and pending:
-        return _card(label, PENDING, f"baseline {f.fmt(b, kind) if b is not None else PENDING}", "", "neutral")
     return _card(label, f.fmt(c, kind), f"baseline {f.fmt(b, kind)}", f.fmt_delta(b, c, kind),
                  f.delta_tone(b, c, higher))
 
 
 def _projected_card(report: Report) -> str:
+    if "projection" in report.pending:
+        return _pending_card("Decode on the chosen profile", tag="projection")
     p = report.projection
     if p is None:
         return ""
@@ -134,23 +135,25 @@ def _projected_card(report: Report) -> str:
                  tone, fits, tag="projection")
 
 
-def title_html(report: Report, pending: bool = False) -> str:
-    """model · recipe · hardware, how long compression took, and where the baseline came from."""
+def title_html(report: Report) -> str:
+    """model · recipe · hardware, how long compression took, where the baseline came from, what is to come."""
     hw_id = report.projection.hardware.id if report.projection is not None else report.request.hardware
     title = " · ".join([model_name(report.model.spec), recipe_label(report.request.recipe), hardware_name(hw_id)])
-    notes = []
-    if f.is_number(report.timings.compress_s):
-        notes.append(f"compressed in {f.fmt_duration(report.timings.compress_s)}")
-    if report.timings.baseline_cached:
-        notes.append("baseline quality from the cache of an earlier run (same model, data and settings); "
-                     "speed measured again")
-    if pending:
-        notes.append("still running: cards fill in as figures are measured")
-    sub = f'<div class="lab-note lab-run-notes">{html.escape("; ".join(notes))}</div>' if notes else ""
+    t = report.timings
+    notes = [f"evaluation: {report.request.eval.preset}"]
+    if f.is_number(t.compress_s):
+        notes.append(f"compressed in {f.fmt_duration(t.compress_s)}")
+    if t.baseline_cached:
+        when = time.strftime(" %d %b %H:%M", time.localtime(t.baseline_cached_at)) if t.baseline_cached_at else ""
+        notes.append(f"baseline quality from the cache (measured{when} with the same model, data and settings); "
+                     "its speed measured again now")
+    if report.pending:
+        notes.append(f"still measuring: {', '.join(report.pending)}; the cards fill in as figures arrive")
+    sub = f'<div class="lab-note lab-run-notes">{html.escape("; ".join(notes))}</div>'
     return f'<div class="lab-run-title">{html.escape(title)}</div>{sub}'
 
 
-def metric_cards_html(report: Report, pending: bool = False) -> str:
+def metric_cards_html(report: Report) -> str:
     """The headline figures of both models with the change, coloured only where the run's uncertainty
     allows; the KL card and the projected decode card; then the speed note, the per-stage table and the
     KV notes."""
@@ -158,41 +161,28 @@ def metric_cards_html(report: Report, pending: bool = False) -> str:
     cards = []
     for label, attr, kind, higher in CARDS:
         if attr in SPEEDS:
-            cards.append(_speed_card(label, attr, base, comp, pending))
+            cards.append(_speed_card(label, attr, report))
         elif attr == "arithmetic_accuracy":
-            cards.append(_accuracy_card(base, comp, pending))
+            cards.append(_accuracy_card(base, comp))
         else:
-            cards.append(_plain_card(label, attr, kind, higher, base, comp, pending))
-    kl = PENDING if comp.kld is None and pending else f.fmt_kl(comp.kld)
-    cards.append(_card("KL to baseline", kl, f"top-1 agreement {f.fmt_pct(comp.top1_agreement)}",
+            cards.append(_plain_card(label, attr, kind, higher, base, comp))
+    cards.append(_card("KL to baseline", f.fmt_kl(comp.kld), f"top-1 agreement {f.fmt_pct(comp.top1_agreement)}",
                        "0 = identical", "neutral"))
     cards.append(_projected_card(report))
     note = speed_note(report)
     note_html = f'<div class="lab-note lab-speed-note" id="lab-speed-note">{html.escape(note)}</div>' if note else ""
-    return (title_html(report, pending) + f'<div class="lab-cards">{"".join(cards)}</div>' + note_html
+    return (title_html(report) + f'<div class="lab-cards">{"".join(cards)}</div>' + note_html
             + attribution_html(report) + kv_notes_html(report))
 
 
 def speed_note(report: Report) -> str:
-    """A plain sentence when the compressed model decodes slower on this machine beyond the spread of the
-    repeats: how much, which kernel path ran, why that path is slow here, and what the projection expects
-    where memory bandwidth is the limit. "" otherwise."""
-    base, comp = report.baseline, report.compressed
-    sb, sc = _stat(base, "decode_tokens_per_s"), _stat(comp, "decode_tokens_per_s")
-    if not separated(sb, sc) or not sc.median < sb.median or not sb.median > 0:
+    """compressor.runs.speedfacts' plain sentences when the compressed model decodes slower on this machine
+    (how much, against what spread, which kernel path and why), and what the projection expects where
+    memory bandwidth is the limit. "" otherwise."""
+    cmp = speed_comparison(report)
+    if cmp is None or not cmp.slower:
         return ""
-    text = (f"The compressed model decodes slower on this machine: {f.fmt_rate(sc.median)} vs "
-            f"{f.fmt_rate(sb.median)} tokens/s (x{sc.median / sb.median:.2f}, beyond the spread of the repeats).")
-    whys = []
-    for path in comp.kernel_paths or {}:
-        why = next((w for prefix, w in PATH_WHY.items() if str(path).startswith(prefix)), None)
-        if why and why not in whys:
-            whys.append(f"{path}: {why}")
-    if whys:
-        text += " Its layers ran " + "; ".join(whys) + "."
-    else:
-        text += " Its layers do extra work per call (unpacking, sparse or low-rank factors) that a dense fp32 " \
-                "matmul does not."
+    text = cmp.sentence()
     p = report.projection
     if p is not None and p.hardware.id != "this-machine":
         b, c = p.baseline.decode_tokens_per_s, p.compressed.decode_tokens_per_s
@@ -264,14 +254,16 @@ def answer_mark(continuation: str, expected: str | None) -> str:
     if got is not None and got == str(expected).strip():
         return '<span class="lab-mark right" title="right">&#10003; right</span>'
     said = f"answered {html.escape(got)}, " if got is not None else "no clear answer, "
-    return f'<span class="lab-mark wrong" title="wrong">&#10007; wrong ({said}expected {html.escape(str(expected))})</span>'
+    want = html.escape(str(expected))
+    return f'<span class="lab-mark wrong" title="wrong">&#10007; wrong ({said}expected {want})</span>'
 
 
-def samples_html(report: Report, pending: bool = False) -> str:
+def samples_html(report: Report) -> str:
     """Each sample prompt with both models' greedy continuations side by side, marked right or wrong
     where the answer is known."""
     if not report.samples:
-        text = "Sample generations come last; measuring..." if pending else "No sample generations in this report."
+        text = ("Sample generations come last; measuring..." if "samples" in report.pending
+                else "No sample generations in this report.")
         return f'<div class="lab-empty">{text}</div>'
     rows = []
     for s in report.samples:

@@ -12,16 +12,16 @@ import html
 
 import gradio as gr
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from compressor.errors import LabError
 from compressor.runs import format as f
 from compressor.runs.contract import Report
+from compressor.runs.speedfacts import speed_comparison
 from compressor.runs.store import SUCCEEDED, RunRecord
-from ui.cards import answer_mark, separated
+from ui.cards import answer_mark
 from ui.messages import guarded
 from ui.names import hardware_name, model_name, run_choice, when
-from ui.plots import BASE_COLOR, MiB, empty, layout
+from ui.plots import BASE_COLOR, MiB, empty, hbars, layout, panels
 from ui.recipes import recipe_label
 from ui.records import report_of, visible_run
 from ui.visitors import owner_of
@@ -32,20 +32,16 @@ PALETTE = ["#4f46e5", "#0891b2", "#d97706", "#db2777", "#16a34a", "#7c3aed", "#d
 
 
 def short_label(report: Report, i: int) -> str:
-    """"A: rtn w4 g128": a letter (the table's column) and the recipe, short enough for an axis."""
-    return f"{LETTERS[i]}: {recipe_label(report.request.recipe)[:28]}"
+    """The run's letter (the table's column): an axis label that fits at phone width; the recipe is in the
+    table and in each bar's hover text."""
+    return LETTERS[i]
 
 
 def _speed_ratio(report: Report) -> tuple[float | None, bool]:
-    """Compressed decode tokens/s over the baseline's from the same run, and whether the repeats' ranges
-    separate them."""
-    b, c = report.baseline.decode_tokens_per_s, report.compressed.decode_tokens_per_s
-    sb = report.baseline.speed.batch1.decode_tokens_per_s if report.baseline.speed and report.baseline.speed.batch1 \
-        else None
-    sc = report.compressed.speed.batch1.decode_tokens_per_s if report.compressed.speed and \
-        report.compressed.speed.batch1 else None
-    ratio = c / b if f.is_number(b) and f.is_number(c) and b > 0 else None
-    return ratio, separated(sb, sc)
+    """Compressed decode tokens/s over the baseline's from the same run (compressor.runs.speedfacts), and
+    whether the repeats' ranges separate them."""
+    cmp = speed_comparison(report)
+    return (cmp.ratio, cmp.separated) if cmp is not None else (None, False)
 
 
 def _accuracy_change(report: Report) -> str:
@@ -64,8 +60,10 @@ def _accuracy_change(report: Report) -> str:
 ROWS = [
     ("model", lambda r: model_name(r.model.spec)),
     ("recipe", lambda r: recipe_label(r.request.recipe)),
-    ("hardware (projection)", lambda r: hardware_name(r.projection.hardware.id if r.projection else r.request.hardware)),
-    ("weight memory", lambda r: f"{f.fmt_bytes(r.compressed.weight_bytes)} (baseline {f.fmt_bytes(r.baseline.weight_bytes)})"),
+    ("hardware (projection)", lambda r: hardware_name(r.projection.hardware.id if r.projection
+                                                      else r.request.hardware)),
+    ("weight memory", lambda r: f"{f.fmt_bytes(r.compressed.weight_bytes)} "
+                                f"(baseline {f.fmt_bytes(r.baseline.weight_bytes)})"),
     ("KL to baseline", lambda r: f.fmt_kl(r.compressed.kld)),
     ("top-1 agreement", lambda r: f.fmt_pct(r.compressed.top1_agreement)),
     ("perplexity", lambda r: f"{f.fmt_num(r.compressed.perplexity)} (baseline {f.fmt_num(r.baseline.perplexity)})"),
@@ -103,28 +101,22 @@ def compare_plot(pairs: list[tuple[RunRecord, Report]]) -> go.Figure:
     reps = [rep for _, rep in pairs]
     labels = [short_label(rep, i) for i, rep in enumerate(reps)]
     colors = PALETTE[: len(reps)]
-    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.3, vertical_spacing=0.3,
-                        subplot_titles=("KL to baseline (lower = closer)", "Weight memory (MiB)",
-                                        "Decode speed / own baseline (this machine)",
-                                        "Accuracy change (pts), paired 95 % CI"))
+    fig = panels(["KL to baseline (lower = closer)", "Weight memory (MiB; dashed: baseline)",
+                  "Decode vs its own baseline, here (x)", "Accuracy change (pts), paired 95 % CI"])
 
     def bars(values, row, col, text, error=None):
-        fig.add_bar(y=labels, x=values, orientation="h", marker_color=colors, row=row, col=col, text=text,
-                    textposition="outside", cliponaxis=False, error_x=error)
-        top = max((abs(v) for v in values if f.is_number(v)), default=1.0) or 1.0
-        lo = min((v for v in values if f.is_number(v)), default=0.0)
-        fig.update_xaxes(range=[min(0.0, lo * 1.5), 1.45 * top], row=row, col=col)
+        hbars(fig, row, labels, values, text, colors, error=error, lo=0.0 if row != 4 else None)
 
     kl = [rep.compressed.kld if f.is_number(rep.compressed.kld) else None for rep in reps]
     bars(kl, 1, 1, [f.fmt_kl(v) for v in kl])
     mem = [rep.compressed.weight_bytes / MiB if f.is_number(rep.compressed.weight_bytes) else None for rep in reps]
-    bars(mem, 1, 2, [f"{v:.2f}" if v is not None else "n/a" for v in mem])
+    bars(mem, 2, 1, [f"{v:.2f}" if v is not None else "n/a" for v in mem])
     base_mem = reps[0].baseline.weight_bytes
     if f.is_number(base_mem):
-        fig.add_vline(x=base_mem / MiB, line_dash="dash", line_color=BASE_COLOR, row=1, col=2)
+        fig.add_vline(x=base_mem / MiB, line_dash="dash", line_color=BASE_COLOR, row=2, col=1)
     ratios = [_speed_ratio(rep)[0] for rep in reps]
-    bars(ratios, 2, 1, [f"x{v:.2f}" if v is not None else "n/a" for v in ratios])
-    fig.add_vline(x=1.0, line_dash="dash", line_color=BASE_COLOR, row=2, col=1)
+    bars(ratios, 3, 1, [f"x{v:.2f}" if v is not None else "n/a" for v in ratios])
+    fig.add_vline(x=1.0, line_dash="dash", line_color=BASE_COLOR, row=3, col=1)
     deltas, plus, minus = [], [], []
     for rep in reps:
         b, c, ci = rep.baseline.arithmetic_accuracy, rep.compressed.arithmetic_accuracy, \
@@ -134,12 +126,13 @@ def compare_plot(pairs: list[tuple[RunRecord, Report]]) -> go.Figure:
         ok = d is not None and ci is not None and all(f.is_number(v) for v in ci)
         plus.append(100 * ci[1] - d if ok else 0.0)
         minus.append(d - 100 * ci[0] if ok else 0.0)
-    bars(deltas, 2, 2, [f"{v:+.1f}" if v is not None else "n/a" for v in deltas],
+    bars(deltas, 4, 1, [f"{v:+.1f}" if v is not None else "n/a" for v in deltas],
          error=dict(type="data", symmetric=False, array=plus, arrayminus=minus, color="#111827"))
     span = max([abs(d or 0) + max(p, m) for d, p, m in zip(deltas, plus, minus, strict=True)] + [5.0])
-    fig.update_xaxes(range=[-span * 1.2, span * 1.2], zeroline=True, zerolinecolor="#111827", row=2, col=2)
+    fig.update_xaxes(range=[-span * 1.3, span * 1.3], zeroline=True, zerolinecolor="#111827", row=4, col=1)
     fig.update_yaxes(autorange="reversed")
-    return layout(fig, f"{len(reps)} runs side by side (letters as in the table)", height=180 + 90 * len(reps))
+    return layout(fig, f"{len(reps)} runs side by side (letters as in the table)",
+                  height=100 + 4 * (50 + 30 * len(reps)))
 
 
 def compare_samples_html(pairs: list[tuple[RunRecord, Report]]) -> str:
@@ -174,9 +167,9 @@ def compare_panel(manager, visitor: gr.State) -> gr.Dropdown:
     """The "Compare" tab's contents; call inside it. Returns the run picker (a page load fills its choices
     and, from a `?compare=a,b` link, its value)."""
     pick = gr.Dropdown([], multiselect=True, max_choices=MAX_COMPARED, label="Runs to compare (two or more)",
-                       elem_id="lab-compare-pick")
+                       elem_id="lab-compare-pick", allow_custom_value=True)  # a script names runs by id
     table = gr.HTML(compare_table_html([]), elem_id="lab-compare")
-    plot = gr.Plot(label="Side by side", elem_classes="lab-plot", elem_id="lab-compare-plot")
+    plot = gr.Plot(show_label=False, elem_classes="lab-plot", elem_id="lab-compare-plot")
     samples = gr.HTML(elem_id="lab-compare-samples-box")
 
     @guarded

@@ -52,6 +52,8 @@ def hardware_html(report: Report) -> str:
     """Both models on the report's hardware profile, labelled as a projection, with its warnings and, on
     this machine, the projection checked against the measured decode speed."""
     proj = report.projection
+    if proj is None and "projection" in report.pending:
+        return '<div class="lab-empty">Projecting onto the chosen profile: it comes with the last figures.</div>'
     if proj is None:
         return '<div class="lab-empty">No projection in this report.</div>'
     clamped = (f" (asked for {proj.context_clamped_from}: the model's positions end at {proj.context})"

@@ -1,5 +1,6 @@
-"""The history panel: the visitor's own runs (kept across reloads by the browser's visitor id), the runs
-visitors chose to share, the Pareto plot over them, exports (CSV, JSON) and compressed models to download.
+"""The history panel: the visitor's own runs (kept across reloads by the browser's visitor id), the Pareto
+plot over them, the gallery of runs visitors chose to share, exports (CSV, JSON) of their runs and their
+compressed models to download.
 
 A visitor lists, opens and downloads only their own runs and shared ones: everyone else's stay private.
 Public endpoints: /history, /export_csv, /export_json, /download_model.
@@ -30,6 +31,7 @@ from ui.views import profile_for
 from ui.visitors import owner_of
 
 HISTORY_LIMIT = 200
+GALLERY_LIMIT = 100
 HISTORY_COLUMNS = ["run", "status", "weights MiB", "weights x", "perplexity", "KL", "top-1 %", "arith %",
                    "decode tok/s", "id", "error"]
 # A text cell starting with one of these runs as a formula when a spreadsheet opens the CSV (OWASP's
@@ -133,7 +135,7 @@ def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Drop
     gr.Markdown("Your runs, kept for this browser (they come back after a reload). Open one to see it above and "
                 "restore its settings.", elem_classes="lab-note")
     with gr.Row():
-        open_run = gr.Dropdown([], label="Open a run", elem_id="lab-open-run", scale=3)
+        open_run = gr.Dropdown([], label="Open a run", elem_id="lab-open-run", scale=3, allow_custom_value=True)
         refresh = gr.Button("Refresh", size="sm", scale=1, elem_id="lab-refresh")
     table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, label="My runs (newest first)",
                          elem_id="lab-history", max_height=420)
@@ -143,9 +145,12 @@ def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Drop
     with gr.Row():
         quality = gr.Dropdown(list(QUALITY_AXES), value=next(iter(QUALITY_AXES)), label="Quality axis")
         x_axis = gr.Radio(list(X_AXES), value=X_AXES[0], label="x axis")
-    pareto = gr.Plot(label="Pareto", elem_id="lab-pareto")
+    pareto = gr.Plot(label="Pareto", elem_id="lab-pareto", show_label=False)
+    gallery = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, wrap=True, max_height=320,
+                           label="Shared gallery: runs their owners chose to share (open one above)",
+                           elem_id="lab-gallery")
     with gr.Row():
-        model_pick = gr.Dropdown([], label="Download a compressed model (.zip)")
+        model_pick = gr.Dropdown([], label="Download a compressed model (.zip)", allow_custom_value=True)
     model_file = gr.File(label="Compressed model (.zip)", interactive=False)
 
     def my_runs(owner: str) -> list[RunRecord]:
@@ -155,18 +160,20 @@ def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Drop
     def redraw(vid: str | None, quality_axis: str, x: str, hw: str | None, request: gr.Request = None):
         owner = owner_of(vid, request)
         runs = my_runs(owner)
+        shared = [r for r in manager.list_runs(shared=True, limit=GALLERY_LIMIT) if r.owner != owner]
         reports = finished_reports(runs)
         try:
             profile = profile_for(hw, reports[0][1]) if (reports and hw) else None
         except LabError:  # "this machine" before any run measured it: each run's own profile
             profile = None
-        return (history_rows(runs), gr.update(choices=[run_choice(r) for r in runs]),
-                pareto_plot(reports, quality_axis, x, profile),
+        choices = [run_choice(r) for r in runs] + [(f"{label} (shared)", rid) for label, rid in map(run_choice, shared)]
+        return (history_rows(runs), gr.update(choices=choices), pareto_plot(reports, quality_axis, x, profile),
+                history_rows(shared),
                 gr.update(choices=[run_choice(r) for r in runs if r.status == SUCCEEDED and has_saved_model(r)]),
                 exports.table(owner, runs, "csv"), exports.table(owner, runs, "json"))
 
     inputs = [visitor, quality, x_axis, hardware]
-    outputs = [table, open_run, pareto, model_pick, export_csv, export_json]
+    outputs = [table, open_run, pareto, gallery, model_pick, export_csv, export_json]
     refresh.click(redraw, inputs, outputs, api_name="history")
     for comp in (quality, x_axis):
         comp.input(redraw, inputs, outputs, api_visibility="private")

@@ -5,8 +5,8 @@ traceback, a bare "Error" or a path on the server.
     def on_click(...): ...      # LabError -> its message; anything else -> a short apology, logged here
 
 `public(text)` takes server paths out of any text shown to a visitor: the data folder, the repository,
-the temp folder and the home folder become short names, and any other absolute path keeps only its
-last part.
+the temp folder and the home folder become "(data folder)" and the like, and any other absolute path
+keeps only its last part.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ _PATH = re.compile(r"(?<![\w:/.~-])(?:/(?:[\w.+@%~-]+/)+[\w.+@%~-]*|[A-Za-z]:\\(
 
 def _roots() -> list[tuple[str, str]]:
     """(server folder, what a visitor sees instead), longest first so the most specific wins."""
-    pairs = [(str(default_data_dir()), "<data>"), (str(REPO), "<lab>"), (tempfile.gettempdir(), "<tmp>"),
-             (str(Path.home()), "~")]
+    pairs = [(str(default_data_dir()), "(data folder)"), (str(REPO), "(lab folder)"),
+             (tempfile.gettempdir(), "(temp folder)"), (str(Path.home()), "~")]
     extra = os.environ.get("LAB_DATA_DIR")
     if extra:
-        pairs.append((str(Path(extra).expanduser()), "<data>"))
+        pairs.append((str(Path(extra).expanduser()), "(data folder)"))
     return sorted(((r.rstrip("/"), s) for r, s in pairs if r and r != "/"), key=lambda p: -len(p[0]))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from compressor.runs.limits import MAX_UPLOAD_BYTES
 from compressor.runs.manager import JobManager
 from ui.backend import make_managers
 from ui.compare import compare_choices, compare_panel
@@ -31,7 +32,7 @@ from ui.visitors import STORAGE_KEY, Sessions, browser_secret
 
 STATIC = Path(__file__).resolve().parents[1] / "assets" / "static"
 DELETE_CACHE = (1800, 3600)  # every 30 min, Gradio removes files it cached (uploads, downloads) over an hour old
-MAX_UPLOAD = "256kb"  # the largest file the page takes (recipes are text; ui.settings.MAX_RECIPE_BYTES)
+MAX_UPLOAD = f"{MAX_UPLOAD_BYTES // 1024}kb"  # Gradio refuses a larger file before storing it
 
 HEADER = ('<div class="lab-header"><h1>Compression Lab</h1><p>Compress a language model and compare it side by side '
           "with the original: generations, memory, speed and quality, for the hardware you choose.</p></div>")
@@ -85,7 +86,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                                                 interactive=False, buttons=["copy"], elem_id="lab-share-link")
                     with gr.Tab("Plots", id="plots"):
                         plots = plots_panel()
-                    with gr.Tab("Hardware (projection)", id="hardware"):
+                    with gr.Tab("Hardware", id="hardware"):
                         hardware = hardware_panel()
                     with gr.Tab("Compare", id="compare"):
                         compare_pick = compare_panel(manager, visitor)
@@ -102,7 +103,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         run_event = wire_run(settings, follow, manager, visitor, plots.show_projected)
         load = wire_session(demo, manager, settings, follow, visitor, stored, history.open_run, compare_pick,
                             plots.show_projected, share_link, sessions)
+        link.change(results.share_state, [run_id, visitor], results.share, api_visibility="private")
         for event in (run_event, load):
+            event.then(results.share_state, [run_id, visitor], results.share, api_visibility="private")
             event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
             event.then(compare_choices(manager), [visitor, compare_pick], compare_pick, api_visibility="private")
     return demo
@@ -115,10 +118,12 @@ def launch_kwargs() -> dict:
 
 
 def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,
-          block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, str, tuple[JobManager, JobManager]]:
+          block: bool = True, quiet: bool = False,
+          managers: tuple[JobManager, JobManager | None] | None = None) -> tuple[gr.Blocks, str, tuple]:
     """Builds and launches the app; returns (demo, local url, managers). With block=False (tests) the
-    caller stops it with `stop(demo, managers)`."""
-    managers = make_managers(data_dir)
+    caller stops it with `stop(demo, managers)`. `managers` (run, prompt box or None) replace the ones
+    made for `data_dir`."""
+    managers = managers or make_managers(data_dir)
     demo = build_app(*managers)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,
@@ -129,4 +134,5 @@ def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: 
 def stop(demo: gr.Blocks, managers: tuple[JobManager, ...]) -> None:
     demo.close()
     for m in managers:
-        m.shutdown()
+        if m is not None:
+            m.shutdown()

@@ -44,16 +44,14 @@ def has_saved_model(run: RunRecord) -> bool:
     return bool(run.artifact_path) and (Path(run.artifact_path) / "config.json").is_file()
 
 
-def is_shared(run: RunRecord) -> bool:
-    """True when the run's owner chose to show it in the shared gallery."""
-    return bool(getattr(run, "shared", False))
-
-
 def visible_run(manager, rid: object, owner: str) -> RunRecord:
-    """The run `rid` if this visitor may see it (theirs, or shared by its owner); LabError otherwise,
-    worded the same for a run that does not exist, so ids of private runs cannot be probed."""
-    run = manager.get_run(rid.strip()) if isinstance(rid, str) and rid.strip() and len(rid) <= 64 else None
-    if run is not None and (run.owner == owner or is_shared(run)):
-        return run
-    raise LabError(f"no run {str(rid)[:40]!r} is yours or shared: pick one of your runs in History, or one "
-                   "from the shared gallery")
+    """The run `rid` if this visitor may see it (theirs, or shared by its owner: the manager's
+    `get_run(viewer=)`); LabError otherwise, worded the same for a run that does not exist, so ids of
+    private runs cannot be probed."""
+    run = None
+    if isinstance(rid, str) and rid.strip() and len(rid) <= 64:
+        run = manager.get_run(rid.strip(), viewer=owner)
+    if run is None:
+        raise LabError(f"no run {str(rid)[:40]!r} is yours or shared: pick one of your runs in History, or one "
+                       "from the shared gallery")
+    return run

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 import gradio as gr
 
 from compressor.errors import LabError
-from compressor.runs.ask import MAX_PROMPT_CHARS
 from compressor.runs.contract import Report
+from compressor.runs.limits import MAX_PROMPT_CHARS, check_prompt
 from compressor.runs.store import SUCCEEDED
-from ui.backend import ASK_TIMEOUT_S
 from ui.cards import metric_cards_html, samples_html
 from ui.messages import guarded
 from ui.records import visible_run
@@ -25,20 +24,24 @@ EMPTY = '<div class="lab-empty">Results appear here after a run.</div>'
 class ResultsPanel:
     cards: gr.HTML
     samples: gr.HTML
+    share: gr.Checkbox  # the run on show in the shared gallery (only its owner can change it)
+    share_state: object  # (run_id, visitor, request) -> the checkbox's update for the run on show
 
     @property
     def outputs(self) -> list:
         return [self.cards, self.samples]
 
     @staticmethod
-    def render(report: Report, pending: bool = False) -> list:
-        return [metric_cards_html(report, pending), samples_html(report, pending)]
+    def render(report: Report) -> list:
+        return [metric_cards_html(report), samples_html(report)]
 
 
 def results_panel(manager, ask_manager, run_id: gr.State, visitor: gr.State) -> ResultsPanel:
     """The "Result" tab's contents; call inside it. `ask_manager` (None: prompt box off) answers the
     prompt box with the baseline and the run's compressed model (the visitor's own run, or a shared one)."""
     cards = gr.HTML(EMPTY, elem_id="lab-cards")
+    share = gr.Checkbox(False, label="Show this run in the shared gallery (everyone can open it then)",
+                        interactive=False, elem_id="lab-share")
     samples = gr.HTML(elem_id="lab-samples-box")
     with gr.Group():
         prompt = gr.Textbox(label="Your prompt: both models answer it", placeholder="27+58=", lines=2, max_lines=6,
@@ -52,11 +55,7 @@ def results_panel(manager, ask_manager, run_id: gr.State, visitor: gr.State) -> 
     def ask_clicked(rid: str | None, text: str | None, vid: str | None, request: gr.Request = None):
         if ask_manager is None:
             raise LabError("free prompts are off in this app instance")
-        text = text if isinstance(text, str) else ""
-        if not text.strip():  # refused here too, so no worker starts for nothing
-            raise LabError("the prompt is empty: type a few words (e.g. 27+58=) for both models to continue")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise LabError(f"the prompt has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}: shorten it")
+        text = check_prompt(text)  # empty, not text, too long: refused before a worker starts
         if not rid:
             raise LabError("run a comparison first (or open a run in History): the prompt goes to its compressed "
                            "model")
@@ -67,15 +66,37 @@ def results_panel(manager, ask_manager, run_id: gr.State, visitor: gr.State) -> 
         payload = {"model": run.model_spec or "demo", "recipe": run.recipe, "artifact": run.artifact_path,
                    "prompt": text, "max_new_tokens": ASK_NEW_TOKENS}
         ask_id = ask_manager.submit(payload, owner=owner)
+        limit = ask_manager.time_limit_s or 180
         try:
-            done = ask_manager.wait(ask_id, timeout=ASK_TIMEOUT_S)
+            done = ask_manager.wait(ask_id, timeout=limit + 30)  # the manager stops it at its limit
         except TimeoutError:
             ask_manager.cancel(ask_id)
-            raise LabError(f"no answer within {ASK_TIMEOUT_S} s; try a shorter prompt") from None
+            raise LabError(f"no answer within {limit:.0f} s; try a shorter prompt") from None
         if done.status != SUCCEEDED:
             raise LabError(f"could not answer: {done.error}")
         return done.report["baseline"], done.report["compressed"]  # compressor.runs.ask.answer's result
 
     ask.click(ask_clicked, [run_id, prompt, visitor], [baseline, compressed], api_name="ask")
     prompt.submit(ask_clicked, [run_id, prompt, visitor], [baseline, compressed], api_visibility="private")
-    return ResultsPanel(cards, samples)
+
+    @guarded
+    def share_state(rid: str | None, vid: str | None, request: gr.Request = None):
+        """The checkbox for the run on show: ticked when shared, changeable by its owner once it succeeded."""
+        owner = owner_of(vid, request)
+        run = manager.get_run(rid, viewer=owner) if isinstance(rid, str) and rid else None
+        if run is None:
+            return gr.update(value=False, interactive=False)
+        return gr.update(value=run.shared, interactive=run.owner == owner and run.status == SUCCEEDED,
+                         info=None if run.owner == owner else "Shared by another visitor.")
+
+    @guarded
+    def on_share(rid: str | None, shared: bool, vid: str | None, request: gr.Request = None):
+        if not rid:
+            raise LabError("no run is on show: run a comparison or open one of yours, then share it")
+        manager.set_shared(rid, owner_of(vid, request), bool(shared))  # only the owner, only a succeeded run
+        word = "is in" if shared else "left"
+        gr.Info(f"Run {rid} {word} the shared gallery.")
+        return gr.update(value=bool(shared))
+
+    share.input(on_share, [run_id, share, visitor], share, api_name="share")
+    return ResultsPanel(cards, samples, share, share_state)

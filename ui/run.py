@@ -17,10 +17,11 @@ import gradio as gr
 
 from compressor.errors import LabError
 from compressor.progress import Progress
+from compressor.runs.contract import Report
 from compressor.runs.store import CANCELLED, FINAL_STATUSES, SUCCEEDED
 from ui import backend
 from ui.messages import guarded, public
-from ui.request import build_request
+from ui.request import build_request, preflight_warnings
 from ui.settings import SettingsPanel, progress_html
 from ui.views import ReportViews
 from ui.visitors import owner_of
@@ -59,22 +60,28 @@ class Follow:
     def outputs(self) -> list:
         return [self.run_id, self.progress, self.status, self.log, self.link] + self.views.outputs
 
-    def follow(self, manager, rid: str, projected: bool, view: tuple = (None, None, None)) -> Iterator[list]:
-        """Yields outputs while run `rid` goes on, then its report (or why there is none). `view` is the
-        (hardware, context, batch) to project a finished report onto (None: the run's own)."""
+    def follow(self, manager, rid: str, projected: bool, owner: str | None = None,
+               view: tuple = (None, None, None), note: str = "") -> Iterator[list]:
+        """Yields outputs while run `rid` goes on, then its report (or why there is none). Each poll tells
+        the manager that `owner` is still here (ui.visitors: runs of a visitor who left are let go). `view`
+        is the (hardware, context, batch) to project a finished report onto (None: the run's own); `note`
+        follows the status line (what the preflight said)."""
         blank = self.views.unchanged()
         link = f"?run={rid}"
         started = time.time()
-        since = 0
+        since, shown = 0, None
         while True:
             events = manager.events(rid, since=since, timeout=POLL_S)
             if events:
                 since = events[-1]["index"] + 1
+            if owner is not None:
+                manager.touch(owner)
             state = manager.status(rid)
             if state in FINAL_STATUSES or state is None:
                 break
             frac, text = describe_progress(manager.latest_progress(rid), manager.position(rid), started)
-            yield [rid, progress_html(frac, text), f"Run `{rid}` is {state}.", gr.update(), link] + blank
+            panels, shown = self._partial(manager, rid, projected, shown)
+            yield [rid, progress_html(frac, text), f"Run `{rid}` is {state}.{note}", gr.update(), link] + panels
         run = manager.get_run(rid)
         if run is None:
             yield [rid, progress_html(0, "Failed.", "failed"), f"**Run `{rid}` failed:** the run is no longer in the "
@@ -82,14 +89,28 @@ class Follow:
             return
         took = (run.finished_at - run.started_at) if run.finished_at and run.started_at else time.time() - started
         if run.status == SUCCEEDED and run.report:
-            yield ([rid, progress_html(1, f"Done in {took:.0f} s.", "done"), f"Run `{rid}` finished in {took:.0f} s.",
-                    public(run.log), link] + self.views.show(run, projected, *view))
+            yield ([rid, progress_html(1, f"Done in {took:.0f} s.", "done"),
+                    f"Run `{rid}` finished in {took:.0f} s.{note}", public(run.log), link]
+                   + self.views.show(run, projected, *view))
             return
         error = public(run.error or run.status)
         if run.status != CANCELLED:
             gr.Warning(f"Run {rid} {run.status}: {error}")
         yield [rid, progress_html(0, f"{run.status.title()}.", "failed"),
-               f"**Run `{rid}` {run.status}:** {html.escape(error)}", public(run.log), link] + blank
+               f"**Run `{rid}` {run.status}:** {html.escape(error, quote=False)}", public(run.log), link] + blank
+
+
+    def _partial(self, manager, rid: str, projected: bool, shown: tuple | None) -> tuple[list, tuple | None]:
+        """Every panel's view of the run's newest partial report (quality first, then speed), or unchanged
+        panels when nothing new came; and what is now shown (its pending list)."""
+        partial = manager.partial_report(rid)
+        key = tuple(partial.get("pending") or ()) if partial else None
+        if partial is None or key == shown:
+            return self.views.unchanged(), shown
+        try:
+            return self.views.render(Report.from_dict(partial), projected), key
+        except (LabError, TypeError, ValueError, KeyError):  # an odd partial: the final report will tell
+            return self.views.unchanged(), shown
 
 
 def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State,
@@ -98,13 +119,14 @@ def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State
 
     @guarded
     def run_clicked(model, recipe_text, hardware, show_projected, ppl_tokens, context, arithmetic_samples,
-                    max_new_tokens, projection_context, projection_batch, vid, request: gr.Request = None):
+                    max_new_tokens, projection_context, projection_batch, evaluation, vid, request: gr.Request = None):
         blank = follow.views.unchanged()
         try:
             owner = owner_of(vid, request)
             req = build_request(model, recipe_text, hardware, ppl_tokens, context, arithmetic_samples,
                                 max_new_tokens, projection_context=projection_context,
-                                projection_batch=projection_batch)
+                                projection_batch=projection_batch, evaluation=evaluation)
+            notes = preflight_warnings(req)  # the recipe on the model's shapes: refused now, not after loading
             payload = req.to_dict()
             if backend.ZERO_GPU:
                 yield [None, progress_html(0.05, "Running on ZeroGPU (no live progress)..."), "", "", ""] + blank
@@ -113,14 +135,16 @@ def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State
                 rid = manager.submit(payload, owner)
         except LabError as e:
             gr.Warning(public(e))
-            yield [gr.update(), progress_html(0, "Not started.", "failed"), f"**Cannot start:** {html.escape(public(e))}",
-                   gr.update(), gr.update()] + blank
+            why = html.escape(public(e), quote=False)
+            yield [gr.update(), progress_html(0, "Not started.", "failed"), f"**Cannot start:** {why}", gr.update(),
+                   gr.update()] + blank
             return
-        yield [rid, progress_html(0, "Queued..."), f"Run `{rid}` submitted.", "", f"?run={rid}"] + blank
-        yield from follow.follow(manager, rid, show_projected)
+        said = "".join(f"\n\n- {html.escape(public(n), quote=False)}" for n in notes[:4])
+        yield [rid, progress_html(0, "Queued..."), f"Run `{rid}` submitted.{said}", "", f"?run={rid}"] + blank
+        yield from follow.follow(manager, rid, show_projected, owner, note=said)
 
     inputs = ([settings.model, settings.recipe, settings.hardware, projected] + settings.eval_inputs
-              + [settings.projection_context, settings.projection_batch, visitor])
+              + [settings.projection_context, settings.projection_batch, settings.evaluation, visitor])
     run_event = settings.run.click(run_clicked, inputs, follow.outputs, api_name="run", concurrency_limit=None,
                                    show_progress="hidden")
 
@@ -131,7 +155,7 @@ def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State
         try:
             ok = manager.cancel(rid, owner=owner_of(vid, request))
         except LabError as e:
-            return f"**Cannot cancel:** {html.escape(public(e))}"
+            return f"**Cannot cancel:** {html.escape(public(e), quote=False)}"
         return f"Cancelling run `{rid}`..." if ok else f"Run `{rid}` has already finished."
 
     settings.cancel.click(cancel_clicked, [follow.run_id, visitor], settings.status, api_name="cancel",

@@ -53,7 +53,7 @@ def wire_session(demo: gr.Blocks, manager, settings: SettingsPanel, follow: Foll
         settings_values = restore_values(run)
         if run.status not in FINAL_STATUSES and run.owner == owner:
             first = True
-            for out in follow.follow(manager, run.id, show_projected):
+            for out in follow.follow(manager, run.id, show_projected, owner):
                 yield out + (settings_values if first else blank_settings)
                 first = False
             return
@@ -68,7 +68,15 @@ def wire_session(demo: gr.Blocks, manager, settings: SettingsPanel, follow: Foll
     def on_visitor(saved: object, request: gr.Request = None):
         vid = saved if is_visitor_id(saved) else new_visitor_id()
         sessions.opened(request, vid)
+        manager.touch(vid)  # back within the grace period: their runs are kept
         return vid, vid
+
+    def on_unload(request: gr.Request = None):
+        owner = sessions.closed(request)
+        if owner is not None and not sessions.is_open(owner):  # the visitor's last tab: let go after the grace
+            manager.left(owner)
+
+    demo.unload(on_unload)
 
     @guarded
     def on_open_initial(vid: str | None, show_projected: bool, request: gr.Request = None):

@@ -12,8 +12,6 @@ import html
 import re
 import shutil
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +20,17 @@ import gradio as gr
 from compressor.engine.fields import method_forms
 from compressor.errors import LabError
 from compressor.measure.hardware import THIS_MACHINE, list_profiles
-from compressor.runs.contract import PROJECTION_CONTEXT
+from compressor.measure.settings import DEFAULT_PRESET as DEFAULT_EVAL
+from compressor.measure.settings import PRESETS
+from compressor.models import catalog
 from compressor.models.loading import HUB_ID, hub_reachable
+from compressor.models.preflight import preflight
+from compressor.runs.contract import PROJECTION_CONTEXT
+from compressor.runs.limits import UploadQuota, check_upload
 from ui.forms import stage_form
+from ui.inputs import checked
 from ui.messages import guarded, public
+from ui.names import model_name
 from ui.recipes import (
     DEFAULT_PRESET,
     parse_recipe_text,
@@ -35,10 +40,9 @@ from ui.recipes import (
     stages_of,
     with_stage,
 )
-from ui.request import EVAL_FIELDS, PROJECTION_BATCHES, PROJECTION_CONTEXTS, eval_default
+from ui.request import EVAL_FIELDS, EVAL_PRESETS, PROJECTION_BATCHES, PROJECTION_CONTEXTS, eval_default
 from ui.visitors import owner_of
 
-DEMO_CHOICE = ("Bundled demo model: lab-llama-7m (offline)", "demo")
 # Small hub models for people online; the page says they need internet. Any other hub id or local
 # folder can be typed into the same box.
 CURATED_HUB = [
@@ -48,9 +52,6 @@ CURATED_HUB = [
     "EleutherAI/pythia-160m",
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
 ]
-MAX_RECIPE_BYTES = 200_000
-UPLOADS_PER_HOUR = 30
-UPLOAD_BYTES_PER_HOUR = 2_000_000
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SettingsPanel:
     model: gr.Dropdown
     recipe: gr.Code
     hardware: gr.Dropdown
+    evaluation: gr.Radio
     eval_inputs: list[gr.Slider]
     projection_context: gr.Number
     projection_batch: gr.Number
@@ -69,8 +71,8 @@ class SettingsPanel:
     @property
     def restorable(self) -> list:
         """The inputs that opening a past run sets back to what it ran with (`restore_values`)."""
-        return [self.model, self.recipe, self.hardware] + self.eval_inputs + [self.projection_context,
-                                                                               self.projection_batch]
+        return ([self.model, self.recipe, self.hardware, self.evaluation] + self.eval_inputs
+                + [self.projection_context, self.projection_batch])
 
 
 def restore_values(run) -> list:
@@ -81,9 +83,11 @@ def restore_values(run) -> list:
     try:
         req = RunRequest.from_dict(run.payload or {})
     except (LabError, TypeError, ValueError):
-        return [gr.update()] * (5 + len(EVAL_FIELDS))
+        return [gr.update()] * (6 + len(EVAL_FIELDS))
     evals = [getattr(req.eval, name) for name in EVAL_FIELDS]
-    return [req.model, req.recipe.to_yaml(), req.hardware, *evals, req.projection_context, req.projection_batch]
+    preset = req.eval.preset if req.eval.preset in PRESETS else gr.update()  # "custom": the sliders say it
+    return [req.model, req.recipe.to_yaml(), req.hardware, preset, *evals, req.projection_context,
+            req.projection_batch]
 
 
 def progress_html(fraction: float | None, text: str, state: str = "running") -> str:
@@ -99,30 +103,67 @@ def hardware_choices() -> list[tuple[str, str]]:
         (f"{p.name} (projection)", p.id) for p in list_profiles() if p.id != THIS_MACHINE]
 
 
-def model_note(spec: str) -> str:
-    """What running on `spec` needs: the demo is offline, a hub id needs internet, a folder safetensors."""
-    spec = (spec or "").strip()
-    if spec == "demo":
-        return "Bundled model, offline. A run on it takes about a minute on 2 CPU cores."
+def model_choices() -> list[tuple[str, str]]:
+    """(label, spec): the catalog's installed models first (the first is the default), the demo, the catalog's
+    models that are not installed (saying how to install them), then hub ids that need internet."""
+    installed = catalog.choices()
+    rest = [name for name in catalog.CATALOG if name not in installed]
+    return ([(catalog.describe(name), name) for name in installed]
+            + [(f"{catalog.describe(name)} (not installed)", name) for name in rest]
+            + [(f"{m} (needs internet)", m) for m in CURATED_HUB])
+
+
+def model_note(spec: str | None) -> str:
+    """What running on `spec` needs: catalog models and the demo are offline, a hub id needs internet, a
+    folder safetensors."""
+    spec = spec.strip() if isinstance(spec, str) else ""
+    entry = catalog.get(spec)
+    if spec == catalog.DEMO:
+        return "Bundled 7M-parameter model, offline: the quickest (a quick run takes well under a minute)."
+    if entry is not None:
+        if not catalog.installed(spec):
+            return catalog.missing_message(entry)
+        return (f"{entry.title} ({entry.params} parameters, {entry.license}), offline. Its first run converts the "
+                "GGUF file once; a quick run then takes about a minute or two on 2 CPU cores.")
     if not spec:
         return "Pick a model."
     if spec.startswith(("/", ".", "~")):
-        return f"Local folder `{spec}`: it must hold a model saved with save_pretrained (safetensors)."
+        return ("A local folder: it must hold a model saved with save_pretrained (safetensors), under the allowed "
+                "folders.")
     if HUB_ID.match(spec):
         if not hub_reachable(timeout=1.5):
             return (f"`{spec}` needs internet, and the Hugging Face Hub is not reachable from this "
-                    "machine. Use the demo model or a local folder.")
+                    "machine. Use a model of the list above or a local folder.")
         return f"`{spec}` is downloaded from the Hugging Face Hub on the first run (needs internet)."
-    return f"`{spec}` is neither 'demo', a hub id like org/name, nor a local folder path."
+    return f"`{spec[:80]}` is neither a model of the list, a hub id like org/name, nor a local folder path."
 
 
-def check_recipe_text(text: str) -> str:
-    """/check_recipe: "Recipe is valid: N stage(s)." or the problem, named by the engine."""
+def check_recipe_text(text: str | None, model: str | None = None) -> str:
+    """/check_recipe: the recipe checked against the model's shapes from its config alone, no weights loaded
+    (compressor.models.preflight): "Recipe is valid for <model>: ..." with what it will do otherwise than
+    asked, or the problem, named by the engine."""
+    if text is not None and not isinstance(text, str):
+        return f"**Recipe problem:** the recipe must be text, got {type(text).__name__}"
     try:
         recipe = recipe_from_text(text)
     except LabError as e:
-        return f"**Recipe problem:** {e}"
-    return f"Recipe is valid: {len(recipe.stages)} stage(s)."
+        return f"**Recipe problem:** {html.escape(public(e), quote=False)}"
+    spec = model.strip() if isinstance(model, str) else ""
+    n = f"{len(recipe.stages)} stage(s)"
+    if not spec:
+        return f"Recipe is valid: {n} (pick a model to check it against the model's shapes)."
+    if HUB_ID.match(spec) and "/" in spec and not hub_reachable(timeout=1.5):
+        return (f"Recipe is valid: {n}. Its fit to `{html.escape(spec[:80])}` is checked when a run starts "
+                "(the hub is not reachable from here to read its config).")
+    try:
+        pre = preflight(spec, recipe)
+    except LabError as e:
+        return f"**Recipe problem on {html.escape(model_name(spec))}:** {html.escape(public(e), quote=False)}"
+    modules = ", ".join(str(t) for t in pre.targets)
+    out = f"Recipe is valid for **{html.escape(model_name(spec))}**: {n}, acting on {modules} module(s)."
+    if pre.warnings:
+        out += "\n\n" + "\n".join(f"- {html.escape(public(w), quote=False)}" for w in pre.warnings[:8])
+    return out
 
 
 class RecipeFiles:
@@ -157,30 +198,6 @@ class RecipeFiles:
             shutil.rmtree(old, ignore_errors=True)
 
 
-class UploadQuota:
-    """Recipe uploads per visitor: at most `count` files and `total` bytes per `window_s` (thread-safe)."""
-
-    def __init__(self, count: int = UPLOADS_PER_HOUR, total: int = UPLOAD_BYTES_PER_HOUR, window_s: float = 3600):
-        self.count, self.total, self.window_s = count, total, window_s
-        self._lock = threading.Lock()
-        self._seen: dict[str, list[tuple[float, int]]] = {}
-
-    def take(self, owner: str, size: int) -> None:
-        """Records an upload of `size` bytes; LabError naming the limit when it would exceed one."""
-        now = time.monotonic()
-        with self._lock:
-            recent = [(t, n) for t, n in self._seen.get(owner, []) if now - t < self.window_s]
-            if len(recent) >= self.count:
-                raise LabError(f"you uploaded {len(recent)} files in the last hour; the limit is {self.count}: "
-                               "paste the recipe into the YAML editor instead")
-            if sum(n for _, n in recent) + size > self.total:
-                raise LabError(f"uploads are limited to {self.total // 1000:,} kB per visitor per hour: paste the "
-                               "recipe into the YAML editor instead")
-            self._seen[owner] = recent + [(now, size)]
-            if len(self._seen) > 10_000:  # forget the oldest visitors
-                self._seen.pop(next(iter(self._seen)))
-
-
 def read_upload(file: object, owner: str, quota: UploadQuota) -> tuple[str, str]:
     """(text, file name) of an uploaded recipe, within the size and the visitor's quota; the uploaded copy
     is removed once read. LabError naming the limit or the problem."""
@@ -188,10 +205,7 @@ def read_upload(file: object, owner: str, quota: UploadQuota) -> tuple[str, str]
     if not path.name or not path.is_file():
         raise LabError("the upload did not arrive: upload the file again")
     try:
-        size = path.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise LabError(f"{path.name} is {size:,} bytes; a recipe file is at most {MAX_RECIPE_BYTES:,} bytes")
-        quota.take(owner, size)
+        check_upload(owner, path, quota)  # its size, and the visitor's quota (compressor.runs.limits)
         try:
             return path.read_text(encoding="utf-8"), path.name
         except UnicodeDecodeError:
@@ -224,7 +238,6 @@ def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown
             with gr.Row():
                 upload = gr.UploadButton("Upload YAML", file_types=[".yaml", ".yml", ".json"], size="sm")
                 download = gr.DownloadButton("Download YAML", size="sm")
-                check = gr.Button("Check recipe", size="sm")
 
     def on_preset(name: str):
         if not name:
@@ -267,46 +280,52 @@ def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown
         try:
             recipe_from_text(text)
         except LabError as e:
-            return text, f"Uploaded **{html.escape(name)}**, but: {html.escape(public(e))}"
+            return text, f"Uploaded **{html.escape(name)}**, but: {html.escape(public(e), quote=False)}"
         return text, f"Uploaded **{html.escape(name)}**: recipe is valid."
 
     upload.upload(on_upload, [upload, visitor], [recipe, recipe_status], api_visibility="private")
     recipe.change(files, recipe, download, show_progress="hidden", api_visibility="private")
     demo.load(files, recipe, download, api_visibility="private")
-    check.click(check_recipe_text, recipe, recipe_status, api_name="check_recipe")
 
 
 def settings_panel(demo: gr.Blocks, visitor: gr.State) -> SettingsPanel:
     """The settings column's contents; call inside it."""
     hw = hardware_choices()
-    model = gr.Dropdown([DEMO_CHOICE] + [(f"{m} (needs internet)", m) for m in CURATED_HUB], value="demo",
-                        allow_custom_value=True, label="Model", elem_id="lab-model",
-                        info="The demo model works offline. Type any hub id (org/name) or a local folder to use "
-                        "another model.")
-    note = gr.Markdown(elem_classes="lab-note")
-    model.change(model_note, model, note, show_progress="hidden", api_visibility="private")
+    model = gr.Dropdown(model_choices(), value=catalog.default_model(), allow_custom_value=True, label="Model",
+                        elem_id="lab-model", info="The listed models work offline. Type any hub id (org/name) or a "
+                        "local folder to use another model.")
+    note = gr.Markdown(model_note(catalog.default_model()), elem_classes="lab-note")
+    model.change(guarded(model_note), model, note, show_progress="hidden", api_visibility="private")
     recipe_status = gr.Markdown(elem_classes="lab-note", render=False)
     recipe = gr.Code(recipe_yaml(DEFAULT_PRESET), language="yaml", label="Recipe (YAML)", lines=8,
                      elem_id="lab-recipe", render=False)
     _recipe_builder(demo, recipe, recipe_status, visitor)
     recipe.render()
+    check = gr.Button("Check recipe against the model", size="sm", elem_id="lab-check")
     recipe_status.render()
+    check.click(guarded(check_recipe_text), [recipe, model], recipe_status, api_name="check_recipe")
     hardware = gr.Dropdown(hw, value=hw[0][1], label="Hardware profile", elem_id="lab-hardware",
                            info="Other profiles are projected from a roofline model. Changing it after a run "
                            "projects that run again at once (no new run).")
     with gr.Row():
-        projection_context = gr.Number(PROJECTION_CONTEXT, precision=0, minimum=PROJECTION_CONTEXTS[0],
-                                       maximum=PROJECTION_CONTEXTS[1], label="Projection context (tokens)",
-                                       elem_id="lab-proj-context", min_width=120)
-        projection_batch = gr.Number(1, precision=0, minimum=PROJECTION_BATCHES[0], maximum=PROJECTION_BATCHES[1],
-                                     label="Projection batch", elem_id="lab-proj-batch", min_width=120)
-    with gr.Accordion("Evaluation settings", open=False):
-        eval_inputs = [gr.Slider(lo, hi, value=eval_default(name), step=1, label=label)
+        projection_context = checked(gr.Number(PROJECTION_CONTEXT, precision=0, minimum=PROJECTION_CONTEXTS[0],
+                                               maximum=PROJECTION_CONTEXTS[1], label="Projection context (tokens)",
+                                               elem_id="lab-proj-context", min_width=120))
+        projection_batch = checked(gr.Number(1, precision=0, minimum=PROJECTION_BATCHES[0],
+                                             maximum=PROJECTION_BATCHES[1], label="Projection batch",
+                                             elem_id="lab-proj-batch", min_width=120))
+    evaluation = gr.Radio(EVAL_PRESETS, value=DEFAULT_EVAL, label="Evaluation", elem_id="lab-evaluation",
+                          info="Quick gives a first full result in seconds (one timed repeat: no spread); thorough "
+                          "measures more tokens, problems and repeats for a report.")
+    with gr.Accordion("Evaluation settings (the preset's values; change any)", open=False):
+        eval_inputs = [checked(gr.Slider(lo, hi, value=eval_default(name), step=1, label=label))
                        for name, (label, lo, hi) in EVAL_FIELDS.items()]
     with gr.Row():
         run = gr.Button("Run comparison", variant="primary", elem_id="lab-run")
         cancel = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
     progress = gr.HTML(progress_html(0, "Ready. Pick a preset and press Run.", "idle"), elem_id="lab-progress")
     status = gr.Markdown(elem_id="lab-status")
-    return SettingsPanel(model, recipe, hardware, eval_inputs, projection_context, projection_batch, run, cancel,
-                         progress, status)
+    evaluation.input(lambda name: [eval_default(n, name) for n in EVAL_FIELDS], evaluation, eval_inputs,
+                     api_visibility="private")
+    return SettingsPanel(model, recipe, hardware, evaluation, eval_inputs, projection_context, projection_batch, run,
+                         cancel, progress, status)

@@ -88,14 +88,14 @@ class ReportViews:
     def unchanged(self) -> list:
         return [gr.update()] * len(self.outputs)
 
-    def render(self, report: Report, projected: bool, pending: bool = False) -> list:
-        """Every panel's view of `report` (a streamed one while `pending`)."""
-        return (self.results.render(report, pending) + self.plots.render(report, projected)
+    def render(self, report: Report, projected: bool) -> list:
+        """Every panel's view of `report` (a streamed one names what is still to come: `report.pending`)."""
+        return (self.results.render(report) + self.plots.render(report, projected)
                 + self.hardware.render(report) + [report.to_dict()])
 
     def problem(self, text: str, stored: object = None) -> list:
         """The cards say what is wrong; the other panels keep what they show."""
-        shown = f'<div class="lab-empty lab-report-problem">{html.escape(public(text))}</div>'
+        shown = f'<div class="lab-empty lab-report-problem">{html.escape(public(text), quote=False)}</div>'
         return [shown] + [gr.update()] * (len(self.outputs) - 2) + [stored]
 
     def show(self, run: RunRecord, projected: bool, hardware: str | None = None, context: object = None,

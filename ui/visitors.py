@@ -26,7 +26,7 @@ from compressor.errors import LabError
 
 STORAGE_KEY = "compression-lab-visitor"
 SECRET_FILE = "browser-state-secret"
-_ID = re.compile(r"^v-[A-Za-z0-9_-]{22}$")  # "v-" + 16 random bytes, URL-safe base64
+_ID = re.compile(r"v-[A-Za-z0-9_-]{22}")  # "v-" + 16 random bytes, URL-safe base64
 
 
 def new_visitor_id() -> str:
@@ -34,7 +34,7 @@ def new_visitor_id() -> str:
 
 
 def is_visitor_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_ID.match(value))
+    return isinstance(value, str) and bool(_ID.fullmatch(value))
 
 
 def owner_of(visitor: str | None, request: gr.Request | None) -> str:
