@@ -43,23 +43,30 @@ def word_field(w, i: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def chunk_field(a, b, h, i: tl.constexpr):
-    """1 + q / 8 (fp32) for value i of a 3-bit chunk: low bits from plane A (i < 16) or B, the high bit from H."""
-    if i < 16:
-        lo = a
-    else:
-        lo = b
-    LO_SHIFT: tl.constexpr = 20 - 2 * (i % 16)  # low two bits -> mantissa bits 20..21 (1/8 and 1/4)
-    if LO_SHIFT >= 0:
-        lo = lo << LO_SHIFT
-    else:
-        lo = lo >> (-LO_SHIFT)
-    HI_SHIFT: tl.constexpr = 22 - i  # high bit -> mantissa bit 22 (1/2)
-    if HI_SHIFT >= 0:
-        hi = h << HI_SHIFT
-    else:
-        hi = h >> (-HI_SHIFT)
-    return ((lo & 0x300000) | (hi & 0x400000) | 0x3F800000).to(tl.float32, bitcast=True)
+def _to_bit(w, src: tl.constexpr, dst: tl.constexpr):
+    """w with bit `src` moved to bit `dst` (every other bit moved alike: the caller masks)."""
+    if dst >= src:
+        return w << (dst - src)
+    return w >> (src - dst)
+
+
+@triton.jit
+def chunk_field(p0, p1, p2, f: tl.constexpr):
+    """1 + q / 8 (fp32) for value f of a 3-bit chunk (kernels/triton_layout.py): ten fields a plane, values 30
+    and 31 from the planes' top bits."""
+    if f < 30:
+        if f < 10:
+            w = p0
+        elif f < 20:
+            w = p1
+        else:
+            w = p2
+        bits = _to_bit(w, 3 * (f % 10), 20) & 0x700000  # the field -> mantissa bits 20..22
+    elif f == 30:  # u: P0 bits 30..31 and P1 bit 30
+        bits = (_to_bit(p0, 30, 20) & 0x300000) | (_to_bit(p1, 30, 22) & 0x400000)
+    else:  # v: P1 bit 31 and P2 bits 30..31
+        bits = (_to_bit(p1, 31, 20) & 0x100000) | (_to_bit(p2, 30, 21) & 0x600000)
+    return (bits | 0x3F800000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -74,7 +81,7 @@ def scale_zero(sz):
 def slab_tile(w_ptrs, mask, PLANE, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
     """[BLOCK_K, BN] fp32 of 1 + q / 2**BITS, row j holding field j // BKW of word row j % BKW, BKW = BLOCK_K / V.
 
-    w_ptrs [BKW, BN] point at the tile's word rows (3 bits: plane A's; B and H sit PLANE and 2 PLANE further),
+    w_ptrs [BKW, BN] point at the tile's word rows (3 bits: plane P0's; P1 and P2 sit PLANE and 2 PLANE further),
     each loaded once; the V fields of each word are taken in registers (every shift a constant), so row j of
     the result is the value at column 32 (r // R) + R (j // BKW) + r % R of the tile, r = j % BKW (the caller
     gathers x in that order: kernels/triton_layout.py deals each chunk round-robin over its R word rows).
@@ -82,13 +89,15 @@ def slab_tile(w_ptrs, mask, PLANE, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
     V: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     fld = tl.arange(0, V)[:, None, None]  # (V, 1, 1)
     if BITS == 3:
-        a = tl.load(w_ptrs, mask=mask, other=0)
-        b = tl.load(w_ptrs + PLANE, mask=mask, other=0)
-        h = tl.load(w_ptrs + 2 * PLANE, mask=mask, other=0)
-        lo = tl.where(fld < 16, a[None, :, :], b[None, :, :])  # (V, BKW, BN)
-        lo = ((lo >> ((fld % 16) * 2)) & 3) << 20
-        hi = ((h[None, :, :] >> fld) & 1) << 22
-        bits = lo | hi | 0x3F800000
+        p0 = tl.load(w_ptrs, mask=mask, other=0)[None, :, :]
+        p1 = tl.load(w_ptrs + PLANE, mask=mask, other=0)[None, :, :]
+        p2 = tl.load(w_ptrs + 2 * PLANE, mask=mask, other=0)[None, :, :]
+        w = tl.where(fld < 10, p0, tl.where(fld < 20, p1, p2))  # (V, BKW, BN): the plane of fields 0 .. 29
+        pos = 3 * (fld % 10)
+        regular = ((w >> pos) & 7) << 20
+        u = (((p0 >> 30) & 3) << 20) | (((p1 >> 30) & 1) << 22)
+        v = (((p1 >> 31) & 1) << 20) | (((p2 >> 30) & 3) << 21)
+        bits = tl.where(fld < 30, regular, tl.where(fld == 30, u, v)) | 0x3F800000
     else:
         w = tl.load(w_ptrs, mask=mask, other=0)
         q = (w[None, :, :] >> (fld * BITS)) & ((1 << BITS) - 1)  # (V, BKW, BN)

@@ -68,7 +68,7 @@ def _qgemv_kernel(x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROU
             wmask = (rows < KW)[:, None] & n_mask[None, :]
         wa = tl.load(w_ptrs, mask=wmask, other=0)
         if BITS == 3:
-            wb = tl.load(w_ptrs + PLANE, mask=wmask, other=0)
+            wb = tl.load(w_ptrs + PLANE, mask=wmask, other=0)  # planes P1 and P2 (wa is P0)
             wh = tl.load(w_ptrs + 2 * PLANE, mask=wmask, other=0)
         # the group's scale/zero words, shaped like the word tile (every row the same addresses) so they load
         # in its register layout: a [BLOCK_N] load took another layout and a shuffle through shared memory

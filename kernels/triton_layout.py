@@ -17,14 +17,15 @@ the values are dealt round-robin over its R rows: field i of word row R*c + r ho
     So the x values one field of a thread's R word rows multiplies are contiguous (one vector load), where a
     plain packing along K would put them V apart (one load each). Rows are padded to whole chunks with zeros.
 
-3 bits: three planes of P = ceil(K / 32) word rows, [A; B; H] (W = 3P); chunk c covers q[n, 32c : 32c + 32]:
+3 bits: three planes of P = ceil(K / 32) word rows, [P0; P1; P2] (W = 3P); chunk c covers q[n, 32c : 32c + 32],
+ten 3-bit fields a plane and the chunk's last two values u = q[32c + 30], v = q[32c + 31] in the top bits:
 
-    A[c, n] bits [2i, 2i + 2):  the low two bits of q[n, 32c + i]        i = 0 .. 15
-    B[c, n] bits [2i, 2i + 2):  the low two bits of q[n, 32c + 16 + i]   i = 0 .. 15
-    H[c, n] bit  i:             the high bit of q[n, 32c + i]            i = 0 .. 31
+    Pj[c, n] bits [3i, 3i + 3):  q[n, 32c + 10j + i]      j = 0, 1, 2;  i = 0 .. 9
+    P0 bits 30..31: u & 3     P1 bit 30: u >> 2     P1 bit 31: v & 1     P2 bits 30..31: v >> 1
 
     Exactly 3 bits a value (12 bytes per 32 values, as kernels.pack's 3 bytes per 8, whose 24-bit words
-    straddle 32-bit loads), plus K padded to a multiple of 32. Fields past K are zero.
+    straddle 32-bit loads), K padded to a multiple of 32; 30 of 32 values take one shift and one mask each,
+    as at 4 bits (bit planes took two of each). Fields past K are zero.
 
 Why one word for a scale and a zero: the kernels load a group's [BLOCK_N] scales once per K tile, and an int32
 vector load takes the same register layout as the word tile's columns, so no shuffle through shared memory
@@ -60,7 +61,7 @@ def word_rows(bits: int, in_features: int) -> int:
 
 
 def plane_rows(bits: int, in_features: int) -> int:
-    """Word rows between the 3-bit planes A, B and H (0 for the other widths)."""
+    """Word rows between the 3-bit planes P0, P1 and P2 (0 for the other widths)."""
     return -(-in_features // CHUNK) if bits == 3 else 0
 
 
@@ -98,9 +99,11 @@ def to_gpu_words(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Te
     q = unpack(qweight, bits, in_features)
     q = torch.nn.functional.pad(q, (0, chunks * CHUNK - in_features)).reshape(n, chunks, CHUNK)  # (N, C, 32)
     if bits == 3:
-        low, high = q & 3, q >> 2
-        planes = (_pack_fields(low[..., :16], 2), _pack_fields(low[..., 16:], 2), _pack_fields(high, 1))
-        return torch.cat(planes, dim=1).T.contiguous()  # (3P, N): [A; B; H]
+        u, v = q[..., 30].to(torch.int64), q[..., 31].to(torch.int64)
+        top = ((u & 3) << 30, ((u >> 2) << 30) | ((v & 1) << 31), (v >> 1) << 30)
+        planes = [_wrap_int32((_pack_fields(q[..., 10 * j:10 * j + 10], 3).to(torch.int64) & 0x3FFFFFFF) | top[j])
+                  for j in range(3)]
+        return torch.cat(planes, dim=1).T.contiguous()  # (3P, N): [P0; P1; P2]
     r = rows_per_chunk(bits)
     fields = q.reshape(n, chunks, 32 // bits, r).transpose(2, 3)  # (N, C, R, V): value 32c + R*i + r at [c, r, i]
     return _pack_fields(fields, bits).reshape(n, chunks * r).T.contiguous()  # (W, N)
@@ -111,9 +114,11 @@ def from_gpu_words(words: torch.Tensor, bits: int, in_features: int) -> torch.Te
     rows = words.T  # (N, W)
     n, chunks = rows.shape[0], -(-in_features // CHUNK)
     if bits == 3:
-        a, b, h = rows[:, :chunks], rows[:, chunks:2 * chunks], rows[:, 2 * chunks:]
-        low = torch.cat([_fields(a, 2, 16), _fields(b, 2, 16)], dim=-1)  # (N, C, 32)
-        q = low | (_fields(h, 1, 32) << 2)
+        planes = [rows[:, j * chunks:(j + 1) * chunks].to(torch.int64) & 0xFFFFFFFF for j in range(3)]
+        u = ((planes[0] >> 30) & 3) | (((planes[1] >> 30) & 1) << 2)
+        v = ((planes[1] >> 31) & 1) | (((planes[2] >> 30) & 3) << 1)
+        tens = [_fields(p.to(torch.int32), 3, 10) for p in planes]  # (N, C, 10) each
+        q = torch.cat(tens + [u.to(torch.uint8)[..., None], v.to(torch.uint8)[..., None]], dim=-1)  # (N, C, 32)
     else:
         r = rows_per_chunk(bits)
         fields = _fields(rows.reshape(n, chunks, r), bits, 32 // bits)  # (N, C, R, V)

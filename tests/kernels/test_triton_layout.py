@@ -44,16 +44,19 @@ def test_a_chunk_is_dealt_round_robin_over_its_word_rows(bits):
         assert int(words[r, 0]) == sum(int(q[0, r_count * i + r]) << (bits * i) for i in range(v)), r
 
 
-def test_3bit_planes_hold_low_bits_in_a_and_b_and_the_high_bit_in_h():
+def test_3bit_planes_hold_ten_fields_each_and_the_last_two_values_in_their_top_bits():
     q = (torch.arange(64, dtype=torch.uint8) * 5 % 8).reshape(1, 64)  # two chunks, every value 0..7
     words = triton_layout.to_gpu_words(pack(q, 3), 3, 64).long() & 0xFFFFFFFF
     p = triton_layout.plane_rows(3, 64)
     assert words.shape == (3 * p, 1) and p == 2
     for c in range(2):
         v = [int(t) for t in q[0, 32 * c:32 * c + 32]]
-        assert int(words[c, 0]) == sum((v[i] & 3) << (2 * i) for i in range(16))
-        assert int(words[p + c, 0]) == sum((v[16 + i] & 3) << (2 * i) for i in range(16))
-        assert int(words[2 * p + c, 0]) == sum((v[i] >> 2) << i for i in range(32))
+        planes = [int(words[j * p + c, 0]) for j in range(3)]
+        for j in range(3):
+            assert planes[j] & 0x3FFFFFFF == sum(v[10 * j + i] << (3 * i) for i in range(10))
+        u, w = v[30], v[31]
+        assert planes[0] >> 30 == u & 3 and (planes[1] >> 30) & 1 == u >> 2
+        assert planes[1] >> 31 == w & 1 and planes[2] >> 30 == w >> 1
     assert words.numel() * 4 == packed_cols(64, 3)  # exactly 3 bits a value
 
 
