@@ -18,7 +18,7 @@ from kernels.triton_layout import pack_scales, plane_rows, to_gpu_words, values_
 
 AUTOTUNE_ENV = "KERNELS_AUTOTUNE"
 MODES = ("small", "full")
-MAX_SPLIT_K = 16
+MAX_SPLIT_K = 64
 
 
 def autotune_mode(requested: str | None = None) -> str:

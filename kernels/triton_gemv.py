@@ -35,8 +35,33 @@ from kernels.triton_dequant import chunk_field, scale_zero, split_tiles, word_fi
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_K is cut to the group (triton_config.fit_block_k)
 SMALL = [(128, 128, 4, 2)]  # also the pinned launch's default
-FULL = [(64, 128, 4, 2), (128, 128, 4, 2), (256, 128, 8, 2), (128, 64, 4, 3), (256, 64, 4, 3), (512, 32, 8, 3),
-        (128, 256, 8, 2), (32, 256, 2, 2)]
+# Wide N blocks give each thread 4-8 columns, so one x value serves that many weights; the split-K heuristic
+# then fills the GPU (~4 programs an SM). Static costs per config: python -m kernels.triton_sass.
+FULL = [(1024, 32, 4, 2), (2048, 32, 8, 2), (512, 32, 4, 2), (512, 64, 4, 2), (256, 32, 2, 2), (256, 64, 4, 2),
+        (128, 128, 4, 2), (64, 128, 2, 2)]
+
+
+@triton.jit
+def _load_tile(w_ptr, sz_ptr, t, row, offs_n, n_mask, last_row, N, GROUP, PLANE, stride_wk,
+               BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Tile t's words [BLOCK_K / V, BLOCK_N] (three planes at 3 bits; the first repeated otherwise) and its group's
+    scale/zero words, shaped like the word tile (every row the same addresses) so they load in its register
+    layout: a [BLOCK_N] load took another layout and a shuffle through shared memory. Rows at or past
+    last_row read as zero, without a memory access."""
+    V: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    BKW: tl.constexpr = BLOCK_K // V
+    rows = t * BKW + row  # (BKW,)
+    mask = (rows < last_row)[:, None] & n_mask[None, :]
+    w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wk + offs_n[None, :]  # (BKW, BN)
+    wa = tl.load(w_ptrs, mask=mask, other=0)
+    if BITS == 3:
+        wb = tl.load(w_ptrs + PLANE, mask=mask, other=0)  # planes P1 and P2 (wa is P0)
+        wh = tl.load(w_ptrs + 2 * PLANE, mask=mask, other=0)
+    else:
+        wb = wa
+        wh = wa
+    sz_ptrs = sz_ptr + ((t * BLOCK_K) // GROUP).to(tl.int64) * N + (offs_n[None, :] + 0 * row[:, None])
+    return wa, wb, wh, tl.load(sz_ptrs, mask=mask, other=0)
 
 
 # one binary for every split and M: SPLIT_K == 1 picks a plain store at run time
@@ -57,23 +82,17 @@ def _qgemv_kernel(x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROU
     row = tl.arange(0, BKW)
     k_of_row = (row // R) * 32 + row % R  # (BKW,): field 0's column of each word row, from the tile start
     t_start, t_end = split_tiles(K, pid_k, SPLIT_K, BLOCK_K)
+    last_row = tl.minimum(t_end * BKW, KW)  # rows at or past this are another split's (or past the weight)
     acc = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
+    # software prefetch: the next tile's words are in flight while this one is computed (the loop's loads
+    # feed no tl.dot, so Triton's pipeliner leaves them alone and only other warps would hide the latency)
+    wa, wb, wh, szw = _load_tile(w_ptr, sz_ptr, t_start, row, offs_n, n_mask, last_row, N, GROUP, PLANE, stride_wk,
+                                 BITS, BLOCK_K)
     for t in range(t_start, t_end):
         k0 = t * BLOCK_K
-        rows = t * BKW + row  # (BKW,): this tile's word rows
-        w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wk + offs_n[None, :]  # (BKW, BN)
-        if EVEN_K:
-            wmask = n_mask[None, :]
-        else:
-            wmask = (rows < KW)[:, None] & n_mask[None, :]
-        wa = tl.load(w_ptrs, mask=wmask, other=0)
-        if BITS == 3:
-            wb = tl.load(w_ptrs + PLANE, mask=wmask, other=0)  # planes P1 and P2 (wa is P0)
-            wh = tl.load(w_ptrs + 2 * PLANE, mask=wmask, other=0)
-        # the group's scale/zero words, shaped like the word tile (every row the same addresses) so they load
-        # in its register layout: a [BLOCK_N] load took another layout and a shuffle through shared memory
-        sz_ptrs = sz_ptr + (k0 // GROUP).to(tl.int64) * N + (offs_n[None, :] + 0 * row[:, None])  # (BKW, BN)
-        s, z = scale_zero(tl.load(sz_ptrs, mask=wmask, other=0))
+        na, nb, nh, nsz = _load_tile(w_ptr, sz_ptr, t + 1, row, offs_n, n_mask, last_row, N, GROUP, PLANE,
+                                     stride_wk, BITS, BLOCK_K)
+        s, z = scale_zero(szw)
         part = tl.zeros((BKW, BLOCK_N), dtype=tl.float32)
         xs = tl.zeros((BKW,), dtype=tl.float32)
         for i in tl.static_range(V):
@@ -95,6 +114,7 @@ def _qgemv_kernel(x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, M, N, K, GROU
         # f * a + c = (q - z) * s with a = 2**b s and c = -(2**b + z) s, applied once per word
         acc += part * (s * (1 << BITS))
         acc += xs[:, None] * (-((1 << BITS) + z) * s)
+        wa, wb, wh, szw = na, nb, nh, nsz
     y = tl.sum(acc, axis=0)  # (BN,)
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
