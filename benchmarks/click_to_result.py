@@ -13,7 +13,8 @@ measures the baseline, the later ones find it in the cache. For each click the t
     speed          submit -> the partial report with the compressed model's speed
     full result    submit -> the finished report (samples and the hardware projection too)
 
-and the report's own timings (load, baseline, compress, compressed evaluation). Wall-clock times on a
+and the report's own timings (preflight, load, baseline, compress, compressed evaluation, projection:
+with "this-machine" the first run of a worker process probes the machine). Wall-clock times on a
 shared machine move with its load: the load average is printed before and after; compare only figures
 taken back to back, and quote none as final until measured on a quiet machine.
 """
@@ -60,7 +61,8 @@ def row(model: str, preset: str, recipe: str, out: dict) -> str:
 
     base = f"{sec(t.baseline_eval_s)}{' (cached)' if t.baseline_cached else ''}"
     return (f"| {model} | {preset} | {recipe} | {sec(s.get('first'))} | {sec(s.get('speed'))} | {sec(s['full'])} | "
-            f"{sec(t.load_s)} | {base} | {sec(t.compress_s)} | {sec(t.compressed_eval_s)} | {sec(t.total_s)} |")
+            f"{sec(t.preflight_s)} | {sec(t.load_s)} | {base} | {sec(t.compress_s)} | {sec(t.compressed_eval_s)} | "
+            f"{sec(t.project_s)} | {sec(t.total_s)} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the app's data folder for the benchmark (kept: converted catalog models stay)")
     args = p.parse_args(argv)
     print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
-    print("| model | preset | recipe | first result s | speed s | full result s | load s | baseline s | "
-          "compress s | compressed eval s | run total s |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | preset | recipe | first result s | speed s | full result s | preflight s | load s | baseline s | "
+          "compress s | compressed eval s | projection s | run total s |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for model in args.models.split(","):
         for preset in args.presets.split(","):
             os.environ["LAB_DATA_DIR"] = str(args.data_dir)  # catalog conversions live in the data folder

@@ -358,6 +358,7 @@ class Environment(Record):
 
 @dataclass
 class Timings(Record):
+    preflight_s: float | None = None  # config and recipe checked before any weight loads
     load_s: float | None = None
     baseline_eval_s: float | None = None
     baseline_cached: bool = False  # the baseline's quality came from the cache (speed is always measured)
@@ -365,6 +366,7 @@ class Timings(Record):
     compress_s: float | None = None
     stage_eval_s: float | None = None
     compressed_eval_s: float | None = None
+    project_s: float | None = None  # the hardware projection ("this-machine": the probe, once per process)
     total_s: float | None = None
 
 

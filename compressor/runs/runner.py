@@ -103,7 +103,9 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
         hw.get_profile(request.hardware)  # a bad id fails now; "this-machine" is probed when projecting
 
     phases.emit("load", 0.0, f"checking {request.model} and the recipe (config only)")
+    t0 = time.perf_counter()
     pre = _preflight(request)
+    preflight_s = time.perf_counter() - t0
     for warning in pre.warnings:
         log(f"note: {warning}")
     phases.emit("load", 0.2, f"loading {request.model}")
@@ -164,7 +166,7 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
                         fingerprint=fp.public_fingerprint(fingerprint), source=pre.source),
         baseline=baseline, compressed=measurement(comp_part, None, baseline=baseline), compression=creport,
         environment=env, warnings=list(dict.fromkeys([*pre.warnings, *creport.warnings])))
-    timings = dict(load_s=load_s, baseline_eval_s=baseline_s, baseline_cached=cached is not None,
+    timings = dict(preflight_s=preflight_s, load_s=load_s, baseline_eval_s=baseline_s, baseline_cached=cached is not None,
                    baseline_cached_at=(cached or {}).get("measured_at"), compress_s=compress_s,
                    stage_eval_s=sum(s.quality.get("seconds", 0.0) for s in creport.stages))
     _send(partial, report, "quality", Timings(**timings, total_s=time.perf_counter() - t_start))
@@ -185,9 +187,11 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     compressed_s = time.perf_counter() - t0
     # last: "this-machine" probes the machine once per process (seconds), which no figure above waits for
     phases.emit("project", 0.0, "projecting onto hardware")
+    t0 = time.perf_counter()
     report.projection = project_report(report, request.hardware, request.projection_context,
                                        request.projection_batch)
-    report.timings = Timings(**timings, compressed_eval_s=compressed_s, total_s=time.perf_counter() - t_start)
+    report.timings = Timings(**timings, compressed_eval_s=compressed_s, project_s=time.perf_counter() - t0,
+                             total_s=time.perf_counter() - t_start)
     phases.emit("project", 1.0, "done")
     return report
 
