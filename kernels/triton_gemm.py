@@ -37,11 +37,12 @@ from kernels.triton_config import (
 )
 from kernels.triton_dequant import scale_zero, slab_columns, slab_tile, split_tiles
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by the largest M bucket they serve
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) by the largest M bucket they serve; the decode-batch list
+# is ordered by the loop's static cost (python -m kernels.triton_sass --kernel gemm: ~6 instructions a weight)
 SMALL = {16: (16, 64, 128, 4, 3), 64: (64, 64, 64, 4, 3), 1 << 30: (128, 128, 64, 8, 3)}
 FULL = {
-    16: [(16, 64, 128, 4, 3), (16, 128, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 64, 4, 4), (16, 256, 128, 8, 3),
-         (16, 32, 256, 4, 4)],
+    16: [(16, 128, 128, 4, 3), (16, 256, 128, 8, 3), (16, 256, 64, 4, 3), (16, 64, 128, 4, 3), (16, 128, 64, 4, 4),
+         (16, 64, 256, 4, 3)],
     64: [(32, 64, 128, 4, 3), (64, 64, 128, 4, 3), (32, 128, 64, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3)],
     256: [(64, 128, 64, 4, 4), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 4)],
     1 << 30: [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3), (64, 256, 64, 8, 4),
