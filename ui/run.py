@@ -60,12 +60,12 @@ class Follow:
     def outputs(self) -> list:
         return [self.run_id, self.progress, self.status, self.log, self.link] + self.views.outputs
 
-    def follow(self, manager, rid: str, projected: bool, owner: str | None = None,
-               view: tuple = (None, None, None), note: str = "") -> Iterator[list]:
-        """Yields outputs while run `rid` goes on, then its report (or why there is none). Each poll tells
-        the manager that `owner` is still here (ui.visitors: runs of a visitor who left are let go). `view`
-        is the (hardware, context, batch) to project a finished report onto (None: the run's own); `note`
-        follows the status line (what the preflight said)."""
+    def follow(self, manager, rid: str, projected: bool, view: tuple = (None, None, None),
+               note: str = "") -> Iterator[list]:
+        """Yields outputs while run `rid` goes on, then its report (or why there is none). `view` is the
+        (hardware, context, batch) to project a finished report onto (None: the run's own); `note` follows
+        the status line (what the preflight said). It says nothing about the visitor being here: the
+        generator outlives a closed tab (ui.session's timer says it, from the browser)."""
         blank = self.views.unchanged()
         link = f"?run={rid}"
         started = time.time()
@@ -74,8 +74,6 @@ class Follow:
             events = manager.events(rid, since=since, timeout=POLL_S)
             if events:
                 since = events[-1]["index"] + 1
-            if owner is not None:
-                manager.touch(owner)
             state = manager.status(rid)
             if state in FINAL_STATUSES or state is None:
                 break
@@ -141,7 +139,7 @@ def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State
             return
         said = "".join(f"\n\n- {html.escape(public(n), quote=False)}" for n in notes[:4])
         yield [rid, progress_html(0, "Queued..."), f"Run `{rid}` submitted.{said}", "", f"?run={rid}"] + blank
-        yield from follow.follow(manager, rid, show_projected, owner, note=said)
+        yield from follow.follow(manager, rid, show_projected, note=said)
 
     inputs = ([settings.model, settings.recipe, settings.hardware, projected] + settings.eval_inputs
               + [settings.projection_context, settings.projection_batch, settings.evaluation, visitor])

@@ -24,6 +24,7 @@ from ui.run import Follow
 from ui.settings import SettingsPanel, progress_html, restore_values
 from ui.visitors import Sessions, is_visitor_id, new_visitor_id, owner_of
 
+PRESENCE_TICK_S = 20  # an open tab says it is still here this often
 # Keeps the address bar in step with the run on show (the query the server sets), and gives the full link.
 LINK_JS = """(query) => {
   if (!query) return "";
@@ -53,7 +54,7 @@ def wire_session(demo: gr.Blocks, manager, settings: SettingsPanel, follow: Foll
         settings_values = restore_values(run)
         if run.status not in FINAL_STATUSES and run.owner == owner:
             first = True
-            for out in follow.follow(manager, run.id, show_projected, owner):
+            for out in follow.follow(manager, run.id, show_projected):
                 yield out + (settings_values if first else blank_settings)
                 first = False
             return
@@ -77,6 +78,12 @@ def wire_session(demo: gr.Blocks, manager, settings: SettingsPanel, follow: Foll
             manager.left(owner)
 
     demo.unload(on_unload)
+
+    def on_tick(vid: str | None, request: gr.Request = None):
+        if is_visitor_id(vid):
+            manager.touch(vid)  # a sign of life from an open tab (for LAB_VISITOR_IDLE_S)
+
+    gr.Timer(PRESENCE_TICK_S).tick(on_tick, visitor, None, api_visibility="private", show_progress="hidden")
 
     @guarded
     def on_open_initial(vid: str | None, show_projected: bool, request: gr.Request = None):
