@@ -53,7 +53,7 @@ def test_the_sliders_start_at_the_engine_defaults():
 @pytest.mark.parametrize("args, expected", [
     (("", "int8", "t4", *SMALL_EVAL), "no model given"),
     (("demo", "", "t4", *SMALL_EVAL), "recipe is empty"),
-    (("demo", "stages: [method: rtn", "t4", *SMALL_EVAL), "not valid YAML"),
+    (("demo", "stages: [method: rtn", "t4", *SMALL_EVAL), "not valid JSON or YAML"),
     (("demo", "no-such-preset", "t4", *SMALL_EVAL), "preset name"),
     (("demo", "int8", "t4", 100, 64, 8, 8), "out of range: use 128 to 16384"),
     (("demo", "int8", "t4", 128, 64.5, 8, 8), "not a whole number"),
@@ -63,3 +63,16 @@ def test_the_sliders_start_at_the_engine_defaults():
 def test_bad_settings_are_refused_naming_the_field(args, expected):
     with pytest.raises(LabError, match=expected):
         build_request(*args)
+
+
+@pytest.mark.parametrize("preset", ["quick", "standard", "thorough"])
+def test_the_evaluation_preset_sets_what_the_page_does_not_show(preset):
+    from compressor.measure.settings import PRESETS
+
+    sliders = [PRESETS[preset][name] for name in EVAL_FIELDS]
+    r = build_request("demo", "int8", "t4", *sliders, evaluation=preset)
+    assert r.eval.preset == preset and r.eval.repeats == PRESETS[preset]["repeats"]
+    changed = build_request("demo", "int8", "t4", *sliders[:-1], sliders[-1] + 1, evaluation=preset)
+    assert changed.eval.preset == "custom" and changed.eval.repeats == PRESETS[preset]["repeats"]
+    with pytest.raises(LabError, match="not a preset"):
+        build_request("demo", "int8", "t4", *sliders, evaluation="forever")

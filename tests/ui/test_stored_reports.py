@@ -73,21 +73,22 @@ def test_plots_draw_the_stored_figures(old):
     speed = speed_plot(report, projected=True)
     measured = [bar for bar in speed.data if bar.marker.pattern.shape is None]
     projected = [bar for bar in speed.data if bar.marker.pattern.shape == "/"]
-    assert [list(bar.y) for bar in measured] == [[b["decode_tokens_per_s"], c["decode_tokens_per_s"]],
+    assert [list(bar.x) for bar in measured] == [[b["decode_tokens_per_s"], c["decode_tokens_per_s"]],
                                                  [b["prefill_tokens_per_s"], c["prefill_tokens_per_s"]]]
-    assert len({bar.yaxis for bar in measured}) == 2  # two scales
+    assert len({bar.xaxis for bar in measured}) == 2  # two scales
     p = old["projection"]
-    assert [list(bar.y) for bar in projected] == [
+    assert [list(bar.x) for bar in projected] == [
         [p["baseline"]["decode_tokens_per_s"], p["compressed"]["decode_tokens_per_s"]],
         [p["baseline"]["prefill_tokens_per_s"], p["compressed"]["prefill_tokens_per_s"]]]
-    assert all("projection" in a.text for a in speed.layout.annotations[2:])
+    titles = [a.text for a in speed.layout.annotations if "tokens/s" in a.text]  # the panels' titles
+    assert len(titles) == 4 and all("projection" in t for t in titles[2:])
 
     quality = quality_plot(report)  # one panel per figure; perplexity as its change from the baseline
-    assert quality.data[0].y[0] == pytest.approx(100 * (c["perplexity"] / b["perplexity"] - 1))
-    assert list(quality.data[1].y) == [100 * b["arithmetic_accuracy"], 100 * c["arithmetic_accuracy"]]
-    assert quality.data[1].error_y.array[1] == pytest.approx(100 * (c["arithmetic_ci95"][1] - c["arithmetic_accuracy"]))
-    assert list(quality.data[2].y) == [c["kld"]] and list(quality.data[3].y) == [100 * c["top1_agreement"]]
-    assert len({bar.yaxis for bar in quality.data}) == 4
+    assert quality.data[0].x[0] == pytest.approx(100 * (c["perplexity"] / b["perplexity"] - 1))
+    assert list(quality.data[1].x) == [100 * b["arithmetic_accuracy"], 100 * c["arithmetic_accuracy"]]
+    assert quality.data[1].error_x.array[1] == pytest.approx(100 * (c["arithmetic_ci95"][1] - c["arithmetic_accuracy"]))
+    assert list(quality.data[2].x) == [c["kld"]] and list(quality.data[3].x) == [100 * c["top1_agreement"]]
+    assert len({bar.xaxis for bar in quality.data}) == 4
 
     layers = layer_error_plot(report)  # a heatmap per stage: every stored SQNR is a cell
     cells = sorted(v for trace in layers.data for row in trace.z for v in row if v is not None)
