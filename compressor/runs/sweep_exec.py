@@ -111,6 +111,7 @@ class LocalExecutor:
         self.max_in_flight = self.slots
         self.name = f"local ({self.slots} at once)"
         self._own = own
+        self._threads_env: str | None = None  # OMP_NUM_THREADS before own_pool set it
 
     def submit(self, payload: dict, owner: str) -> str:
         return self.manager.submit(payload, owner)
@@ -124,6 +125,8 @@ class LocalExecutor:
     def close(self) -> None:
         if self._own:
             self.manager.shutdown()
+            _restore("OMP_NUM_THREADS", self._threads_env)
+            self._own = False
 
     @classmethod
     def own_pool(cls, data_dir: str | Path | None = None, workers: int | None = None,
@@ -134,10 +137,25 @@ class LocalExecutor:
         from compressor.runs.runner import TARGET, check_payload
 
         slots = local_slots(workers, per_cell_bytes)
-        # Worker processes are spawned with this environment; torch takes its thread count from it.
+        # Worker processes are spawned with this environment (torch takes its thread count from it);
+        # `close` puts the variable back as it was.
+        before = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(max(1, machine_cores() // slots))
-        manager = JobManager(data_dir, target=TARGET, concurrency=slots, check_payload=check_payload)
-        return cls(manager, slots, own=True)
+        try:
+            manager = JobManager(data_dir, target=TARGET, concurrency=slots, check_payload=check_payload)
+        except BaseException:
+            _restore("OMP_NUM_THREADS", before)
+            raise
+        executor = cls(manager, slots, own=True)
+        executor._threads_env = before
+        return executor
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def ray_address(address: str | None = None) -> str | None:
