@@ -154,7 +154,7 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(capsys, monkeypatch):
 
 # --- the job API ------------------------------------------------------------------------------
 
-GOOD_PAYLOAD = {"model": "demo", "recipe": "int8", "eval": {"ppl_tokens": 128, "arithmetic_samples": 4,
+GOOD_PAYLOAD = {"model": "demo", "recipe": "int8", "hardware": "t4", "eval": {"ppl_tokens": 128, "arithmetic_samples": 4,
                                                                      "max_new_tokens": 2}}
 API = [  # (payload or a function of the manager, what the message must say)
     ("not a mapping", "must be a mapping|must be a dict"),
