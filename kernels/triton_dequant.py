@@ -15,10 +15,37 @@ so dequantizing is one FMA (GEMM), or, summed against x, sum_k f x_k * a + c * s
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
 ONE_F32_BITS = 0x3F800000  # the bits of 1.0f
+# Compiled kernels spell (t & mask) | 1.0f as one lop3: ptxas 12.x (Triton 3.6's) splits the two constants over
+# two instructions on the integer pipe, which bounds the GEMV. The interpreter cannot run PTX: plain ops there.
+_LOP3 = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@triton.jit
+def and_or(t, MASK: tl.constexpr, other):
+    """(t & MASK) | other on int32 tensors: one lop3 in compiled kernels."""
+    if _LOP3:
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xEA;", "=r,r,r,r",
+                                         [t, tl.full(t.shape, MASK, tl.int32), other], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    return (t & MASK) | other
+
+
+@triton.jit
+def mask_or_one(t, MASK: tl.constexpr):
+    """(t & MASK) | bits of 1.0f, read as fp32."""
+    return and_or(t, MASK, tl.full(t.shape, 0x3F800000, tl.int32)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def shift_to(w, SHIFT):
+    """w << SHIFT, or w >> -SHIFT when SHIFT < 0 (SHIFT constant, or a tensor of per-register constants)."""
+    return tl.where(SHIFT >= 0, w << tl.maximum(SHIFT, 0), w >> tl.maximum(-SHIFT, 0))
 
 
 @triton.jit
@@ -38,8 +65,7 @@ def word_field(w, i: tl.constexpr, BITS: tl.constexpr):
         t = w << SHIFT
     else:
         t = w >> (-SHIFT)
-    MASK: tl.constexpr = ((1 << BITS) - 1) << (23 - BITS)
-    return ((t & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+    return mask_or_one(t, ((1 << BITS) - 1) << (23 - BITS))
 
 
 @triton.jit
@@ -61,12 +87,13 @@ def chunk_field(p0, p1, p2, f: tl.constexpr):
             w = p1
         else:
             w = p2
-        bits = _to_bit(w, 3 * (f % 10), 20) & 0x700000  # the field -> mantissa bits 20..22
-    elif f == 30:  # u: P0 bits 30..31 and P1 bit 30
-        bits = (_to_bit(p0, 30, 20) & 0x300000) | (_to_bit(p1, 30, 22) & 0x400000)
+        return mask_or_one(_to_bit(w, 3 * (f % 10), 20), 0x700000)  # the field -> mantissa bits 20..22
+    one = tl.full(p0.shape, 0x3F800000, tl.int32)
+    if f == 30:  # u: P0 bits 30..31 and P1 bit 30
+        bits = and_or(_to_bit(p1, 30, 22), 0x400000, and_or(_to_bit(p0, 30, 20), 0x300000, one))
     else:  # v: P1 bit 31 and P2 bits 30..31
-        bits = (_to_bit(p1, 31, 20) & 0x100000) | (_to_bit(p2, 30, 21) & 0x600000)
-    return (bits | 0x3F800000).to(tl.float32, bitcast=True)
+        bits = and_or(_to_bit(p2, 30, 21), 0x600000, and_or(_to_bit(p1, 31, 20), 0x100000, one))
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -93,16 +120,14 @@ def slab_tile(w_ptrs, mask, PLANE, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
         p1 = tl.load(w_ptrs + PLANE, mask=mask, other=0)[None, :, :]
         p2 = tl.load(w_ptrs + 2 * PLANE, mask=mask, other=0)[None, :, :]
         w = tl.where(fld < 10, p0, tl.where(fld < 20, p1, p2))  # (V, BKW, BN): the plane of fields 0 .. 29
-        pos = 3 * (fld % 10)
-        regular = ((w >> pos) & 7) << 20
-        u = (((p0 >> 30) & 3) << 20) | (((p1 >> 30) & 1) << 22)
-        v = (((p1 >> 31) & 1) << 20) | (((p2 >> 30) & 3) << 21)
-        bits = tl.where(fld < 30, regular, tl.where(fld == 30, u, v)) | 0x3F800000
+        one = tl.full(w.shape, 0x3F800000, tl.int32)
+        regular = and_or(shift_to(w, 20 - 3 * (fld % 10)), 0x700000, one)
+        u = and_or(shift_to(p1, -8), 0x400000, and_or(shift_to(p0, -10), 0x300000, one))
+        v = and_or(shift_to(p2, -9), 0x600000, and_or(shift_to(p1, -11), 0x100000, one))
+        f = tl.where(fld < 30, regular, tl.where(fld == 30, u, v)).to(tl.float32, bitcast=True)
     else:
-        w = tl.load(w_ptrs, mask=mask, other=0)
-        q = (w[None, :, :] >> (fld * BITS)) & ((1 << BITS) - 1)  # (V, BKW, BN)
-        bits = (q << (23 - BITS)) | 0x3F800000
-    f = bits.to(tl.float32, bitcast=True)
+        w = tl.load(w_ptrs, mask=mask, other=0)[None, :, :]
+        f = mask_or_one(shift_to(w, (23 - BITS) - fld * BITS), ((1 << BITS) - 1) << (23 - BITS))  # (V, BKW, BN)
     return tl.reshape(f, (BLOCK_K, w_ptrs.shape[1]))
 
 
