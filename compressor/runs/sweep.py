@@ -170,8 +170,8 @@ class SweepSpec:
 
 def parse_recipes(value: object) -> list[RecipeEntry]:
     """Recipe entries from "a,b,c" (preset names), YAML/JSON text of a list (see the module docstring),
-    or such a list already parsed. Each entry is checked for its shape here; its stages when the
-    cells are made."""
+    or such a list already parsed (RecipeEntry items pass as they are). Each entry is checked for its
+    shape here; its stages when the cells are made."""
     if isinstance(value, str):
         text = value.strip()
         if not text:
@@ -194,6 +194,8 @@ def parse_recipes(value: object) -> list[RecipeEntry]:
 
 def _entry(item: object, i: int) -> RecipeEntry:
     presets = list_presets()
+    if isinstance(item, RecipeEntry):
+        return item
     if isinstance(item, str):
         name = item.strip()
         if name not in presets:

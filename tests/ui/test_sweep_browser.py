@@ -67,6 +67,7 @@ def test_a_sweep_of_three_recipes_fills_the_grid_and_the_pareto_front(browser, s
     presets = page.locator("#lab-sweep-presets")
     presets.get_by_label("hqq-w4-g64", exact=True).uncheck()
     page.locator("#lab-sweep-yaml .cm-content").click()
+    page.keyboard.press("Control+A")  # over the commented example
     page.keyboard.insert_text(YAML_RECIPE)
     page.locator("#lab-sweep-hardware input").click()
     page.get_by_role("option", name="NVIDIA T4", exact=False).first.click()
