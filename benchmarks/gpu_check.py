@@ -107,13 +107,12 @@ def quant_linear(n: int, k: int, bits: int, group: int, device, act_order=False,
     from kernels.modules import QuantLinear
 
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 2**bits, (n, k), generator=gen, dtype=torch.uint8)
-    s = torch.rand(n, k // group, generator=gen) * 0.02 + 0.005
-    z = torch.rand(n, k // group, generator=gen) * (2**bits - 1)
-    perm = torch.randperm(k, generator=gen) if act_order else None
-    b = torch.randn(n, generator=gen).half() if bias else None
-    mod = QuantLinear.from_quantized(q, s, z, bits=bits, group_size=group, perm=perm, bias=b).to(device)
-    return mod
+    q = torch.randint(0, 2**bits, (n, k), generator=gen, dtype=torch.uint8).to(device)  # packed where it runs
+    s = (torch.rand(n, k // group, generator=gen) * 0.02 + 0.005).to(device)
+    z = (torch.rand(n, k // group, generator=gen) * (2**bits - 1)).to(device)
+    perm = torch.randperm(k, generator=gen).to(device) if act_order else None
+    b = torch.randn(n, generator=gen).half().to(device) if bias else None
+    return QuantLinear.from_quantized(q, s, z, bits=bits, group_size=group, perm=perm, bias=b)
 
 
 def on_gpu_layout(mod, dry: bool):

@@ -15,7 +15,8 @@ Paths for the weight-only format (docs/architecture.md):
     "reference"                      pure torch dequantize + matmul, any device.
 `qmatmul` serves the canonical layout (Triton or the reference); `native_kind` says which native CPU
 layout, if any, a weight can adopt, `gpu_kind` whether a weight on CUDA takes the Triton layout.
-FP8 weights take torch._scaled_mm on sm89+ ("cuda-scaled-mm"); W8A8 torch._int_mm ("cuda-int-mm").
+FP8 weights take torch._scaled_mm on sm89+ ("cuda-scaled-mm"); W8A8 torch._int_mm ("cuda-int-mm");
+`semi_structured_supported` says whether a 2:4 weight can take PyTorch's semi-structured kernel.
 """
 
 from __future__ import annotations
@@ -140,3 +141,19 @@ def fp8_matmul(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
         y = y * weight_scale.float().reshape(1, n)  # (M, N)
     y = y.to(x.dtype).reshape(*lead, n)
     return (y if bias is None else y + bias.to(y.dtype)), "cuda-scaled-mm"
+
+
+def semi_structured_supported(device: torch.device, shape: tuple[int, int], dtype: torch.dtype) -> bool:
+    """Whether a 2:4-pruned weight [N, K] on `device` can become a SparseSemiStructuredTensor ("cuda-semi-structured"):
+    CUDA Ampere or newer, and the shape and dtype that torch's own CUTLASS table allows (fp16/bf16: rows a
+    multiple of 32, columns of 64). to_sparse_semi_structured raises on anything else; call this first."""
+    if device.type != "cuda" or not torch.cuda.is_available() or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    try:
+        from torch.sparse import SparseSemiStructuredTensorCUTLASS as cutlass
+    except ImportError:
+        return False
+    limits = cutlass._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+    n, k = shape
+    return limits is not None and n >= limits.sparse_min_rows and n % limits.sparse_min_rows == 0 \
+        and k >= limits.sparse_min_cols and k % limits.sparse_min_cols == 0

@@ -102,3 +102,22 @@ def test_cuda_graph_replays_a_layer():
     # split-K adds in whatever order the programs finish: equal up to a rounding of the partial sums
     torch.testing.assert_close(out, mod(x), rtol=2e-3, atol=2e-3)
     assert not torch.allclose(out, eager)
+
+
+def test_semi_structured_support_follows_torchs_shape_table():
+    from torch.sparse import to_sparse_semi_structured
+
+    from kernels.dispatch import semi_structured_supported
+
+    dev = torch.device("cuda")
+    ok = semi_structured_supported(dev, (256, 512), torch.float16)
+    assert ok == (torch.cuda.get_device_capability()[0] >= 8)
+    assert not semi_structured_supported(dev, (250, 512), torch.float16)  # rows not a multiple of 32
+    if ok:
+        w = torch.randn(256, 512, device="cuda", dtype=torch.float16)
+        mask = torch.zeros(256, 128, 4, device="cuda", dtype=torch.bool)
+        mask.scatter_(2, w.abs().reshape(256, 128, 4).topk(2, dim=2).indices, True)
+        pruned = w * mask.reshape(256, 512)
+        x = torch.randn(16, 512, device="cuda", dtype=torch.float16)
+        y = torch.nn.functional.linear(x, to_sparse_semi_structured(pruned))
+        assert sqnr_db(y, x.float() @ pruned.float().T) > 50
