@@ -1,6 +1,8 @@
-"""Command line: `python -m compressor run|presets|hardware`, one module per command group.
+"""Command line: `python -m compressor run|sweep|fit|presets|hardware`, one module per command group.
 
     python -m compressor run --model demo --recipe gptq-w4-g128 [--hardware t4] [--json out.json]
+    python -m compressor sweep --model demo --recipes int8,w4-g128 [--ray ADDRESS] [--json out.json]
+    python -m compressor fit --model smollm2-135m --budget 3.5bits|1.2GiB|hardware:t4 --out recipe.yaml
     python -m compressor presets
     python -m compressor hardware
 
@@ -21,12 +23,12 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from compressor.cli import hardware, presets, run  # noqa: E402
+from compressor.cli import fit, hardware, presets, run, sweep  # noqa: E402
 from compressor.errors import LabError  # noqa: E402
 from compressor.paths import scrub_paths  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-COMMANDS = (run, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`
+COMMANDS = (run, sweep, fit, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`
 
 
 class _Parser(argparse.ArgumentParser):
