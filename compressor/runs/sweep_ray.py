@@ -50,7 +50,9 @@ INSTALL_HINT = ("Ray is not installed here: `pip install 'ray==2.60.0'` (an 80 M
 POLL_S = 0.25
 PROGRESS_EVERY_S = 0.5  # a task sends at most this often, and at every change of stage
 # What a remote cluster gets of this checkout to run the lab (Ray's working_dir; assets included).
-CODE_EXCLUDES = [".git", "tests", "docs", "benchmarks", "data", "runs", "tmp", "*.sqlite3", "__pycache__", ".venv"]
+# gitignore-style: a leading "/" anchors a pattern at the checkout's root ("runs" alone would drop compressor/runs).
+CODE_EXCLUDES = ["/.git", "/tests", "/docs", "/benchmarks", "/data", "/runs", "/tmp", "/.venv", "*.sqlite3",
+                 "__pycache__"]
 
 
 def require_ray():
@@ -95,8 +97,9 @@ class RayExecutor:
                          include_dashboard=False, log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise LabError(f"cannot reach the Ray cluster at {address!r} ({type(e).__name__}: {str(e)[:200]}); "
-                               "check LAB_RAY_ADDRESS (e.g. auto, ray://head:10001) or leave it unset to run here"
-                               ) from None
+                               "check LAB_RAY_ADDRESS (e.g. auto, ray://head:10001) or leave it unset to run here; a "
+                               "cluster with token authentication (Ray 2.60's default) also needs RAY_AUTH_MODE=token "
+                               "and its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)") from None
         self.ray, self.address = ray, address
         self.cpus_per_cell, self.max_retries, self.target = cpus_per_cell, max_retries, target or TARGET
         cpus = int(ray.cluster_resources().get("CPU", 0))
