@@ -88,8 +88,11 @@ def _speed_card(label: str, attr: str, report: Report) -> str:
     delta = f.fmt_delta(b, c, "rate")
     if delta and not apart and sb is not None and sc is not None:
         delta += " (within the spread)" if min(sb.n, sc.n) >= 2 else " (timed once)"
-    extra = "".join(f'<div class="lab-card-ci">{who} {text}</div>' for who, text in
-                    (("compressed:", _spread(sc)), ("baseline:", _spread(sb))) if text)
+    if sb is not None and sc is not None and max(sb.n, sc.n) < 2:
+        extra = '<div class="lab-card-ci">timed once per side: no spread (the thorough preset times 5)</div>'
+    else:
+        extra = "".join(f'<div class="lab-card-ci">{who} {text}</div>' for who, text in
+                        (("compressed:", _spread(sc)), ("baseline:", _spread(sb))) if text)
     if attr == "decode_tokens_per_s" and comp.kernel_paths:
         extra += f'<div class="lab-card-ci lab-kernel">kernel: {kernel_path_text(comp)}</div>'
     return _card(label, f.fmt_rate(c), f"baseline {f.fmt_rate(b)}", delta, tone, extra, tag="this machine")

@@ -37,11 +37,13 @@ def short_label(report: Report, i: int) -> str:
     return LETTERS[i]
 
 
-def _speed_ratio(report: Report) -> tuple[float | None, bool]:
+def _speed_ratio(report: Report) -> tuple[float | None, str]:
     """Compressed decode tokens/s over the baseline's from the same run (compressor.runs.speedfacts), and
-    whether the repeats' ranges separate them."""
+    what the repeats say of it: "" (beyond the spread), "within spread" or "timed once"."""
     cmp = speed_comparison(report)
-    return (cmp.ratio, cmp.separated) if cmp is not None else (None, False)
+    if cmp is None:
+        return None, ""
+    return cmp.ratio, "" if cmp.separated else ("timed once" if cmp.repeats < 2 else "within spread")
 
 
 def _accuracy_change(report: Report) -> str:
@@ -70,7 +72,7 @@ ROWS = [
     ("arithmetic accuracy", lambda r: f"{f.fmt_pct(r.compressed.arithmetic_accuracy)} "
                                       f"(baseline {f.fmt_pct(r.baseline.arithmetic_accuracy)})"),
     ("accuracy change, paired 95 % CI", _accuracy_change),
-    ("decode vs own baseline, this machine", lambda r: (lambda x: f"x{x[0]:.2f}" + ("" if x[1] else " (within spread)")
+    ("decode vs own baseline, this machine", lambda r: (lambda x: f"x{x[0]:.2f}" + (f" ({x[1]})" if x[1] else "")
                                                         if x[0] is not None else f.NA)(_speed_ratio(r))),
     ("decode on profile (projection)", lambda r: f"{f.fmt_rate(r.projection.compressed.decode_tokens_per_s)} tok/s"
                                                   if r.projection else f.NA),
@@ -112,8 +114,12 @@ def compare_plot(pairs: list[tuple[RunRecord, Report]]) -> go.Figure:
     mem = [rep.compressed.weight_bytes / MiB if f.is_number(rep.compressed.weight_bytes) else None for rep in reps]
     bars(mem, 2, 1, [f"{v:.2f}" if v is not None else "n/a" for v in mem])
     base_mem = reps[0].baseline.weight_bytes
-    if f.is_number(base_mem):
-        fig.add_vline(x=base_mem / MiB, line_dash="dash", line_color=BASE_COLOR, row=2, col=1)
+    if f.is_number(base_mem):  # the axis reaches the baseline's line (a 4-bit model is a quarter of it)
+        fig.add_vline(x=base_mem / MiB, line_dash="dash", line_color=BASE_COLOR, row=2, col=1,
+                      annotation_text=f"baseline {base_mem / MiB:.2f}", annotation_position="top left",
+                      annotation_font_size=11)
+        reach = max([base_mem / MiB] + [m for m in mem if m is not None])
+        fig.update_xaxes(range=[0, reach * 1.25], row=2, col=1)
     ratios = [_speed_ratio(rep)[0] for rep in reps]
     bars(ratios, 3, 1, [f"x{v:.2f}" if v is not None else "n/a" for v in ratios])
     fig.add_vline(x=1.0, line_dash="dash", line_color=BASE_COLOR, row=3, col=1)

@@ -26,6 +26,7 @@ BASE_COLOR, COMP_COLOR, KV_COLOR, PEAK_COLOR = "#64748b", "#4f46e5", "#16a34a", 
 GOOD, BAD, INK = "#16a34a", "#dc2626", "#111827"
 MiB = 2**20
 SIDES = ("baseline", "compressed")
+SPEED_FIGURES = ("decode_tokens_per_s", "prefill_tokens_per_s")
 ROW_PX = 105  # height of one panel of two bars
 
 
@@ -68,11 +69,14 @@ def hbars(fig: go.Figure, row: int, names: list[str], values: list, text: list[s
                 textposition="outside", cliponaxis=False, error_x=error, row=row, col=1,
                 hovertemplate="%{y}: %{x:.4g}<extra></extra>", **kw)
     plus = list(error["array"]) if error else [0.0] * len(values)
+    minus = list(error.get("arrayminus") or plus) if error else [0.0] * len(values)
     if error:
         axis = "" if row == 1 else str(row)
-        for name, value, extra, label in zip(names, values, plus, text, strict=True):
-            if f.is_number(value):
-                fig.add_annotation(x=value + extra, y=name, text=label, showarrow=False, xanchor="left", xshift=5,
+        for name, value, up, down, label in zip(names, values, plus, minus, text, strict=True):
+            if f.is_number(value):  # past the whisker on the bar's own side
+                left = value < 0
+                fig.add_annotation(x=value - down if left else value + up, y=name, text=label, showarrow=False,
+                                   xanchor="right" if left else "left", xshift=-5 if left else 5,
                                    xref=f"x{axis}", yref=f"y{axis}", font_size=12)
     nums = [v for v in values if f.is_number(v)]
     reach = [v + p for v, p in zip(values, plus, strict=True) if f.is_number(v)]
@@ -125,12 +129,18 @@ def speed_plot(report: Report, projected: bool = True) -> go.Figure:
         empty(fig, "measuring speed...")
         return layout(fig, "Speed", height=200)
     proj = report.projection if projected else None
-    titles = ["Decode tokens/s here (median, range of repeats)", "Prefill tokens/s here (median, range)"]
+
+    def ratio(b: object, c: object) -> str:  # equal-looking bars still say how far apart they are
+        return f": x{c / b:.2f}" if f.is_number(b) and f.is_number(c) and b > 0 else ""
+
+    here = [ratio(getattr(report.baseline, a), getattr(report.compressed, a)) for a in SPEED_FIGURES]
+    titles = [f"Decode tokens/s here (median, range){here[0]}", f"Prefill tokens/s here (median, range){here[1]}"]
     if proj is not None:
-        titles += [f"Decode tokens/s on {proj.hardware.name[:28]} (projection)",
-                   f"Prefill tokens/s on {proj.hardware.name[:28]} (projection)"]
+        there = [ratio(getattr(proj.baseline, a), getattr(proj.compressed, a)) for a in SPEED_FIGURES]
+        titles += [f"Decode tokens/s on {proj.hardware.name[:24]} (projection){there[0]}",
+                   f"Prefill tokens/s on {proj.hardware.name[:24]} (projection){there[1]}"]
     fig = panels(titles)
-    for row, attr in ((1, "decode_tokens_per_s"), (2, "prefill_tokens_per_s")):
+    for row, attr in enumerate(SPEED_FIGURES, start=1):
         stats = [_stat_bars(getattr(report, side), attr) for side in SIDES]
         hbars(fig, row, list(SIDES), [s[0] for s in stats], [f.fmt_rate(s[0]) for s in stats], [BASE_COLOR, COMP_COLOR],
               error=dict(type="data", symmetric=False, array=[s[1] for s in stats], arrayminus=[s[2] for s in stats],

@@ -200,6 +200,61 @@ def test_two_runs_side_by_side_share_their_prompts_and_letters(demo_run):
     assert table.count("lab-letter") == 2 and "KL to baseline" in table and "paired 95 % CI" in table
     fig = compare_plot(pairs)
     assert len(fig.data) == 4 and all(len(bar.y) == 2 for bar in fig.data)
+    base_mib = a.baseline.weight_bytes / 2**20  # the dashed baseline sits on the memory panel's axis
+    assert fig.layout.xaxis2.range[1] > base_mib > max(fig.data[1].x)
     samples = compare_samples_html(pairs)
     assert samples.count('class="lab-sample"') == len(a.samples) and "only in b" not in samples
     assert "Pick two or more" in compare_table_html(pairs[:1])
+
+
+# -- streaming -------------------------------------------------------------------------------------
+
+
+class _StreamingManager:
+    """Plays a run back as the job manager reports it: running with a partial report after quality, then
+    after speed, then succeeded with the whole report (the manager's polling API, nothing else)."""
+
+    def __init__(self, report: Report):
+        full = report.to_dict()
+        quality = dataclasses.replace(report, samples=[], projection=None, pending=["speed", "samples", "projection"])
+        speed = dataclasses.replace(report, samples=[], projection=None, pending=["samples", "projection"])
+        self.partials = [quality.to_dict(), speed.to_dict()]
+        self.polls = 0
+        self.run = run_of(full, id="r1", status="succeeded", started_at=1.0, finished_at=2.0)
+
+    def events(self, rid, since=0, timeout=0.0):
+        self.polls += 1
+        return []
+
+    def status(self, rid):
+        return "running" if self.polls <= 2 * len(self.partials) else "succeeded"
+
+    def latest_progress(self, rid):
+        return None
+
+    def position(self, rid):
+        return 0
+
+    def partial_report(self, rid):
+        i = (self.polls - 1) // 2
+        return self.partials[i] if i < len(self.partials) else None
+
+    def get_run(self, rid, viewer=None):
+        return self.run
+
+
+def test_the_cards_fill_as_the_run_streams_its_figures(demo_run):
+    from ui.run import Follow
+    from ui.views import ReportViews
+
+    views = ReportViews(*[SimpleNamespace(outputs=[None] * n, render=None) for n in (2, 4, 2)], raw=None)
+    views.results.render = lambda r: [metric_cards_html(r), samples_html(r)]
+    views.plots.render = lambda r, projected: [None] * 4
+    views.hardware.render = lambda r: ["", ""]
+    follow = Follow(None, None, None, None, None, views)
+    outs = list(follow.follow(_StreamingManager(demo_run.report), "r1", projected=False))
+    cards = [o[5] for o in outs if isinstance(o[5], str)]  # after run id, progress, status, log, link
+    assert len(cards) == 3  # quality, then speed, then the whole report: each drawn once
+    assert cards[0].count("measuring...") == 3  # decode, prefill, projected decode still to come
+    assert cards[1].count("measuring...") == 1 and "kernel:" in cards[1]  # speed arrived
+    assert "measuring" not in cards[2] and "finished" in outs[-1][2]
