@@ -49,6 +49,7 @@ INSTALL_HINT = ("Ray is not installed here: `pip install 'ray==2.60.0'` (an 80 M
                 "under a minute), or run the sweep on this machine's workers (leave out --ray and LAB_RAY_ADDRESS)")
 POLL_S = 0.25
 PROGRESS_EVERY_S = 0.5  # a task sends at most this often, and at every change of stage
+CELL_FOLDER = "lab-ray-cell-"  # + the worker's pid: a cell's artifact folder in the worker's temp folder
 # What a remote cluster gets of this checkout to run the lab (Ray's working_dir; assets included).
 # gitignore-style: a leading "/" anchors a pattern at the checkout's root ("runs" alone would drop compressor/runs).
 CODE_EXCLUDES = ["/.git", "/tests", "/docs", "/benchmarks", "/data", "/runs", "/tmp", "/.venv", "*.sqlite3",
@@ -305,7 +306,8 @@ def _ray_cell(payload: dict, run_id: str, target: str, events, seed: dict, ship_
             last.update(stage=p.get("stage"), at=now)
             _send(events, ("progress", run_id, p))
 
-    folder = Path(tempfile.mkdtemp(prefix="lab-ray-cell-"))
+    _remove_orphan_cell_folders()
+    folder = Path(tempfile.mkdtemp(prefix=f"{CELL_FOLDER}{os.getpid()}-"))
     try:
         ctx = JobContext(run_id=run_id, artifact_dir=folder, cache=_TaskCache(seed, events), on_progress=progress,
                          on_log=lambda line: _send(events, ("log", run_id, time.time(), line)))
@@ -315,6 +317,24 @@ def _ray_cell(payload: dict, run_id: str, target: str, events, seed: dict, ship_
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"report": report, "files": files, "notes": notes}
+
+
+def _remove_orphan_cell_folders() -> None:
+    """Removes the cell folders of worker processes that are gone: a killed worker never runs its `finally`."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{CELL_FOLDER}*-*"):
+        pid = folder.name[len(CELL_FOLDER):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
 
 
 def _pack(folder: Path, limit: int) -> tuple[bytes | None, list[str]]:
