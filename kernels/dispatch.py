@@ -15,7 +15,8 @@ Paths for the weight-only format (docs/architecture.md):
     "reference"                      pure torch dequantize + matmul, any device.
 `qmatmul` serves the canonical layout (Triton or the reference); `native_kind` says which native CPU
 layout, if any, a weight can adopt, `gpu_kind` whether a weight on CUDA takes the Triton layout.
-FP8 weights take torch._scaled_mm on sm89+ ("cuda-scaled-mm"); W8A8 torch._int_mm ("cuda-int-mm");
+FP8 weights take torch._scaled_mm on sm89+ ("cuda-scaled-mm"), and on CPU an FP8Linear runs an exact fp16 copy
+(kernels.cpu_native.fp8_fp16_mm: "cpu-fp8-fp16", "cpu-fp8-fp32"); W8A8 torch._int_mm ("cuda-int-mm");
 `semi_structured_supported` says whether a 2:4 weight can take PyTorch's semi-structured kernel.
 """
 

@@ -305,11 +305,47 @@ class Int8DynamicLinear(_ScaledWeightLinear):
 
 
 class FP8Linear(_ScaledWeightLinear):
-    """FP8 weight linear: W = weight.float() * weight_scale[:, None], weight float8_e4m3fn [N, K], scale fp32 [N]."""
+    """FP8 weight linear: W = weight.float() * weight_scale[:, None], weight float8_e4m3fn [N, K], scale fp32 [N].
+
+    On CPU the first forward adds the runtime copy kernels.cpu_native.fp8_to_fp16 makes (`native_weight` fp16
+    [N, K], the FP8 values exactly, and `native_scale` fp32 [N]; non-persistent, counted by weight_bytes as
+    held): 2 bytes a weight beside the stored 1, so decode reads half the fp32 baseline's bytes. The state
+    dict stays FP8; moving the module or loading a state dict drops the copy.
+    """
 
     WEIGHT_DTYPE = torch.float8_e4m3fn
     CAST_HINT = "cast (W / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [..., K] -> [..., N]
-        y, self.kernel_path = dispatch.fp8_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        if x.device.type != "cpu" or self.weight.device.type != "cpu" or x.numel() == 0:
+            y, path = dispatch.fp8_matmul(x, self.weight, self.weight_scale, bias=self.bias)
+        else:
+            w16 = self._buffers.get("native_weight")
+            if w16 is None:
+                w16 = self._prepare_cpu()
+            y, path = cpu_native.fp8_fp16_mm(x.reshape(-1, self.in_features), w16, self.native_scale)
+            y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
+        if path is not self.kernel_path:  # an nn.Module attribute write costs ~2 us: only on a change
+            self.kernel_path = path
         return y
+
+    @torch.no_grad()
+    def _prepare_cpu(self) -> torch.Tensor:
+        w16, scale = cpu_native.fp8_to_fp16(self.weight, self.weight_scale)
+        self.register_buffer("native_weight", w16, persistent=False)
+        self.register_buffer("native_scale", scale, persistent=False)
+        return w16
+
+    def _drop_runtime(self) -> None:
+        self._buffers.pop("native_weight", None)
+        self._buffers.pop("native_scale", None)
+
+    def _apply(self, fn, recurse=True):
+        self._drop_runtime()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._drop_runtime()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -28,7 +28,9 @@ def _tensor_bytes(tensors, float_bytes: int | None = None) -> int:
         if key in seen:
             continue
         seen.add(key)
-        size = float_bytes if float_bytes is not None and torch.is_floating_point(t) else t.element_size()
+        size = t.element_size()
+        if float_bytes is not None and torch.is_floating_point(t):
+            size = min(size, float_bytes)  # a conversion to a float width never widens FP8 (its modules keep it)
         total += t.numel() * size
     return total
 
@@ -40,9 +42,10 @@ def weight_bytes(module: nn.Module) -> int:
 
 def weight_bytes_at(module: nn.Module, float_bytes: int) -> int:
     """`weight_bytes` with every floating-point tensor counted at `float_bytes` per element: what the
-    model holds once converted to that float width. Integer (packed) tensors and the packed types'
-    extra bytes keep their real size. Non-persistent buffers are left out: a CPU kernel's runtime layout
-    (QuantLinear.native_scale) and tables rebuilt on load (rotary inv_freq), not what another device holds."""
+    model holds once converted to that float width. Integer (packed) tensors, floats already narrower (FP8
+    weights) and the packed types' extra bytes keep their real size. Non-persistent buffers are left out: a
+    CPU kernel's runtime layout (QuantLinear.native_scale, FP8Linear.native_weight) and tables rebuilt on
+    load (rotary inv_freq), not what another device holds."""
     buffers = [b for m in module.modules() for name, b in m._buffers.items()
                if b is not None and name not in m._non_persistent_buffers_set]
     return _tensor_bytes(list(module.parameters()) + buffers, float_bytes) + extra_weight_bytes(module)

@@ -108,22 +108,6 @@ def test_int8_dynamic_linear_matches_float():
     assert torch.equal(rebuilt(x), y)
 
 
-def test_fp8_linear_reference_on_cpu():
-    torch.manual_seed(0)
-    n, k = 32, 64
-    w = torch.randn(n, k)
-    w_scale = w.abs().amax(dim=1) / 448
-    w8 = (w / w_scale[:, None]).to(torch.float8_e4m3fn)
-    mod = FP8Linear.from_quantized(w8, w_scale)
-    x = torch.randn(2, k)
-    y = mod(x)
-    assert mod.kernel_path == "reference"
-    torch.testing.assert_close(y, x @ (w8.float() * w_scale[:, None]).T)
-    rebuilt = FP8Linear.empty(**mod.metadata())
-    rebuilt.load_state_dict(mod.state_dict())
-    assert torch.equal(rebuilt(x), y)
-
-
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("value", [0.0, 3.7, -250.0, 1e-9])
 def test_kv_quantize_constant_groups_stay_finite(bits, value):
