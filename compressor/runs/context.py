@@ -19,6 +19,7 @@ import functools
 import json
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -28,6 +29,7 @@ from compressor.paths import scrub_paths
 from compressor.progress import Progress
 from compressor.runs.store import RunStore, default_data_dir
 
+TEMP_PREFIX = "lab-run-"  # a context's temporary artifact folder, in the system's temp folder
 _PROGRESS_FIELDS = {f.name for f in fields(Progress)}
 # Progress's annotations ("int | None", ...) as (plain type, None allowed), to check each value.
 _PROGRESS_TYPES = {f.name: ({"str": str, "int": int, "float": float}[f.type.split(" |")[0]], "None" in f.type)
@@ -124,7 +126,10 @@ class JobContext:
     Attributes:
         run_id: the run's id in the store.
         artifact_dir: a folder of this run's own; files saved here (a compressed model) are kept for
-            download when the run succeeds, subject to the manager's `ArtifactPolicy`.
+            download when the run succeeds, subject to the manager's `ArtifactPolicy`. Built with
+            `artifact_dir=None`, a temporary folder (`lab-run-*`) is made on first use and removed by
+            `close()`, when the context is garbage-collected, or when the interpreter exits: a run
+            refused before it saves anything makes none, and a context nobody closes leaves none.
         cache: `BaselineCache` with `get(key) -> dict | None` and `put(key, dict)`.
 
     `partial(report_dict)` hands over a report measured so far (a `Report.to_dict()` whose `pending`
@@ -135,19 +140,28 @@ class JobContext:
         self,
         *,
         run_id: str,
-        artifact_dir: Path,
+        artifact_dir: Path | None,
         cache: BaselineCache,
         on_progress: Callable[[dict], None] | None = None,
         on_log: Callable[[str], None] | None = None,
         on_partial: Callable[[str], None] | None = None,
     ):
         self.run_id = run_id
-        self.artifact_dir = Path(artifact_dir)
+        self._artifact_dir = Path(artifact_dir) if artifact_dir is not None else None
         self.cache = cache
         self._on_progress = on_progress or (lambda _: None)
         self._on_log = on_log or (lambda _: None)
         self._on_partial = on_partial
-        self._temporary: Path | None = None  # a folder `local` made, removed by `close`
+        self._remove_temporary: weakref.finalize | None = None  # set once a temporary folder exists
+
+    @property
+    def artifact_dir(self) -> Path:
+        if self._artifact_dir is None:
+            folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+            # runs once: on close(), when this context is collected, or at interpreter exit
+            self._remove_temporary = weakref.finalize(self, shutil.rmtree, str(folder), True)
+            self._artifact_dir = folder
+        return self._artifact_dir
 
     def progress(self, event: Progress | dict) -> None:
         """Reports stage, layer i/n, fraction, ETA and message; a non-empty message is logged too."""
@@ -168,10 +182,10 @@ class JobContext:
             self._on_partial(dict_json(report, "a partial report"))
 
     def close(self) -> None:
-        """Removes the temporary artifact folder `local` made, with what is in it."""
-        if self._temporary is not None:
-            shutil.rmtree(self._temporary, ignore_errors=True)
-            self._temporary = None
+        """Removes the temporary artifact folder, with what is in it (a given folder is left alone)."""
+        if self._remove_temporary is not None:
+            self._remove_temporary()
+            self._remove_temporary, self._artifact_dir = None, None
 
     def __enter__(self) -> JobContext:
         return self
@@ -189,12 +203,10 @@ class JobContext:
         on_log: Callable[[str], None] | None = print,
     ) -> JobContext:
         """A context for running a target in this process without a manager: cache in the data folder's
-        store, artifacts in `artifact_dir` or a new temporary folder that `close()` (or leaving a `with`
-        block) removes. Nothing is recorded in the run history; `JobManager.run_inline` runs a target
+        store, artifacts in `artifact_dir` or a temporary folder made on first use, which `close()` (or
+        leaving a `with` block, or the context's collection) removes. Nothing is recorded in the run history; `JobManager.run_inline` runs a target
         here and records it."""
-        art = Path(artifact_dir) if artifact_dir is not None else Path(tempfile.mkdtemp(prefix="lab-run-"))
-        art.mkdir(parents=True, exist_ok=True)
-        ctx = cls(run_id="local", artifact_dir=art, cache=BaselineCache.local(data_dir), on_progress=on_progress,
-                  on_log=on_log)
-        ctx._temporary = art if artifact_dir is None else None
-        return ctx
+        if artifact_dir is not None:
+            Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        return cls(run_id="local", artifact_dir=artifact_dir, cache=BaselineCache.local(data_dir),
+                   on_progress=on_progress, on_log=on_log)
