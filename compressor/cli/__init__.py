@@ -23,12 +23,12 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from compressor.cli import fit, hardware, presets, run, sweep  # noqa: E402
+from compressor.cli import export, fit, hardware, presets, run, sweep  # noqa: E402
 from compressor.errors import LabError  # noqa: E402
 from compressor.paths import scrub_paths  # noqa: E402
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-COMMANDS = (run, sweep, fit, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`
+COMMANDS = (run, sweep, fit, export, presets, hardware)  # each: add_parser(subparsers) setting `func(args) -> exit status`
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from compressor.cli import export as export_cli
 from compressor.engine.bounds import read_recipe_file
 from compressor.errors import LabError
 from compressor.measure.settings import DEFAULT_PRESET, PRESETS
@@ -45,6 +46,7 @@ def add_parser(sub) -> None:
     r.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (only for sources you trust)")
     r.add_argument("--trust-remote-code", action="store_true", help="run model code from the repository")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    export_cli.add_run_flags(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -99,10 +101,13 @@ def cmd_run(args) -> int:
     request = request_from_args(args)  # bad flags fail here, before the model loads
     if args.json:
         check_output_file(args.json)
+    export_fmt = export_cli.check_run_export(args, request)  # --export/--out: format, folder, recipe, config
     cache = None if args.no_cache else BaselineCache.local()
-    report = run(request, cache=cache, progress=progress,
-                 log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
-    print(format_report(report))
+    with export_cli.model_folder(export_fmt) as save_dir:  # a temporary folder for --export's model, else None
+        report = run(request, cache=cache, progress=progress, save_dir=save_dir,
+                     log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+        print(format_report(report))
+        status = export_cli.export_after_run(save_dir, export_fmt, args.out, report) if save_dir else 0
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def cmd_run(args) -> int:
                   "is the run's result", file=sys.stderr)
             return 1
         print(f"\nreport written to {args.json}")
-    return 0
+    return status
 
 
 # label, Measurement attribute, figure kind (compressor/runs/format.py)

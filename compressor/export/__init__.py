@@ -30,10 +30,12 @@ FORMATS = {
 GGUF_FILE = "model.gguf"
 RESULT_FILE = "export.json"
 
-__all__ = ["FORMATS", "ExportOptions", "ExportRefused", "ExportResult", "TensorNote", "export_model", "preview_export"]
+__all__ = ["FORMATS", "ExportOptions", "ExportRefused", "ExportResult", "TensorNote", "check_format", "export_model",
+           "preview_export"]
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
+    """The format's name in FORMATS (aliases: ct, hf, safetensors); RecipeError naming the choices otherwise."""
     from compressor.errors import RecipeError
 
     key = fmt.lower().replace("_", "-")
@@ -62,7 +64,7 @@ def preview_export(model: nn.Module, fmt: str, tokenizer=None, *, mismatch: str 
 
     Raises ExportRefused when the format cannot hold the model (the message names what can).
     """
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     opts = ExportOptions(mismatch=mismatch, dtype=dtype, drop_kv_cache=drop_kv_cache)
     notes, model_notes = _encode_notes(fmt, model, tokenizer, opts)
     return ExportResult(fmt=fmt, path=None, notes=notes, model_notes=model_notes)
@@ -89,7 +91,7 @@ def export_model(model: nn.Module, tokenizer, fmt: str, out_dir: str | Path, rep
     from compressor.export import ct_format, gguf_format, hf_format
     from compressor.export.source import model_facts, read_linears
 
-    fmt = _check_format(fmt)
+    fmt = check_format(fmt)
     opts = ExportOptions(mismatch=mismatch, dtype=dtype, drop_kv_cache=drop_kv_cache)
     folder = Path(out_dir)
     linears = read_linears(model)

@@ -54,6 +54,12 @@ def on_mismatch(fmt: str, name: str, why: str, opts: ExportOptions, hint: str) -
     return opts.mismatch
 
 
+def kv_cache_refused(fmt: str, method: str) -> ExportRefused:
+    """The refusal of a KV-cache stage: no export format records run-time cache compression."""
+    return ExportRefused(fmt, f"the KV-cache stage ({method}): it compresses the cache at run time and no export "
+                         "format records it", f"{LAB_FORMAT_HINT}; or pass drop_kv_cache=True to export the weights alone")
+
+
 def check_model(fmt: str, facts: ModelFacts, opts: ExportOptions, supported_types: tuple[str, ...] | None = None
                 ) -> list[str]:
     """Refuse what no weight file of `fmt` can hold; returns model-level notes for what is dropped."""
@@ -63,9 +69,7 @@ def check_model(fmt: str, facts: ModelFacts, opts: ExportOptions, supported_type
                             "export to compressed-tensors or transformers, which hold any transformers architecture")
     if facts.kv_cache_method:
         if not opts.drop_kv_cache:
-            raise ExportRefused(fmt, f"the KV-cache stage ({facts.kv_cache_method}): it compresses the cache at run "
-                                "time and no export format records it",
-                                f"{LAB_FORMAT_HINT}; or pass drop_kv_cache=True to export the weights alone")
+            raise kv_cache_refused(fmt, facts.kv_cache_method)
         notes.append(f"KV-cache stage ({facts.kv_cache_method}) dropped: the export runs with a full-precision cache")
     if facts.pruned_layout and facts.uniform_layout is None:
         varied = [k for k, v in facts.pruned_layout.items() if len(set(v)) > 1]

@@ -147,7 +147,8 @@ def _rope_rows(n_rows: int, n_head: int) -> torch.Tensor:
     return idx.transpose(1, 2).reshape(-1)
 
 
-def _check_arch(config) -> None:
+def check_arch(config) -> None:
+    """ExportRefused for a Llama config this writer cannot describe to llama.cpp (RoPE scaling, biases, activation)."""
     rope = getattr(config, "rope_parameters", None) or {}
     rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
     scaling = getattr(config, "rope_scaling", None)
@@ -182,7 +183,7 @@ def encode(model: nn.Module, tokenizer, linears: dict[str, LabWeight], facts: Mo
     floats = [t for t in others.values() if t.dim() == 2] + [_float_source(linears[n]) for n, p in planned.items()
                                                              if p[0] is None]
     config = export_config(model, facts, pick_dtype(floats, opts.dtype))
-    _check_arch(config)
+    check_arch(config)
     vocab = read_vocab(tokenizer, config.vocab_size)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
 
