@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from compressor.errors import LabError
@@ -46,3 +49,16 @@ def test_the_grid_escapes_what_was_typed_links_runs_and_shows_progress():
     assert html.count('href="?run=') == 2 and "running 42 %" in html
     assert '<td>tiny</td>' in html and "/data/models" not in html  # a folder's name, never its server path
     assert html.count('data-status="waiting"') == 1 and SUCCEEDED not in html
+
+
+def test_without_ray_the_lab_imports_and_the_ray_tests_skip():
+    """A fresh interpreter where `import ray` fails as where it is not installed: the CLI, the sweeps and this
+    tab import, and the Ray executor's tests are skipped, not failed (asking for Ray: tests/runs/test_sweep.py)."""
+    from compressor.paths import REPO
+
+    code = ("import sys; sys.modules['ray'] = None\n"
+            "import pytest, compressor.cli, compressor.runs.sweep_run, compressor.runs.sweep_ray, ui.sweep\n"
+            "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/runs/test_sweep_ray.py']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, proc.stdout + proc.stderr  # the module skipped
+    assert "1 skipped" in proc.stdout and "could not import 'ray'" in proc.stdout
