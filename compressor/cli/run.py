@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compressor.cli import export as export_cli
+from compressor.cli.export import add_run_flags, check_run_export, export_after_run, model_folder
 from compressor.engine.bounds import read_recipe_file
 from compressor.errors import LabError
 from compressor.measure.settings import DEFAULT_PRESET, PRESETS
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     r.add_argument("--allow-pickle", action="store_true", help="allow pickle weights (only for sources you trust)")
     r.add_argument("--trust-remote-code", action="store_true", help="run model code from the repository")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
-    export_cli.add_run_flags(r)
+    add_run_flags(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -101,13 +101,13 @@ def cmd_run(args) -> int:
     request = request_from_args(args)  # bad flags fail here, before the model loads
     if args.json:
         check_output_file(args.json)
-    export_fmt = export_cli.check_run_export(args, request)  # --export/--out: format, folder, recipe, config
+    export_fmt = check_run_export(args, request)  # --export/--out: format, folder, recipe, config
     cache = None if args.no_cache else BaselineCache.local()
-    with export_cli.model_folder(export_fmt) as save_dir:  # a temporary folder for --export's model, else None
+    with model_folder(export_fmt) as save_dir:  # a temporary folder for --export's model, else None
         report = run(request, cache=cache, progress=progress, save_dir=save_dir,
                      log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
         print(format_report(report))
-        status = export_cli.export_after_run(save_dir, export_fmt, args.out, report) if save_dir else 0
+        status = export_after_run(save_dir, export_fmt, args.out, report) if save_dir else 0
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

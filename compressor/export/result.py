@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,11 @@ class ExportResult:
     @property
     def max_abs_err(self) -> float:
         return max((n.max_abs_err for n in self.notes), default=0.0)
+
+    def written(self) -> str:
+        """What the linear layers became, most common first: "42 Q4_1 rounded, 1 F16 dense"."""
+        c = Counter((n.written_as, n.status) for n in self.notes)
+        return ", ".join(f"{k} {w} {s}" for (w, s), k in c.most_common())
 
     def summary(self) -> str:
         """One line for a UI or a CLI: what is lossless and what is not."""

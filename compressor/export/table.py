@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -29,12 +28,6 @@ EXTRA = {"w4-g32-sym (RTN, not a preset)": {"stages": [{"method": "rtn", "bits":
                                                         "symmetric": True}]}}
 
 
-def _written(result) -> str:
-    """'42 Q4_1 rounded, 1 F16 dense' — what the linear layers became."""
-    c = Counter((n.written_as, n.status) for n in result.notes)
-    return ", ".join(f"{k} {w} {s}" for (w, s), k in c.most_common())
-
-
 def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -> dict:
     from compressor.export import ExportRefused, export_model
     from compressor.export.verify import load_export
@@ -43,7 +36,7 @@ def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -
         result = export_model(model, tokenizer, fmt, folder)
     except ExportRefused as e:
         return {"recipe": name, "format": fmt, "written": f"refused: {e.what}", "lossless": "-"}
-    row = {"recipe": name, "format": fmt, "written": _written(result), "lossless": "yes" if result.lossless else "no",
+    row = {"recipe": name, "format": fmt, "written": result.written(), "lossless": "yes" if result.lossless else "no",
            "max_dw": f"{result.max_abs_err:.2g}", "bytes": result.bytes_written,
            "note": "; ".join(m for m in result.model_notes if not m.startswith("tokenizer"))}
     if not result.transformers_loads:
