@@ -1,7 +1,14 @@
 """The Sweep tab: many recipes (and models) in one click; the grid fills and the Pareto front grows as cells land.
 
+    from compressor.runs.sweep_run import Sweeps
+
+    sweeps = Sweeps(manager)                # the page's JobManager: cells are its jobs, `manager.concurrency` at a
+                                            # time (Ray tasks instead when LAB_RAY_ADDRESS is set; LabError if that
+                                            # Ray cannot be used, saying how to install or reach it)
     with gr.Tab("Sweep", id="sweep"):
-        sweep_panel(sweeps, visitor)        # sweeps: compressor.runs.sweep_run.Sweeps over the page's manager
+        sweep_panel(sweeps, visitor)        # visitor: the page's gr.State of the visitor id (ui.visitors)
+    ...
+    sweeps.shutdown()                       # when the app stops, before manager.shutdown(): cancels running sweeps
 
 Pick presets from the checklist and/or write more recipes as a YAML list, start: every cell is an ordinary
 run of this visitor (it shows in History too), handed to the job queue a slot at a time, or to a Ray cluster
