@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.modules import FP8Linear, Int8DynamicLinear, QuantLinear
+from kernels.modules import Int8DynamicLinear, QuantLinear
 from kernels.pack import pack, pack_3bit_u8, packed_cols, unpack
 from kernels.reference import dequantize, qmatmul_ref
 
