@@ -53,7 +53,7 @@ def check_recipe(fmt: str, recipe, *, drop_kv_cache: bool = False, mismatch: str
     fmt = check_format(fmt)
     for i, stage in enumerate(load_recipe(recipe, files=False).stages):
         if stage.kind == "kv" and not drop_kv_cache:
-            raise kv_cache_refused(fmt, stage.method)
+            raise kv_cache_refused(GGUF if fmt == "gguf" else fmt, stage.method)  # named as its writer names it
         if fmt == "gguf" and stage.kind == "quantize" and mismatch != "dense":
             bits = {getattr(stage, "bits", None), *stage.override_values("bits")} & {2, 3}
             if bits:

@@ -17,6 +17,8 @@ def test_summary_names_the_worst_tensor_and_counts():
     r = ExportResult("gguf", None, notes=notes)
     assert not r.lossless and r.counts() == {"lossless": 1, "rounded": 1, "requantized": 1, "dense": 0}
     assert "max |dW| 0.0003 (c: no FP8 type)" in r.summary()
+    assert ExportResult("gguf", None, notes=[notes[1], *notes]).written() == \
+        "2 Q4_1 rounded, 1 Q4_0 lossless, 1 Q8_0 requantized"
     assert ExportResult("gguf", None, notes=notes[:1]).summary().endswith("every weight bit-exact")
     with pytest.raises(ValueError):
         TensorNote("d", "x", "y", "approximately")
