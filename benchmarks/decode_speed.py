@@ -17,7 +17,9 @@ here). A preset whose group size does not divide a model's in_features (SmolLM2:
 64 / 32 that does, and the table says so. lm_head and embeddings stay fp32 (the presets' default):
 `--with-lm-head` adds variants with lm_head quantized too, and every table shows the lm_head's share of
 the weight bytes and of a baseline decode step. "MiB stored" is the state dict, "MiB held" what the model
-holds once its CPU runtime layouts are in place (2/3-bit layers keep an int4 copy beside their bytes).
+holds once its CPU runtime layouts are in place (2/3-bit layers keep an int4 copy beside their bytes, FP8
+an fp16 copy), "MiB read a step" the weight bytes one decode step reads (`decode_bytes`) with the
+ratio baseline / variant as the memory-bound ceiling of the decode ratio.
 """
 
 from __future__ import annotations
@@ -172,14 +174,18 @@ def report(model_name: str, variants: dict, res: dict, prompt_tokens: int) -> li
 
     times, names = res["times"], list(variants)
     base = times[names[0]]
-    lines = ["| variant | MiB stored | MiB held | decode tok/s | decode x baseline [spread] (best/best) | prefill tok/s "
-             "| prefill x baseline [spread] (best/best) | decode paths | prefill paths |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | MiB stored | MiB held | MiB read a step (bound) | decode tok/s | decode x baseline [spread] "
+             "(best/best) | prefill tok/s | prefill x baseline [spread] (best/best) | decode paths | prefill paths |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base_read = decode_bytes(variants[names[0]])
     verdicts = []
     for n in names:
         t = times[n]
         d, p = _ratio(base["decode"], t["decode"]), _ratio(base["prefill"], t["prefill"])
         paths = res["paths"][n]
-        lines.append(f"| {n} | {stored_bytes(variants[n]) / 2**20:.1f} | {weight_bytes(variants[n]) / 2**20:.1f} | {1 / statistics.median(t['decode']):.1f} "
+        read = decode_bytes(variants[n])
+        lines.append(f"| {n} | {stored_bytes(variants[n]) / 2**20:.1f} | {weight_bytes(variants[n]) / 2**20:.1f} "
+                     f"| {read / 2**20:.1f} (x{base_read / read:.2f}) | {1 / statistics.median(t['decode']):.1f} "
                      f"| x{d[0]:.2f} [{d[1]:.2f}-{d[2]:.2f}] ({d[3]:.2f}) "
                      f"| {prompt_tokens / statistics.median(t['prefill']):.0f} "
                      f"| x{p[0]:.2f} [{p[1]:.2f}-{p[2]:.2f}] ({p[3]:.2f}) | {paths['decode']} | {paths['prefill']} |")
@@ -195,8 +201,38 @@ def report(model_name: str, variants: dict, res: dict, prompt_tokens: int) -> li
     lines.append(f"lm_head (fp32, {head.out_features}x{head.in_features}): {head_bytes / 2**20:.1f} MiB = "
                  f"{100 * head_bytes / weight_bytes(variants[names[0]]):.0f}% of the baseline's weight bytes; "
                  f"{1e3 * res['lm_head_s']:.2f} ms per decode step = {100 * res['lm_head_s'] / step:.0f}% of a "
-                 f"baseline step ({1e3 * step:.1f} ms), the same fp32 cost in every variant that keeps it")
+                 f"baseline step ({1e3 * step:.1f} ms), the same fp32 cost in every variant that keeps it. "
+                 f"(bound): baseline bytes read a step / the variant's, the decode ratio a purely memory-bound step "
+                 f"would reach; with lm_head kept fp32 no variant's bound exceeds "
+                 f"x{base_read / max(head_bytes, 1):.1f} (lm_head alone), and the time outside the linears "
+                 f"(attention, norms, Python) pulls the ratio further toward 1")
     return lines + [""] + verdicts
+
+
+def decode_bytes(model) -> int:
+    """Weight bytes one decode step reads: every linear's tensors its kernel path uses (a CPU runtime copy, not
+    the stored bytes beside it: FP8's fp16 copy, 2/3-bit's int4 copy, native scales rather than the fp16 ones),
+    lm_head in full, the input embedding not at all (one row a token) unless it is the tied lm_head."""
+    embed = model.get_input_embeddings().weight
+    seen, total = {embed.data_ptr()}, 0
+    for m in model.modules():
+        own = dict(m.named_parameters(recurse=False)) | {n: b for n, b in m.named_buffers(recurse=False)
+                                                         if b is not None and not n.endswith("inv_freq")}
+        if not own or m is model.get_input_embeddings():
+            continue
+        if "native_weight" in own or "native_qweight" in own:  # the canonical copy is not read
+            own = {n: t for n, t in own.items() if n.startswith("native_") or n == "bias"}
+        elif "native_scale" in own:  # qweight is the native layout; fp16 scales/zeros are the state dict's
+            own = {n: t for n, t in own.items() if n not in ("scales", "zeros", "native_perm")}
+        if m is model.get_output_embeddings():
+            seen.discard(embed.data_ptr())
+        for t in own.values():
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    from compressor.engine.packed import extra_weight_bytes
+
+    return total + extra_weight_bytes(model)
 
 
 def stored_bytes(model) -> int:
