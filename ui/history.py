@@ -13,9 +13,7 @@ import hashlib
 import io
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
@@ -23,6 +21,7 @@ from compressor.errors import LabError
 from compressor.runs.contract import Report
 from compressor.runs.format import is_number
 from compressor.runs.store import SUCCEEDED, RunRecord
+from ui.files import AppFiles
 from ui.messages import guarded, public
 from ui.names import run_choice, run_name
 from ui.pareto import QUALITY_AXES, X_AXES, pareto_plot
@@ -100,11 +99,12 @@ def finished_reports(runs: list[RunRecord]) -> list[tuple[RunRecord, Report]]:
 
 
 class Exports:
-    """Files a visitor downloads, in one folder of this app (not a new temp folder per call): each
-    visitor's CSV and JSON are rewritten in place, and only the last few model archives are kept."""
+    """Files a visitor downloads, in one folder of this app's files (ui.files, removed when the app stops):
+    each visitor's CSV and JSON are rewritten in place, and only the last few model archives are kept."""
 
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="lab-exports-"))
+    def __init__(self, files: AppFiles) -> None:
+        self.files = files  # held: the folder lives as long as this does
+        self.root = files.folder("exports")
 
     def table(self, owner: str, runs: list[RunRecord], fmt: str) -> str:
         folder = self.root / hashlib.sha256(owner.encode()).hexdigest()[:16]
@@ -128,10 +128,11 @@ class HistoryPanel:
     open_run: gr.Dropdown  # "Open a run": ui.page wires it to the panels above
 
 
-def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Dropdown) -> HistoryPanel:
+def history_panel(demo: gr.Blocks, manager, visitor: gr.State, hardware: gr.Dropdown,
+                  files: AppFiles) -> HistoryPanel:
     """The "History" tab's contents; call inside it. `hardware` is the settings' profile: the Pareto plot
-    projects every run onto it."""
-    exports = Exports()
+    projects every run onto it; `files` the app's folder for the downloads."""
+    exports = Exports(files)
     gr.Markdown("Your runs, kept for this browser (they come back after a reload). Open one to see it above and "
                 "restore its settings.", elem_classes="lab-note")
     with gr.Row():

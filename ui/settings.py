@@ -11,7 +11,7 @@ import hashlib
 import html
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from compressor.models.loading import HUB_ID, hub_reachable
 from compressor.models.preflight import preflight
 from compressor.runs.contract import PROJECTION_CONTEXT
 from compressor.runs.limits import UploadQuota, check_upload
+from ui.files import AppFiles
 from ui.forms import stage_form
 from ui.inputs import checked
 from ui.messages import guarded, public
@@ -168,12 +169,14 @@ def check_recipe_text(text: str | None, model: str | None = None) -> str:
 
 class RecipeFiles:
     """The editor's text as a .yaml file to download, kept in one folder of this app: named by content, so
-    the same text is one file, and only the newest KEPT files stay (a page load no longer leaves a folder)."""
+    the same text is one file, and only the newest KEPT files stay (a page load no longer leaves a folder).
+    The folder is one of the app's files (ui.files), removed when the app stops."""
 
     KEPT = 256
 
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="lab-recipes-"))
+    def __init__(self, files: AppFiles) -> None:
+        self.files = files  # held: the folder lives as long as this does
+        self.root = files.folder("recipes")
 
     def __call__(self, text: str | None) -> str:
         text = text if isinstance(text, str) else ""
@@ -214,15 +217,18 @@ def read_upload(file: object, owner: str, quota: UploadQuota) -> tuple[str, str]
         path.unlink(missing_ok=True)
 
 
-def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown, visitor: gr.State) -> None:
+def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown, visitor: gr.State,
+                    app_files: AppFiles, beside_presets: Callable[[], object] | None) -> None:
     """Preset, stage builder and YAML tabs; each writes into the recipe editor."""
-    files, quota = RecipeFiles(), UploadQuota()
+    files, quota = RecipeFiles(app_files), UploadQuota()
     presets = preset_choices()
     methods = method_forms()  # every registered method; a broken method file raises here, at start-up
     names = list(methods)
     with gr.Tabs():
         with gr.Tab("Preset"):
             preset = gr.Dropdown(presets, value=DEFAULT_PRESET, label="Preset recipe", elem_id="lab-preset")
+            if beside_presets is not None:
+                beside_presets()
         with gr.Tab("Stage builder"):
             method = gr.Dropdown(names, value=names[0], label="Method", elem_id="lab-method")
             method_help = gr.Markdown(elem_classes="lab-note")
@@ -288,8 +294,11 @@ def _recipe_builder(demo: gr.Blocks, recipe: gr.Code, recipe_status: gr.Markdown
     demo.load(files, recipe, download, api_visibility="private")
 
 
-def settings_panel(demo: gr.Blocks, visitor: gr.State) -> SettingsPanel:
-    """The settings column's contents; call inside it."""
+def settings_panel(demo: gr.Blocks, visitor: gr.State, files: AppFiles,
+                   beside_presets: Callable[..., object] | None = None) -> SettingsPanel:
+    """The settings column's contents; call inside it. `files` is the app's folder for downloads (ui.files);
+    `beside_presets(model, hardware, recipe, projection_context, projection_batch)`, when given, builds a
+    panel under the preset picker (the page's "Fit to hardware")."""
     hw = hardware_choices()
     model = gr.Dropdown(model_choices(), value=catalog.default_model(), allow_custom_value=True, label="Model",
                         elem_id="lab-model", info="The listed models work offline. Type any hub id (org/name) or a "
@@ -299,21 +308,27 @@ def settings_panel(demo: gr.Blocks, visitor: gr.State) -> SettingsPanel:
     recipe_status = gr.Markdown(elem_classes="lab-note", render=False)
     recipe = gr.Code(recipe_yaml(DEFAULT_PRESET), language="yaml", label="Recipe (YAML)", lines=8,
                      elem_id="lab-recipe", render=False)
-    _recipe_builder(demo, recipe, recipe_status, visitor)
+    # made before the recipe tabs (a panel beside the presets reads them), drawn below the recipe
+    hardware = gr.Dropdown(hw, value=hw[0][1], label="Hardware profile", elem_id="lab-hardware", render=False,
+                           info="Other profiles are projected from a roofline model. Changing it after a run "
+                           "projects that run again at once (no new run).")
+    projection_context = checked(gr.Number(PROJECTION_CONTEXT, precision=0, minimum=PROJECTION_CONTEXTS[0],
+                                           maximum=PROJECTION_CONTEXTS[1], label="Projection context (tokens)",
+                                           elem_id="lab-proj-context", min_width=120, render=False))
+    projection_batch = checked(gr.Number(1, precision=0, minimum=PROJECTION_BATCHES[0],
+                                         maximum=PROJECTION_BATCHES[1], label="Projection batch",
+                                         elem_id="lab-proj-batch", min_width=120, render=False))
+    beside = (lambda: beside_presets(model, hardware, recipe, projection_context, projection_batch)) \
+        if beside_presets is not None else None
+    _recipe_builder(demo, recipe, recipe_status, visitor, files, beside)
     recipe.render()
     check = gr.Button("Check recipe against the model", size="sm", elem_id="lab-check")
     recipe_status.render()
     check.click(guarded(check_recipe_text), [recipe, model], recipe_status, api_name="check_recipe")
-    hardware = gr.Dropdown(hw, value=hw[0][1], label="Hardware profile", elem_id="lab-hardware",
-                           info="Other profiles are projected from a roofline model. Changing it after a run "
-                           "projects that run again at once (no new run).")
+    hardware.render()
     with gr.Row():
-        projection_context = checked(gr.Number(PROJECTION_CONTEXT, precision=0, minimum=PROJECTION_CONTEXTS[0],
-                                               maximum=PROJECTION_CONTEXTS[1], label="Projection context (tokens)",
-                                               elem_id="lab-proj-context", min_width=120))
-        projection_batch = checked(gr.Number(1, precision=0, minimum=PROJECTION_BATCHES[0],
-                                             maximum=PROJECTION_BATCHES[1], label="Projection batch",
-                                             elem_id="lab-proj-batch", min_width=120))
+        projection_context.render()
+        projection_batch.render()
     evaluation = gr.Radio(EVAL_PRESETS, value=DEFAULT_EVAL, label="Evaluation", elem_id="lab-evaluation",
                           info="Quick gives a first full result in seconds (one timed repeat: no spread); thorough "
                           "measures more tokens, problems and repeats for a report.")
