@@ -2,8 +2,9 @@
 
     settings column              results column (tabs)
     ---------------              ---------------------
-    model, recipe, hardware,     Comparison (cards, samples, prompt box) · Plots · Hardware (projection)
-    evaluation, run / cancel     · History · How to read this;  raw report and log below
+    model, recipe, hardware,     Result (cards, samples, prompt box) · Plots · Hardware (projection)
+    evaluation, run / cancel     · Download (the model in each format) · Compare · Sweep · History
+                                 · How to read this;  raw report and log below
 
 The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
 check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps the
@@ -18,8 +19,11 @@ import gradio as gr
 
 from compressor.runs.limits import MAX_UPLOAD_BYTES
 from compressor.runs.manager import JobManager
+from compressor.runs.sweep_run import Sweeps
 from ui.backend import make_managers
 from ui.compare import compare_choices, compare_panel
+from ui.export import ExportPanel, export_panel
+from ui.files import AppFiles
 from ui.hardware import hardware_panel
 from ui.history import history_panel
 from ui.plots import plots_panel
@@ -27,6 +31,7 @@ from ui.results import results_panel
 from ui.run import Follow, wire_run
 from ui.session import wire_session
 from ui.settings import settings_panel
+from ui.sweep import sweep_panel
 from ui.views import ReportViews
 from ui.visitors import STORAGE_KEY, Sessions, browser_secret
 
@@ -34,6 +39,7 @@ STATIC = Path(__file__).resolve().parents[1] / "assets" / "static"
 DELETE_CACHE = (1800, 3600)  # every 30 min, Gradio removes files it cached (uploads, downloads) over an hour old
 MAX_UPLOAD = f"{MAX_UPLOAD_BYTES // 1024}kb"  # Gradio refuses a larger file before storing it
 
+DOWNLOAD_TAB = "Download"  # the run on show's model in each export format (ui.export)
 HEADER = ('<div class="lab-header"><h1>Compression Lab</h1><p>Compress a language model and compare it side by side '
           "with the original: generations, memory, speed and quality, for the hardware you choose.</p></div>")
 
@@ -64,9 +70,10 @@ HOW_TO_READ = """
 
 
 def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
-    """The whole page. `manager` runs compressions; `ask_manager` answers the prompt box
-    (target compressor.runs.ask:answer; None turns the prompt box off)."""
-    sessions = Sessions()
+    """The whole page. `manager` runs compressions (and a sweep's cells); `ask_manager` answers the prompt box
+    (target compressor.runs.ask:answer; None turns the prompt box off). The sweeps and the folders of
+    downloads made here are closed by `stop`."""
+    sessions, files, sweeps = Sessions(), AppFiles(), Sweeps(manager)
     with gr.Blocks(title="Compression Lab", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         visitor = gr.State(None)  # this session's visitor id (ui.visitors), read from the browser on load
         stored = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=browser_secret(manager.data_dir))
@@ -77,9 +84,9 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         gr.HTML(HEADER)
         with gr.Row(equal_height=False, elem_classes="lab-main"):
             with gr.Column(scale=2, min_width=300, elem_classes="lab-settings"):
-                settings = settings_panel(demo, visitor)
+                settings = settings_panel(demo, visitor, files)
             with gr.Column(scale=3, min_width=300, elem_classes="lab-results"):
-                with gr.Tabs():
+                with gr.Tabs() as tabs:
                     with gr.Tab("Result", id="result"):
                         results = results_panel(manager, ask_manager, run_id, visitor)
                         share_link = gr.Textbox(label="Link to this result (opens it again after a reload)",
@@ -88,11 +95,15 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
                         plots = plots_panel()
                     with gr.Tab("Hardware", id="hardware"):
                         hardware = hardware_panel()
+                    with gr.Tab(DOWNLOAD_TAB, id="download"):
+                        export = export_panel(manager, run_id, visitor)
                     with gr.Tab("Compare", id="compare"):
                         compare_pick = compare_panel(manager, visitor)
                     views = ReportViews(results, plots, hardware, raw)
+                    with gr.Tab("Sweep", id="sweep"):
+                        sweep_panel(sweeps, visitor)
                     with gr.Tab("History", id="history"):
-                        history = history_panel(demo, manager, visitor, settings.hardware)
+                        history = history_panel(demo, manager, visitor, settings.hardware, files)
                     with gr.Tab("How to read this", id="help"):
                         gr.Markdown(HOW_TO_READ)
                 with gr.Accordion("Raw report (JSON) and log", open=False):
@@ -108,7 +119,25 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
             event.then(results.share_state, [run_id, visitor], results.share, api_visibility="private")
             event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
             event.then(compare_choices(manager), [visitor, compare_pick], compare_pick, api_visibility="private")
+        _wire_downloads(tabs, link, export)
+    demo.lab_owned = (sweeps, files, export)  # what stop() closes besides the managers
     return demo
+
+
+def _wire_downloads(tabs: gr.Tabs, link: gr.Textbox, export: ExportPanel) -> None:
+    """The Download tab builds the run on show's files (ui.export) when it is opened, and again when another
+    run comes on show while it is open: not after every run, since each export loads the model here."""
+    open_ = gr.State(False)
+
+    def on_tab(evt: gr.SelectData):
+        return evt.value == DOWNLOAD_TAB
+
+    def on_show(is_open: bool, rid: str | None, vid: str | None, request: gr.Request = None):
+        return export.show(rid, vid, request) if is_open else [gr.update()] * len(export.outputs)
+
+    tabs.select(on_tab, None, open_, api_visibility="private", show_progress="hidden").then(
+        on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
+    link.change(on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
 
 
 def launch_kwargs() -> dict:
@@ -132,7 +161,14 @@ def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: 
 
 
 def stop(demo: gr.Blocks, managers: tuple[JobManager, ...]) -> None:
+    """Closes the page, its sweeps, its job managers and its folder of downloads; safe to call twice."""
     demo.close()
+    sweeps, files, export = getattr(demo, "lab_owned", (None, None, None))
+    if sweeps is not None:
+        sweeps.shutdown()  # before the managers: a sweep cancels its cells through them
     for m in managers:
         if m is not None:
             m.shutdown()
+    if files is not None:
+        files.remove()
+        export.close()

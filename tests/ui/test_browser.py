@@ -92,6 +92,17 @@ def test_a_run_its_reprojection_and_a_comparison_in_the_browser(browser, served,
     samples = page.locator("#lab-samples .lab-sample")
     assert samples.count() >= 2 and samples.first.locator(".lab-gen").count() == 2
     _shoot(page, "result-desktop", tmp_path)
+
+    # the Download tab builds the run's files when opened: the first click downloads (ui/export.py)
+    open_tab(page, "Download")
+    ct = page.locator("#lab-export-compressed-tensors")
+    expect(ct).to_be_enabled(timeout=120_000)
+    expect(page.locator("#lab-export-compressed-tensors-note")).to_contain_text("lossless")
+    with page.expect_download(timeout=60_000) as download:
+        ct.click()
+    assert download.value.suggested_filename.endswith(f"{first}-compressed-tensors.zip")
+    open_tab(page, "Sweep")
+    expect(page.locator("#lab-sweep-models")).to_be_visible()  # the Sweep tab (ui/sweep.py) is mounted
     open_tab(page, "Plots")
     expect(page.locator("#lab-plot-layers .js-plotly-plot")).to_be_visible(timeout=60_000)
     _shoot(page, "plots-desktop", tmp_path)

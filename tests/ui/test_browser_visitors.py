@@ -41,14 +41,20 @@ def test_cancel_then_a_new_run_and_a_reload_keep_to_their_visitor(browser, sleep
         bob.locator("#lab-cancel").click()
         expect(bob.locator("#lab-status")).to_contain_text("Nothing is running")
         assert sleepy.manager.status(first) == "running"
+        bob.locator("#lab-run").click()  # bob's own run: queued behind alice's (one worker)
+        bobs = _submitted(bob)
 
         alice.locator("#lab-cancel").click()
         expect(alice.locator("#lab-status")).to_contain_text(f"Run {first} cancelled", timeout=STATUS_TIMEOUT_MS)
         assert sleepy.manager.get_run(first).status == "cancelled"
+        assert sleepy.manager.status(bobs) in ("queued", "running")  # alice's cancel left bob's run alone
 
-        alice.locator("#lab-run").click()  # the next run starts
+        alice.locator("#lab-run").click()  # the next run starts (after bob's, which took the worker)
+        _submitted(alice)
+        bob.locator("#lab-cancel").click()  # bob cancels his own; alice's goes on and starts
+        expect(bob.locator("#lab-status")).to_contain_text(f"Run {bobs} cancelled", timeout=STATUS_TIMEOUT_MS)
         second = _run_id(alice)
-        assert second != first
+        assert second not in (first, bobs) and sleepy.manager.status(second) == "running"
 
         alice.reload()  # the page finds alice's run again and follows it; Cancel still works
         assert _run_id(alice) == second
@@ -56,17 +62,28 @@ def test_cancel_then_a_new_run_and_a_reload_keep_to_their_visitor(browser, sleep
         alice.locator("#lab-cancel").click()
         expect(alice.locator("#lab-status")).to_contain_text(f"Run {second} cancelled", timeout=STATUS_TIMEOUT_MS)
 
-        open_tab(alice, "History")
-        expect(alice.locator("#lab-history")).to_contain_text(first, timeout=STATUS_TIMEOUT_MS)
-        expect(alice.locator("#lab-history")).to_contain_text(second)
+        open_tab(alice, "History")  # after a reload each sees their own runs, not the other's
+        history = alice.locator("#lab-history")
+        expect(history).to_contain_text(first, timeout=STATUS_TIMEOUT_MS)
+        expect(history).to_contain_text(second)
+        assert bobs not in history.inner_text()
         bob.reload()
         open_tab(bob, "History")
-        expect(bob.locator("#lab-history")).to_be_visible()
-        bob.wait_for_timeout(1000)
-        assert first not in bob.locator("#lab-history").inner_text()
+        expect(bob.locator("#lab-history")).to_contain_text(bobs, timeout=STATUS_TIMEOUT_MS)
+        text = bob.locator("#lab-history").inner_text()
+        assert first not in text and second not in text
     finally:
         alice_ctx.close()
         bob_ctx.close()
+
+
+def _submitted(page) -> str:
+    """The id of the run the page just submitted (queued or running)."""
+    from playwright.sync_api import expect
+
+    status = page.locator("#lab-status")
+    expect(status).to_contain_text(re.compile(r"Run `?\w{12}`? (is|submitted)"), timeout=STATUS_TIMEOUT_MS)
+    return re.search(r"Run `?(\w{12})", status.inner_text()).group(1)
 
 
 def test_a_run_is_cancelled_a_grace_period_after_its_visitor_leaves(browser, sleepy):
