@@ -33,6 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", default="builtin", help="'builtin', text, or hub:<dataset id>")
     p.add_argument("--tie", default="", help="roles that must share a format in each layer: qkv, gate_up "
                    "(comma-separated)")
+    p.add_argument("--exclude", default=None, help="formats the allocator may not give, though the map scores them "
+                   "(comma-separated; default w4pc, compressor.fit.formats.NOT_OFFERED: see docs/fit.md); '' allows all")
     p.add_argument("--no-cache", action="store_true", help="measure the map again instead of reading the cache")
     p.set_defaults(func=cmd_fit)
 
@@ -55,6 +57,7 @@ def _mib(n: float) -> str:
 def cmd_fit(args) -> int:
     from compressor.errors import LabError
     from compressor.fit.fitting import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, fit
+    from compressor.fit.formats import NOT_OFFERED
 
     samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     seq_len = DEFAULT_SEQ_LEN if args.seq_len is None else args.seq_len
@@ -64,10 +67,11 @@ def cmd_fit(args) -> int:
     if args.out is not None and args.out.suffix not in (".yaml", ".yml"):
         raise LabError(f"--out {args.out.name}: give a .yaml file name (the recipe is YAML)")
     tie = tuple(t.strip() for t in args.tie.split(",") if t.strip())
+    exclude = NOT_OFFERED if args.exclude is None else tuple(f.strip() for f in args.exclude.split(",") if f.strip())
     t0 = time.perf_counter()
-    result, smap = fit(args.model, args.budget, args.context, args.batch, tie=tie, calibration=args.calibration,
-                       n_samples=samples, seq_len=seq_len, cache=not args.no_cache, progress=_progress(),
-                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    result, smap = fit(args.model, args.budget, args.context, args.batch, tie=tie, exclude=exclude,
+                       calibration=args.calibration, n_samples=samples, seq_len=seq_len, cache=not args.no_cache,
+                       progress=_progress(), log=lambda line: print(line, file=sys.stderr, flush=True))
     s = smap.seconds
     print(f"sensitivity map of {smap.model}: {len(smap.modules)} modules x {len(smap.formats)} formats, "
           f"{smap.calibration['n_samples']} x {smap.calibration['seq_len']} calibration tokens; measured in "

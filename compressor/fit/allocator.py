@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from compressor.errors import LabError
-from compressor.fit.formats import FP
+from compressor.fit.formats import FP, Format
 from compressor.fit.sensitivity import SensitivityMap
 
 RESOLUTION = 50_000
@@ -91,7 +91,20 @@ def predict(smap: SensitivityMap, formats: dict[str, str], float_bytes: int) -> 
     return kl, total
 
 
-def _items(smap: SensitivityMap, float_bytes: int, tie: tuple[str, ...]) -> list[_Item]:
+def check_exclude(exclude: tuple[str, ...]) -> tuple[str, ...]:
+    """`exclude` as format names; LabError for fp (a module may always stay float) or a misspelt format."""
+    for f in exclude:
+        if f == FP:
+            raise LabError("exclude='fp': every module may stay float; exclude quantized formats only (w4pc, w2g32)")
+        try:
+            Format.parse(f)
+        except ValueError as e:
+            raise LabError(f"exclude: {e}") from None
+    return tuple(exclude)
+
+
+def _items(smap: SensitivityMap, float_bytes: int, tie: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[_Item]:
+    exclude = check_exclude(exclude)
     groups: dict[tuple, list[str]] = {}
     for m in smap.modules:
         key: tuple = (m.name,)
@@ -104,7 +117,8 @@ def _items(smap: SensitivityMap, float_bytes: int, tie: tuple[str, ...]) -> list
     mods = smap.by_name()
     items = []
     for names in groups.values():
-        allowed = [f for f in mods[names[0]].allowed if all(f in mods[n].allowed for n in names)]
+        allowed = [f for f in mods[names[0]].allowed
+                   if f not in exclude and all(f in mods[n].allowed for n in names)]
         b = np.array([sum(mods[n].bytes(f, float_bytes) for n in names) for f in allowed], dtype=np.int64)
         c = np.array([sum(mods[n].costs[f] for n in names) for f in allowed], dtype=np.float64)
         keep = [i for i in range(len(allowed))  # drop options another one beats on both bytes and cost
@@ -137,9 +151,9 @@ def _solve(items: list[_Item], capacity: int, resolution: int) -> tuple[np.ndarr
 
 
 def cost_curve(smap: SensitivityMap, float_bytes: int, tie: tuple[str, ...] = (), points: int = CURVE_POINTS,
-               resolution: int = 20_000) -> list[tuple[int, float]]:
+               resolution: int = 20_000, exclude: tuple[str, ...] = ()) -> list[tuple[int, float]]:
     """(total weight bytes, minimum predicted KL) from the smallest model the palette allows to all-float."""
-    items = _items(smap, float_bytes, tie)
+    items = _items(smap, float_bytes, tie, exclude)
     base = fixed_bytes(smap, float_bytes) + int(sum(it.bytes.min() for it in items))
     span = int(sum(it.bytes.max() - it.bytes.min() for it in items))
     # headroom for the rounding up of every item, so the last point is all-float
@@ -149,11 +163,12 @@ def cost_curve(smap: SensitivityMap, float_bytes: int, tie: tuple[str, ...] = ()
 
 
 def allocate(smap: SensitivityMap, budget_bytes: int, float_bytes: int, tie: tuple[str, ...] = (),
-             resolution: int = RESOLUTION, curve: bool = True) -> Allocation:
-    """The formats minimising the predicted KL with at most `budget_bytes` of weights in all.
+             resolution: int = RESOLUTION, curve: bool = True, exclude: tuple[str, ...] = ()) -> Allocation:
+    """The formats minimising the predicted KL with at most `budget_bytes` of weights in all, none of them
+    in `exclude` (format names the map scored but the allocation may not use).
 
     LabError when even the smallest formats do not fit, naming the smallest size possible."""
-    items = _items(smap, float_bytes, tie)
+    items = _items(smap, float_bytes, tie, exclude)
     fixed = fixed_bytes(smap, float_bytes)
     base = fixed + int(sum(it.bytes.min() for it in items))
     if budget_bytes < base:
@@ -170,7 +185,7 @@ def allocate(smap: SensitivityMap, budget_bytes: int, float_bytes: int, tie: tup
     formats = {m.name: formats[m.name] for m in smap.modules}  # the map's order
     kl, total = predict(smap, formats, float_bytes)
     return Allocation(formats, kl, total, int(budget_bytes), float_bytes,
-                      cost_curve(smap, float_bytes, tie) if curve else [])
+                      cost_curve(smap, float_bytes, tie, exclude=exclude) if curve else [])
 
 
 def pattern_for(names: list[str]) -> str:

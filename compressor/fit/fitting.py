@@ -17,9 +17,9 @@ import yaml
 
 from compressor.engine.stage import fallback_group
 from compressor.errors import LabError
-from compressor.fit.allocator import Allocation, allocate, cost_curve, predict
+from compressor.fit.allocator import Allocation, allocate, check_exclude, cost_curve, predict
 from compressor.fit.budget import Budget, float_bytes_for, parse_budget, weight_budget_bytes
-from compressor.fit.formats import FP, Format
+from compressor.fit.formats import FP, NOT_OFFERED, Format
 from compressor.fit.recipe import recipe_from_formats
 from compressor.fit.sensitivity import SensitivityMap, sensitivity_map
 
@@ -93,8 +93,10 @@ def uniform_formats(smap: SensitivityMap, fmt: str) -> dict[str, str] | None:
     return out
 
 
-def fit_map(smap: SensitivityMap, budget: Budget, tie: tuple[str, ...] = ()) -> FitResult:
-    """Allocate formats on `smap` for `budget`; the result's recipe is None when everything stays float."""
+def fit_map(smap: SensitivityMap, budget: Budget, tie: tuple[str, ...] = (),
+            exclude: tuple[str, ...] = NOT_OFFERED) -> FitResult:
+    """Allocate formats on `smap` for `budget`, none in `exclude`; the result's recipe is None when
+    everything stays float."""
     t0 = time.perf_counter()
     float_bytes = float_bytes_for(budget, smap)
     budget_bytes, detail = weight_budget_bytes(budget, smap, float_bytes)
@@ -102,7 +104,7 @@ def fit_map(smap: SensitivityMap, budget: Budget, tie: tuple[str, ...] = ()) -> 
         raise LabError(f"{budget.label()}: the KV cache and runtime overhead alone take "
                        f"{(detail['usable_memory'] - budget_bytes) / 2**30:.2f} GiB of {detail['usable_memory'] / 2**30:.2f} "
                        "GiB usable, leaving nothing for the weights: use a shorter context or a smaller batch")
-    alloc = allocate(smap, budget_bytes, float_bytes, tie)
+    alloc = allocate(smap, budget_bytes, float_bytes, tie, exclude=tuple(exclude))
     quantized = any(f != FP for f in alloc.formats.values())
     recipe = recipe_from_formats(smap, alloc.formats) if quantized else None
     uniform = []
@@ -131,12 +133,13 @@ def measure_map(model, tokenizer, *, name: str, calibration: str = "builtin", n_
 
 
 def fit(spec: str, budget: str, context: int = 2048, batch: int = 1, *, tie: tuple[str, ...] = (),
-        calibration: str = "builtin", n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
+        exclude: tuple[str, ...] = NOT_OFFERED, calibration: str = "builtin", n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
         cache: bool = True, progress: Callable[[float, str], None] | None = None,
         log: Callable[[str], None] | None = None) -> tuple[FitResult, SensitivityMap]:
     """Load `spec`, measure (or read) its sensitivity map and fit it to `budget`. The budget is checked
     before the model loads."""
     parsed = parse_budget(budget, context, batch)
+    check_exclude(exclude)
     if parsed.kind == "hardware":
         from compressor.measure.hardware import get_profile
 
@@ -148,7 +151,7 @@ def fit(spec: str, budget: str, context: int = 2048, batch: int = 1, *, tie: tup
     load_s = time.perf_counter() - t0
     smap = measure_map(model, tokenizer, name=spec, calibration=calibration, n_samples=n_samples, seq_len=seq_len,
                        cache=cache, progress=progress)
-    result = fit_map(smap, parsed, tie)
+    result = fit_map(smap, parsed, tie, exclude)
     result.seconds["load"] = round(load_s, 2)
     return result, smap
 

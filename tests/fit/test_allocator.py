@@ -76,3 +76,17 @@ def test_a_budget_below_the_smallest_model_names_the_smallest():
     lo = predict(smap, {m.name: "w2g32" for m in smap.modules}, 4)[1]
     with pytest.raises(LabError, match="below the smallest"):
         allocate(smap, lo - 1, 4)
+
+
+def test_excluded_formats_are_never_given_and_bad_exclusions_are_refused():
+    smap = synthetic_map(3)
+    lo, hi = predict(smap, {m.name: "w2g32" for m in smap.modules}, 4)[1], predict(smap, {}, 4)[1]
+    budget = int(lo + 0.1 * (hi - lo))
+    free = allocate(smap, budget, 4, curve=False)
+    assert "w4g32" in free.formats.values()  # so excluding it changes something
+    without = allocate(smap, budget, 4, curve=False, exclude=("w4g32",))
+    assert "w4g32" not in without.formats.values() and without.bytes <= budget
+    assert without.predicted_kl >= free.predicted_kl
+    for bad, match in (("fp", "may stay float"), ("w5g7", "not known")):
+        with pytest.raises(LabError, match=match):
+            allocate(smap, budget, 4, exclude=(bad,))

@@ -42,7 +42,8 @@ def test_fit_writes_a_recipe_that_loads(tiny_folder, tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [(["--budget", "lots"], "not understood"),
                                         (["--budget", "hardware:tpu9"], "not a known profile"),
                                         (["--budget", "4bits", "--samples", "0"], "--samples=0"),
-                                        (["--budget", "4bits", "--out", "r.json"], "give a .yaml")])
+                                        (["--budget", "4bits", "--out", "r.json"], "give a .yaml"),
+                                        (["--budget", "4bits", "--exclude", "w4pc,fp"], "may stay float")])
 def test_bad_input_is_refused_before_the_model_loads(argv, match, monkeypatch):
     def no_load(*a, **k):
         raise AssertionError("loaded the model")
