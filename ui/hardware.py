@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -108,9 +109,11 @@ def details_markdown(report: Report) -> str:
         lines.append("**Environment:** " + ", ".join(f"{k} {v}" for k, v in env.items() if v not in (None, "")))
     t = report.timings
     shown = [f"{fd.name.removesuffix('_s')} {f.fmt_duration(getattr(t, fd.name))}" for fd in dataclasses.fields(t)
-             if fd.name != "baseline_cached" and f.is_number(getattr(t, fd.name))]
+             if fd.name.endswith("_s") and f.is_number(getattr(t, fd.name))]  # durations; not the cache's date
+    cached = (" (baseline from cache" + (time.strftime(", measured %d %b %H:%M", time.localtime(t.baseline_cached_at))
+                                         if f.is_number(t.baseline_cached_at) else "") + ")") if t.baseline_cached else ""
     if shown:
-        lines.append("**Timings:** " + ", ".join(shown) + (" (baseline from cache)" if t.baseline_cached else ""))
+        lines.append("**Timings:** " + ", ".join(shown) + cached)
     for w in dict.fromkeys(report.warnings + c.warnings):
         lines.append(f"- warning: {w}")
     return "\n\n".join(lines)

@@ -132,6 +132,12 @@ def test_details_list_integer_timings():
     assert "total 3.0 s" in details_markdown(opened({"timings": {"total_s": 3}}))
 
 
+def test_details_give_the_cached_baselines_date_not_as_a_duration():
+    text = details_markdown(opened({"timings": {"total_s": 3, "baseline_cached": True,
+                                                "baseline_cached_at": 1.8e9}}))
+    assert "baseline_cached_at" not in text and "(baseline from cache, measured " in text and "total 3.0 s" in text
+
+
 def test_a_list_recipe_is_labelled_by_its_stages_not_its_python_repr():
     stages = [{"method": "rtn", "bits": 4, "group_size": 128}, {"method": "kivi", "bits": 2}]
     # the recipe as it ran: kivi's default group size included
