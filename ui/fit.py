@@ -4,7 +4,7 @@ and the sensitivity heatmap. The recipe is an ordinary one: the page's Run butto
 
 The first fit of a model runs a job (compressor.fit.job:fit_job, in a worker process of its own manager:
 `make_fit_manager`) that measures the model's sensitivity map, cached in the data folder; the map comes
-back to the page, which keeps it, so moving the budget afterwards re-allocates here in under a second.
+back to the page, which keeps it, so moving the budget afterwards re-allocates here in seconds, no job.
 
     panel = fit_panel(fit_manager, settings.model, settings.hardware, settings.recipe, visitor,
                       settings.projection_context, settings.projection_batch)

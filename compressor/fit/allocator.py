@@ -9,8 +9,8 @@ to whole units: the allocation found never exceeds the budget, and is within one
 the exact optimum's bytes (resolution 50,000 and 211 items: 0.4 % of the range). Options that cost
 more bytes and more KL than another option of the same item are dropped first.
 
-The DP's last row is the minimum predicted KL at every budget up to the maximum, which is the cost
-curve the page plots (`cost_curve`) at no extra cost.
+The DP's last row is the minimum predicted KL at every budget up to its capacity: `cost_curve` solves
+once over the whole range (every module float at the top) and reads the curve the page plots from it.
 """
 
 from __future__ import annotations

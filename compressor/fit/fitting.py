@@ -3,7 +3,7 @@
     result = fit("smollm2-135m", "3.5bits")             # or "1.2GiB", "hardware:t4" with context/batch
     print(result.recipe_yaml)                           # an ordinary recipe: run it like any other
 
-`fit_map(smap, budget)` does the second half from a map alone, in well under a second: the page keeps a
+`fit_map(smap, budget)` does the second half from a map alone, in seconds (SmolLM2): the page keeps a
 model's map and re-allocates as the budget slider moves.
 """
 
