@@ -8,6 +8,7 @@
     recipe.py       an allocation as an ordinary RTN recipe with per-module overrides, and back
     fitting.py      fit(spec, budget) and fit_map(map, budget): the whole path, typed results
     job.py          the page's job target
+    sweeps.py       sweeps' `budget:` entries: the fitted recipe per model (`register()`)
 
 Layering: imports compressor.engine, compressor.measure and compressor.models; the CLI and the page
 import it. See docs/fit.md.
