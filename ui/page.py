@@ -1,10 +1,10 @@
 """The page: the panels assembled side by side, and how it is launched.
 
-    settings column              results column (tabs)
-    ---------------              ---------------------
-    model, recipe, hardware,     Result (cards, samples, prompt box) · Plots · Hardware (projection)
-    evaluation, run / cancel     · Download (the model in each format) · Compare · Sweep · History
-                                 · How to read this;  raw report and log below
+    settings column                  results column (tabs)
+    ---------------                  ---------------------
+    model, recipe (presets, with     Result (cards, samples, prompt box) · Plots · Hardware (projection)
+    "Fit to hardware" under them),   · Download (the model in each format) · Compare · Sweep · History
+    hardware, evaluation, run/cancel · How to read this;  raw report and log below
 
 The HTTP API (gradio_client, /gradio_api/info) is what a script needs: run, cancel, ask, show_run,
 check_recipe, history, export_csv, export_json, download_model. Every other listener only keeps the
@@ -24,6 +24,7 @@ from ui.backend import make_managers
 from ui.compare import compare_choices, compare_panel
 from ui.export import ExportPanel, export_panel
 from ui.files import AppFiles
+from ui.fit import fit_panel, make_fit_manager
 from ui.hardware import hardware_panel
 from ui.history import history_panel
 from ui.plots import plots_panel
@@ -69,10 +70,12 @@ HOW_TO_READ = """
 """
 
 
-def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.Blocks:
+def build_app(manager: JobManager, ask_manager: JobManager | None = None,
+              fit_manager: JobManager | None = None) -> gr.Blocks:
     """The whole page. `manager` runs compressions (and a sweep's cells); `ask_manager` answers the prompt box
-    (target compressor.runs.ask:answer; None turns the prompt box off). The sweeps and the folders of
-    downloads made here are closed by `stop`."""
+    (target compressor.runs.ask:answer; None turns the prompt box off); `fit_manager` measures sensitivity
+    maps for "Fit to hardware" (ui.fit.make_fit_manager; None leaves the panel out). The sweeps and the
+    folders of downloads made here are closed by `stop`."""
     sessions, files, sweeps = Sessions(), AppFiles(), Sweeps(manager)
     with gr.Blocks(title="Compression Lab", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         visitor = gr.State(None)  # this session's visitor id (ui.visitors), read from the browser on load
@@ -84,7 +87,7 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None) -> gr.
         gr.HTML(HEADER)
         with gr.Row(equal_height=False, elem_classes="lab-main"):
             with gr.Column(scale=2, min_width=300, elem_classes="lab-settings"):
-                settings = settings_panel(demo, visitor, files)
+                settings = settings_panel(demo, visitor, files, _fit_builder(fit_manager, visitor))
             with gr.Column(scale=3, min_width=300, elem_classes="lab-results"):
                 with gr.Tabs() as tabs:
                     with gr.Tab("Result", id="result"):
@@ -140,6 +143,14 @@ def _wire_downloads(tabs: gr.Tabs, link: gr.Textbox, export: ExportPanel) -> Non
     link.change(on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
 
 
+def _fit_builder(fit_manager: JobManager | None, visitor: gr.State):
+    """The "Fit to hardware" panel under the preset picker (ui.fit), given the settings it reads and fills."""
+    if fit_manager is None:
+        return None
+    return lambda model, hardware, recipe, context, batch: fit_panel(fit_manager, model, hardware, recipe, visitor,
+                                                                     context, batch)
+
+
 def launch_kwargs() -> dict:
     """Theme and CSS (Gradio 6 takes them at launch)."""
     return {"theme": gr.themes.Soft(primary_hue="indigo"), "css_paths": [STATIC / "lab.css"],
@@ -149,10 +160,11 @@ def launch_kwargs() -> dict:
 def serve(data_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: int | None = None,
           block: bool = True, quiet: bool = False,
           managers: tuple[JobManager, JobManager | None] | None = None) -> tuple[gr.Blocks, str, tuple]:
-    """Builds and launches the app; returns (demo, local url, managers). With block=False (tests) the
-    caller stops it with `stop(demo, managers)`. `managers` (run, prompt box or None) replace the ones
-    made for `data_dir`."""
+    """Builds and launches the app; returns (demo, local url, managers: run, prompt box, fit). With
+    block=False (tests) the caller stops it with `stop(demo, managers)`. `managers` (run, prompt box or None)
+    replace the ones made for `data_dir`; the fit jobs' manager keeps to a folder under the run manager's."""
     managers = managers or make_managers(data_dir)
+    managers = (*managers[:2], make_fit_manager(managers[0].data_dir))
     demo = build_app(*managers)
     demo.queue(default_concurrency_limit=4)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet,

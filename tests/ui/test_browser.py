@@ -92,6 +92,7 @@ def test_a_run_its_reprojection_and_a_comparison_in_the_browser(browser, served,
     samples = page.locator("#lab-samples .lab-sample")
     assert samples.count() >= 2 and samples.first.locator(".lab-gen").count() == 2
     _shoot(page, "result-desktop", tmp_path)
+    expect(page.locator("#lab-fit")).to_be_visible()  # "Fit to hardware" under the preset picker (ui/fit.py)
 
     # the Download tab builds the run's files when opened: the first click downloads (ui/export.py)
     open_tab(page, "Download")
