@@ -1,7 +1,7 @@
 """The Ray executor against a Ray started here (`ray.init(num_cpus=2)`): real cells on a tiny model land
 their reports in the run store, a worker process killed mid-cell fails that cell only (or is retried), and
 a cancelled sweep stops its cells. Ray's session and the cells' folders live in a temporary folder that
-goes with the Ray (nothing left in /tmp). Skipped without Ray installed (`pip install ray`); what the lab
+goes with the Ray (nothing left in /tmp or ~/.ray). Skipped without Ray installed (`pip install ray`); what the lab
 does without Ray: tests/runs/test_sweep.py and test_sweep_cli.py."""
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def cluster(tmp_path_factory):
         folder = tiny_model_folder(root, mp)
         for name in ("RAY_TMPDIR", "TMPDIR"):  # Ray's session folder, and the workers' tempfile folder
             mp.setenv(name, str(tmp))
+        mp.setenv("RAY_AUTH_MODE", "disabled")  # a cluster of this process only; no token written to ~/.ray
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
         try:
             yield SimpleNamespace(data=folder.parent, tiny=folder, tmp=tmp)
