@@ -73,7 +73,10 @@ def cost_curve(result: FitResult) -> go.Figure:
     if result.uniform:
         fig.add_trace(go.Scatter(x=[u["bytes"] / MiB for u in result.uniform],
                                  y=[u["predicted_kl"] for u in result.uniform], mode="markers+text",
-                                 text=[f"uniform {u['format']}" for u in result.uniform], textposition="top right",
+                                 text=[f"uniform {u['format']}" for u in result.uniform],
+                                 # alternate sides: w4g64 and w4g128 sit a few MiB apart
+                                 textposition=[("top right", "bottom right")[i % 2]
+                                               for i in range(len(result.uniform))],
                                  name="uniform RTN", marker=dict(color=UNIFORM_COLOR, size=8)))
     if a.predicted_kl > 0:
         fig.add_trace(go.Scatter(x=[a.bytes / MiB], y=[a.predicted_kl], mode="markers", name="fitted recipe",

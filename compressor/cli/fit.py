@@ -6,8 +6,8 @@
 
 The first fit of a model measures its sensitivity map (one forward and backward pass per calibration
 sequence: minutes on 2 CPU cores for a 135M model) and caches it in the data folder; later fits of the
-same model at any budget load the model to find the cached map and skip the pass. The recipe is an ordinary recipe: run it with
-`python -m compressor run --model M --recipe recipe.yaml`.
+same model at any budget load the model to find the cached map and skip the pass. The recipe is an
+ordinary recipe: run it with `python -m compressor run --model M --recipe recipe.yaml`.
 """
 
 from __future__ import annotations

@@ -133,8 +133,8 @@ def measure_map(model, tokenizer, *, name: str, calibration: str = "builtin", n_
 
 
 def fit(spec: str, budget: str, context: int = 2048, batch: int = 1, *, tie: tuple[str, ...] = (),
-        exclude: tuple[str, ...] = NOT_OFFERED, calibration: str = "builtin", n_samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN,
-        cache: bool = True, progress: Callable[[float, str], None] | None = None,
+        exclude: tuple[str, ...] = NOT_OFFERED, calibration: str = "builtin", n_samples: int = DEFAULT_SAMPLES,
+        seq_len: int = DEFAULT_SEQ_LEN, cache: bool = True, progress: Callable[[float, str], None] | None = None,
         log: Callable[[str], None] | None = None) -> tuple[FitResult, SensitivityMap]:
     """Load `spec`, measure (or read) its sensitivity map and fit it to `budget`. The budget is checked
     before the model loads."""
