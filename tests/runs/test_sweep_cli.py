@@ -48,7 +48,7 @@ def test_a_sweep_on_this_machine_prints_its_grid_and_writes_every_report(main, t
     out = tmp_path / "sweep.json"
     threads_before = os.environ.get("OMP_NUM_THREADS")
     code = main(["sweep", "--model", str(tiny_folder), "--recipes", "int8,w4-g128", "--eval", MINIMAL_EVAL,
-                 "--hardware", "t4", "--workers", "2", "--json", str(out), "--quiet"])
+                 "--hardware", "t4", "--workers", "1", "--json", str(out), "--quiet"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "2/2 done, 0 running, 0 queued, 0 failed" in printed and "local (" in printed
