@@ -71,13 +71,16 @@ def check_text_size(text: str) -> None:
 def read_recipe_file(path: str | Path) -> str:
     """A recipe file's text: refused when missing, over the size limit, binary or not UTF-8."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise RecipeError("recipe", path.name, "is a folder, not a recipe file: give the .yaml or .json file in it")
     if not path.is_file():
         raise RecipeError("recipe", path.name, "no such recipe file: check the path")
-    size = path.stat().st_size
-    if size > 4 * MAX_RECIPE_CHARS:  # UTF-8 is at most 4 bytes a character: larger cannot fit
-        raise RecipeError("recipe", path.name, f"the file is {size:,} bytes; a recipe is at most "
+    limit = 4 * MAX_RECIPE_CHARS  # UTF-8 is at most 4 bytes a character: larger cannot fit
+    with path.open("rb") as f:
+        data = f.read(limit + 1)  # never more, even if the file grows after a look at its size
+    if len(data) > limit:
+        raise RecipeError("recipe", path.name, f"the file is {path.stat().st_size:,} bytes; a recipe is at most "
                           f"{MAX_RECIPE_CHARS:,} characters (MAX_RECIPE_CHARS)")
-    data = path.read_bytes()
     if b"\0" in data:
         raise RecipeError("recipe", path.name, "the file is binary (it holds NUL bytes), not YAML or JSON text")
     try:

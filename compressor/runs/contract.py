@@ -105,7 +105,10 @@ class RunRequest(Record):
         if not isinstance(d["recipe"], str | dict | list | Recipe):
             raise LabError(f"request 'recipe'={d['recipe']!r} must be a preset name, YAML/JSON text, a mapping or a "
                            "list of stages.")
-        d.pop("schema_version", None)
+        version = d.pop("schema_version", SCHEMA_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+            raise LabError(f"request 'schema_version'={version!r} is not one this lab reads (1 to {SCHEMA_VERSION}): "
+                           "leave it out, or update the lab")
         return cls(**d)
 
 

@@ -7,6 +7,9 @@ YAML aliases, nodes, nesting, stages, regex patterns) live with the recipe parse
     check_prompt(text)                      the prompt box
     check_upload(owner, path_or_size)       one uploaded file: its size, and the visitor's quota
     check_payload_size(payload_json)        a job payload before the store keeps it
+    check_model_spec(spec)                  a model name, hub id or folder as a request gives it
+    check_hardware_id(profile_id)           a hardware profile id's length (get_profile says if it exists)
+    check_projection(context, batch)        where a request asks the hardware projection to be made
 
 Standard library only: the job manager imports this module before torch.
 """
@@ -26,6 +29,10 @@ MAX_UPLOAD_BYTES = 256 * 1024  # one uploaded file (recipes are YAML or JSON tex
 UPLOAD_QUOTA_BYTES = 4 * 2**20  # what one visitor may upload per window
 UPLOAD_QUOTA_FILES = 50  # files one visitor may upload per window
 UPLOAD_WINDOW_S = 3600.0
+MAX_MODEL_CHARS = 200  # hub ids are at most 96 characters; a folder path a little more
+MAX_HARDWARE_CHARS = 64  # profile ids are file stems ("a100-80gb"); a longer one is no file name
+PROJECTION_CONTEXTS = (16, 1_048_576)  # tokens (lowest, highest); the projection clamps to the model's positions
+PROJECTION_BATCHES = (1, 4096)
 
 
 def _kib(n: int) -> str:
@@ -37,6 +44,37 @@ def check_payload_size(payload_json: str) -> None:
     if n > MAX_PAYLOAD_BYTES:
         raise LabError(f"the run request is {_kib(n)} of JSON; the limit is {_kib(MAX_PAYLOAD_BYTES)} "
                        f"(MAX_PAYLOAD_BYTES={MAX_PAYLOAD_BYTES}): send a preset name or a shorter recipe")
+
+
+def check_model_spec(spec: str) -> str:
+    """`spec` unless it is longer than MAX_MODEL_CHARS or holds control characters (a NUL ends a path
+    early in C): LabError naming the limit."""
+    if len(spec) > MAX_MODEL_CHARS:
+        raise LabError(f"the model name has {len(spec):,} characters; the limit is {MAX_MODEL_CHARS} "
+                       "(MAX_MODEL_CHARS): give a hub id (org/name), a catalog name or a local folder")
+    if any(ord(c) < 32 or ord(c) == 127 for c in spec):
+        raise LabError(f"the model name {spec[:60]!r} holds control characters: give a hub id (org/name), a "
+                       "catalog name or a local folder")
+    return spec
+
+
+def check_hardware_id(profile_id: str) -> str:
+    """`profile_id` unless it is longer than MAX_HARDWARE_CHARS (LabError naming the limit); whether
+    such a profile exists is `compressor.measure.hardware.get_profile`'s to say."""
+    if len(profile_id) > MAX_HARDWARE_CHARS:
+        raise LabError(f"the hardware id has {len(profile_id):,} characters; the limit is {MAX_HARDWARE_CHARS} "
+                       "(MAX_HARDWARE_CHARS): use a profile id from `python -m compressor hardware`, e.g. t4")
+    return profile_id
+
+
+def check_projection(context: int, batch: int) -> None:
+    """LabError unless the projection's context and batch are within PROJECTION_CONTEXTS and
+    PROJECTION_BATCHES (a batch of a billion would only make the arithmetic's figures meaningless)."""
+    for name, value, (lo, hi) in (("projection_context", context, PROJECTION_CONTEXTS),
+                                  ("projection_batch", batch, PROJECTION_BATCHES)):
+        if not lo <= value <= hi:
+            raise LabError(f"request '{name}'={value:,} is out of range: use {lo:,} to {hi:,} "
+                           f"({'PROJECTION_CONTEXTS' if name == 'projection_context' else 'PROJECTION_BATCHES'})")
 
 
 def check_prompt(prompt: object) -> str:
@@ -110,6 +148,10 @@ def limits_table() -> dict[str, tuple[int | float, str]]:
     return {**bounds.limits_table(),
             "MAX_PAYLOAD_BYTES": (MAX_PAYLOAD_BYTES, "bytes of one run request's JSON"),
             "MAX_PROMPT_CHARS": (MAX_PROMPT_CHARS, "characters of a prompt-box prompt"),
+            "MAX_MODEL_CHARS": (MAX_MODEL_CHARS, "characters of a model name, hub id or folder in a request"),
+            "MAX_HARDWARE_CHARS": (MAX_HARDWARE_CHARS, "characters of a hardware profile id in a request"),
+            "PROJECTION_CONTEXTS": (PROJECTION_CONTEXTS, "lowest and highest projection context, tokens"),
+            "PROJECTION_BATCHES": (PROJECTION_BATCHES, "lowest and highest projection batch"),
             "MAX_UPLOAD_BYTES": (MAX_UPLOAD_BYTES, "bytes of one uploaded file"),
             "UPLOAD_QUOTA_BYTES": (UPLOAD_QUOTA_BYTES, f"bytes one visitor may upload per {UPLOAD_WINDOW_S:g} s"),
             "UPLOAD_QUOTA_FILES": (UPLOAD_QUOTA_FILES, f"files one visitor may upload per {UPLOAD_WINDOW_S:g} s")}

@@ -28,6 +28,7 @@ from compressor.measure.generation import check_positions
 from compressor.measure.quality import Reference
 from compressor.progress import Progress
 from compressor.runs import fingerprint as fp
+from compressor.runs import limits
 from compressor.runs.contract import ModelInfo, Report, RunRequest, Sample, Timings
 from compressor.runs.footprint import float16_weight_bytes, footprint
 from compressor.runs.measure_model import (
@@ -72,10 +73,21 @@ class _Phases:
         return forward
 
 
+def check_request(request: RunRequest) -> RunRequest:
+    """`request` unless a bound of compressor/runs/limits.py or the hardware id refuses it (LabError
+    naming the limit or the known ids): milliseconds, no model file read. Config-only checks against
+    the model are `preflight`'s."""
+    limits.check_model_spec(request.model)
+    limits.check_projection(request.projection_context, request.projection_batch)
+    if request.hardware != hw.THIS_MACHINE:
+        hw.get_profile(limits.check_hardware_id(request.hardware))  # "this-machine" is probed when projecting
+    return request
+
+
 def check_payload(payload: dict) -> RunRequest:
-    """A job payload read as a RunRequest (LabError otherwise): what a JobManager's `check_payload`
-    runs before storing a submission. Config-only checks against the model are `preflight`'s."""
-    return RunRequest.from_dict(payload)
+    """A job payload read as a RunRequest and checked (`check_request`; LabError otherwise): what a
+    JobManager's `check_payload` runs before storing a submission."""
+    return check_request(RunRequest.from_dict(payload))
 
 
 def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None] | None = None,
@@ -99,8 +111,7 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     t_start = time.perf_counter()
     phases = _Phases(progress)
     settings = request.eval
-    if request.hardware != hw.THIS_MACHINE:
-        hw.get_profile(request.hardware)  # a bad id fails now; "this-machine" is probed when projecting
+    check_request(request)  # the CLI's request too: the same bounds as a job payload's
 
     phases.emit("load", 0.0, f"checking {request.model} and the recipe (config only)")
     t0 = time.perf_counter()

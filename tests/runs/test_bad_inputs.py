@@ -34,11 +34,11 @@ BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b
        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nstages: [{method: rtn}]\n"
 
 
-@pytest.fixture
-def data(tmp_path, monkeypatch):
-    """A data folder with model folders that are broken in one way each."""
-    folder = tmp_path / "data"
-    monkeypatch.setenv("LAB_DATA_DIR", str(folder))
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A data folder (LAB_DATA_DIR for the whole module) with model folders broken in one way each, and
+    bad recipe files; made once: every case only reads it."""
+    folder = tmp_path_factory.mktemp("bad") / "data"
     config = json.loads((DEMO_DIR / "config.json").read_text())
     broken = {"malformed": '{"architectures": ["LlamaForCausalLM"], "hidden_size": 256,', "a-list": "[1, 2, 3]",
               "negative": json.dumps({**config, "hidden_size": -256}),
@@ -53,8 +53,11 @@ def data(tmp_path, monkeypatch):
     (folder / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (folder / "huge.yaml").write_text("# padding\n" * 20_000)
     (folder / "bomb.yaml").write_text(BOMB)
+    (folder / "a-folder.yaml").mkdir()
     (folder / "a-file").write_text("not a folder")
-    return folder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAB_DATA_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +85,7 @@ CLI = [  # (extra argv after `run`, what the message must say); every one exits 
     (["--recipe", "{data}/latin1.yaml"], r"not UTF-8 text \(byte 0xe9 at offset \d+\): save it as UTF-8"),
     (["--recipe", "{data}/binary.yaml"], "binary .*NUL bytes"),
     (["--recipe", "{data}/huge.yaml"], r"at most 32,768 characters \(MAX_RECIPE_CHARS\)"),
-    (["--recipe", "{data}/missing.yaml"], "no such recipe file"),
+    (["--recipe", "{data}/missing.yaml"], "no such recipe file: check the path"),
     (["--recipe", "{data}/bomb.yaml"], "YAML aliases"),
     (["--recipe", BOMB], "YAML aliases"),
     (["--recipe", "[" * 2000 + "]" * 2000], r"nests at most 8 levels \(MAX_RECIPE_DEPTH\)"),
@@ -93,34 +96,54 @@ CLI = [  # (extra argv after `run`, what the message must say); every one exits 
     (["--recipe", "{method: rtn, targets: '(x)\\1'}"], "backreferences"),
     (["--recipe", "{method: rtn, targets: '(unclosed'}"], "not a valid regular expression"),
     (["--recipe", "{method: rtn, bits: 5}"], "bits=5 is not valid: choose one of"),
-    (["--recipe", "{method: nosuch}"], "nosuch"),
-    (["--recipe", "{method: rtn, colour: red}"], "colour"),
+    (["--recipe", "{method: nosuch}"], "method='nosuch' is not valid: known methods are awq"),
+    (["--recipe", "{method: rtn, colour: red}"], "colour='red' is not valid: rtn has the fields bits"),
     (["--recipe", "{a: ["], "not valid JSON or YAML"),
-    (["--recipe", "42"], "not a preset name"),
-    (["--recipe", "   "], "empty"),
+    (["--recipe", "42"], r"not a preset name \(known: int8"),
+    (["--recipe", "   "], "empty: give a preset name"),
     (["--recipe", "{method: rtn, bits: 4, group_size: 7, group_fallback: false}"], "group size must divide in_features 256"),
     (["--recipe", "{method: rtn, targets: nomatch}"], "matches no linear layer"),
     (["--recipe", "w4-g128", "--model", "{data}/malformed"], "config cannot be read .*JSONDecodeError"),
-    (["--recipe", "w4-g128", "--model", "{data}/a-list"], "config cannot be read"),
+    (["--recipe", "w4-g128", "--model", "{data}/a-list"], "config cannot be read .*must be a JSON mapping"),
     (["--recipe", "w4-g128", "--model", "{data}/negative"], "hidden_size=-256, outside what real models have"),
     (["--recipe", "w4-g128", "--model", "{data}/zero-layers"], "num_hidden_layers=0"),
     (["--recipe", "w4-g128", "--model", "{data}/huge-layers"], "num_hidden_layers=100000"),
-    (["--recipe", "w4-g128", "--model", "{data}/pickled"], "pickle"),
-    (["--recipe", "w4-g128", "--model", "{data}/nothing-here"], "nothing-here"),
+    (["--recipe", "w4-g128", "--model", "{data}/pickled"], "Convert them to safetensors, or opt in with allow_pickle"),
+    (["--recipe", "w4-g128", "--model", "{data}/nothing-here"], "nothing-here' does not exist"),
     (["--recipe", "w4-g128", "--model", "/etc"], "LAB_ALLOWED_MODEL_DIRS"),
-    (["--recipe", "w4-g128", "--model", "no-org/no-such-model-xyz"], "no-such-model-xyz"),
-    (["--recipe", "w4-g128", "--hardware", "h1000"], "h1000 is not a known profile|'h1000' is not a known"),
+    (["--recipe", "w4-g128", "--model", "no-org/no-such-model-xyz"], "no-such-model-xyz'.*Use the bundled model 'demo'"),
+    (["--recipe", "w4-g128", "--hardware", "h1000"], "'h1000' is not a known profile: use one of this-machine"),
     (["--recipe", "w4-g128", "--context", "100000"], r"context=100000 is not valid: use an integer in \[16, 8192\]"),
     (["--recipe", "w4-g128", "--samples", "-1"], "arithmetic_samples=-1"),
     (["--recipe", "w4-g128", "--ppl-tokens", "5"], "ppl_tokens=5"),
     (["--recipe", "w4-g128", "--max-new-tokens", "0"], "max_new_tokens=0"),
-    (["--recipe", "w4-g128", "--context", "1024"], "max_position_embeddings|positions"),
-    (["--recipe", "w4-g128", "--projection-context", "0"], "projection_context"),
-    (["--recipe", "w4-g128", "--projection-batch", "-3"], "projection_batch"),
-    (["--recipe", "w4-g128", "--device", "tpu"], "tpu"),
+    (["--recipe", "w4-g128", "--context", "1024"], "beyond the model's max_position_embeddings=512: use context <= 511"),
+    (["--recipe", "w4-g128", "--projection-context", "0"], "'projection_context'=0 must be a positive integer"),
+    (["--recipe", "w4-g128", "--projection-batch", "-3"], "'projection_batch'=-3 must be a positive integer"),
+    (["--recipe", "w4-g128", "--device", "tpu"], "device='tpu' is not a device: use 'cpu' or 'cuda'"),
+    (["--recipe", "w4-g128", "--projection-context", "2000000"], r"'projection_context'=2,000,000 is out of range: use 16 to 1,048,576"),
+    (["--recipe", "w4-g128", "--projection-batch", "100000"], r"\(PROJECTION_BATCHES\)"),
+    (["--recipe", "w4-g128", "--model", "x" * 300], r"the limit is 200 \(MAX_MODEL_CHARS\)"),
+    (["--recipe", "w4-g128", "--hardware", "x" * 300], r"the limit is 64 \(MAX_HARDWARE_CHARS\)"),
+    (["--recipe", "w4-g128", "--model", "../../etc"], "outside the allowed folders .*LAB_ALLOWED_MODEL_DIRS"),
+    (["--recipe", "{data}/a-folder.yaml"], "is a folder, not a recipe file"),
+    (["--recipe", "stages: []"], "needs at least one stage, e.g."),
+    (["--recipe", "{stages: rtn}"], "give a list of stages"),
+    (["--recipe", "{method: rtn, group_size: 0}"], "group_size=0 is not valid: use a positive group size"),
+    (["--recipe", "{method: wanda, sparsity: 1.5}"], r"sparsity=1.5 is not valid: use a fraction in \[0, 1\)"),
+    (["--recipe", "{method: smoothquant, alpha: 7}"], r"alpha=7 is not valid: use a migration strength in \[0, 1\]"),
+    (["--recipe", "{method: gptq, damp: -1}"], "damp=-1 is not valid: gptq has the fields"),
+    (["--recipe", "{method: rtn, targets: '" + "x" * 300 + "'}"], r"at most 256 characters \(MAX_PATTERN_CHARS\)"),
+    (["--recipe", "!!python/object/apply:os.system ['echo hi']"], "not a preset name"),
+    (["--recipe", "{method: rtn, bits: 4e100000}"], "bits='4e100000' is not valid: choose one of"),
     (["--recipe", "w4-g128", "--json", "{data}"], "is a folder: give a file name"),
     (["--recipe", "w4-g128", "--json", "{data}/a-file/report.json"], "is a file, not a folder"),
     (["--recipe", "w4-g128", "--json", "/proc/version/report.json"], "is a file, not a folder"),
+    # refused by the argument parser: usage and one line, exit 2
+    (["--recipe", "w4-g128", "--context", "abc"], "argument --context: invalid int value: 'abc'"),
+    (["--recipe", "w4-g128", "--eval", "instant"], r"argument --eval: invalid choice: 'instant' \(choose from 'quick'"),
+    (["--recipe", "w4-g128", "--colour", "red"], "unrecognized arguments: --colour red"),
+    (["--model", "demo"], "the following arguments are required: --recipe"),
 ]
 
 
@@ -131,7 +154,10 @@ def test_a_bad_command_line_gets_a_clear_message_and_exit_2(data, capsys, extra,
         argv += ["--model", "demo"]
 
     def call() -> str:
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as e:  # the argument parser's refusals
+            code = e.code
         out = capsys.readouterr()
         assert code == 2, out.err[-2000:]
         assert "loading" not in out.err  # refused before any weight loads
@@ -139,6 +165,14 @@ def test_a_bad_command_line_gets_a_clear_message_and_exit_2(data, capsys, extra,
 
     _answered(call, needle)
     assert request_from_args(build_parser().parse_args(GOOD)).model == "demo"  # the next request is fine
+
+
+def test_after_the_command_line_battery_a_normal_run_succeeds(data, capsys):
+    """In the process that answered every case above (the data folder's baseline cache is empty)."""
+    argv = [*GOOD, "--hardware", "t4", "--samples", "2", "--ppl-tokens", "128", "--max-new-tokens", "2"]
+    assert main(argv) == 0, capsys.readouterr().err[-2000:]
+    table = capsys.readouterr().out
+    assert "KL to baseline" in table and "[projection] hardware t4" in table
 
 
 def test_an_unexpected_failure_is_one_line_not_a_traceback(capsys, monkeypatch):
@@ -156,8 +190,17 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(capsys, monkeypatch):
 
 GOOD_PAYLOAD = {"model": "demo", "recipe": "int8", "hardware": "t4", "eval": {"ppl_tokens": 128, "arithmetic_samples": 4,
                                                                      "max_new_tokens": 2}}
-API = [  # (payload or a function of the manager, what the message must say)
-    ("not a mapping", "must be a mapping|must be a dict"),
+
+
+def _nested(depth: int) -> dict:
+    d: dict = {"method": "rtn"}
+    for _ in range(depth):
+        d = {"a": d}
+    return d
+
+
+API = [  # (payload, what the message must say)
+    ("not a mapping", "a run request must be a mapping, got str"),
     ({**GOOD_PAYLOAD, "recipe": BOMB}, "YAML aliases"),
     ({**GOOD_PAYLOAD, "recipe": "x" * 40_000}, r"\(MAX_RECIPE_CHARS\)"),
     ({**GOOD_PAYLOAD, "recipe": {"stages": [{"method": "rtn"}] * 20}}, r"\(MAX_STAGES\)"),
@@ -165,19 +208,37 @@ API = [  # (payload or a function of the manager, what the message must say)
     ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "overrides": [{"pattern": "x"}] * 40}}, r"\(MAX_LIST_ITEMS\)"),
     ({**GOOD_PAYLOAD, "recipe": "/etc/passwd.yaml"}, "not a file name: paste the file's text"),
     ({**GOOD_PAYLOAD, "recipe": 42}, "must be a preset name"),
-    ({**GOOD_PAYLOAD, "pad": "x" * 300_000}, "unknown request key|MAX_PAYLOAD_BYTES"),
+    ({**GOOD_PAYLOAD, "pad": "x" * 300_000}, r"unknown request key\(s\) \['pad'\]: known are"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "targets": ["a"] * 30_000}}, r"at most 2,000 values \(MAX_RECIPE_NODES\)"),
     ({**GOOD_PAYLOAD, "eval": {"preset": "instant"}}, "eval preset 'instant' is not known: use one of quick"),
     ({**GOOD_PAYLOAD, "eval": {"repeats": 1000}}, r"repeats=1000 is not valid: use an integer in \[1, 20\]"),
     ({**GOOD_PAYLOAD, "eval": {"context": "256"}}, "context='256' is not valid"),
     ({**GOOD_PAYLOAD, "eval": [1, 2]}, "must be a mapping of eval settings"),
     ({**GOOD_PAYLOAD, "allow_pickle": "yes"}, "must be true or false"),
     ({**GOOD_PAYLOAD, "trust_remote_code": 1}, "must be true or false"),
-    ({**GOOD_PAYLOAD, "model": ""}, "needs 'model'"),
-    ({**GOOD_PAYLOAD, "model": "   "}, "must be a non-empty string"),
-    ({**GOOD_PAYLOAD, "projection_context": -1}, "must be a positive integer"),
-    ({**GOOD_PAYLOAD, "projection_batch": True}, "must be a positive integer"),
+    ({**GOOD_PAYLOAD, "model": ""}, "needs 'model' \\(e.g. 'demo'\\)"),
+    ({**GOOD_PAYLOAD, "model": "   "}, "'model'='   ' must be a non-empty string, e.g. 'demo'"),
+    ({**GOOD_PAYLOAD, "projection_context": -1}, "must be a positive integer, e.g. 2048"),
+    ({**GOOD_PAYLOAD, "projection_batch": True}, "must be a positive integer, e.g. 1"),
     ({**GOOD_PAYLOAD, "surprise": 1}, r"unknown request key\(s\) \['surprise'\]"),
-    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "bits": float("nan")}}, "not valid|JSON"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "bits": float("nan")}}, r"bits=nan is not valid: choose one of \(2, 3, 4, 8\)"),
+    ({**GOOD_PAYLOAD, "hardware": "h1000"}, "hardware='h1000' is not a known profile: use one of"),
+    ({**GOOD_PAYLOAD, "hardware": "x" * 5000}, r"the limit is 64 \(MAX_HARDWARE_CHARS\): use a profile id"),
+    ({**GOOD_PAYLOAD, "hardware": 5}, "'hardware'=5 must be a non-empty string, e.g. 'this-machine'"),
+    ({**GOOD_PAYLOAD, "model": "x" * 5000}, r"5,000 characters; the limit is 200 \(MAX_MODEL_CHARS\)"),
+    ({**GOOD_PAYLOAD, "model": "demo\x00"}, "holds control characters: give a hub id"),
+    ({**GOOD_PAYLOAD, "projection_context": 10**12}, r"out of range: use 16 to 1,048,576 \(PROJECTION_CONTEXTS\)"),
+    ({**GOOD_PAYLOAD, "projection_batch": 10**9}, r"out of range: use 1 to 4,096 \(PROJECTION_BATCHES\)"),
+    ({**GOOD_PAYLOAD, "schema_version": 99}, r"'schema_version'=99 is not one this lab reads \(1 to 2\)"),
+    ({**GOOD_PAYLOAD, "recipe": []}, "needs at least one stage, e.g."),
+    ({**GOOD_PAYLOAD, "recipe": {"stages": "rtn"}}, "give a list of stages"),
+    ({**GOOD_PAYLOAD, "recipe": _nested(3000)}, r"nests at most 8 levels \(MAX_RECIPE_DEPTH\)"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "bits": 10**400}}, "is not valid: choose one of"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "overrides": [{"pattern": "(a+)+", "bits": 8}]}},
+     "holds another quantifier"),
+    ({**GOOD_PAYLOAD, "eval": {"speed": "fast"}}, r"unknown eval setting\(s\) \['speed'\]: known are"),
+    ({**GOOD_PAYLOAD, "eval": {"ppl_tokens": 10**400}}, r"is not valid: use an integer in \[128, 65536\]"),
+    ({**GOOD_PAYLOAD, "eval": {"ppl_tokens": float("inf")}}, r"ppl_tokens=inf is not valid: use an integer in"),
 ]
 
 
@@ -231,34 +292,38 @@ def test_a_visitor_cannot_touch_another_visitors_runs_or_overfill_the_queue(api)
 
 
 WORKER = [  # payloads valid at the edge that the run refuses in the worker before loading weights
-    ({**GOOD_PAYLOAD, "hardware": "h1000"}, "hardware='h1000' is not a known profile"),
-    ({**GOOD_PAYLOAD, "model": "{data}/negative"}, "hidden_size=-256"),
-    ({**GOOD_PAYLOAD, "model": "{data}/malformed"}, "config cannot be read"),
-    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "group_size": 7, "group_fallback": False}}, "group size must divide in_features 256"),
-    ({**GOOD_PAYLOAD, "recipe": {"method": "gptq", "targets": "nomatch"}}, "matches no linear layer"),
-    ({**GOOD_PAYLOAD, "eval": {"context": 4096}}, "max_position_embeddings|positions"),
+    ({**GOOD_PAYLOAD, "model": "{data}/negative"}, "hidden_size=-256, outside what real models have"),
+    ({**GOOD_PAYLOAD, "model": "{data}/malformed"}, "config cannot be read .*must be a JSON mapping"),
+    ({**GOOD_PAYLOAD, "model": "../../etc/passwd"}, "outside the allowed folders .*LAB_ALLOWED_MODEL_DIRS"),
+    ({**GOOD_PAYLOAD, "model": "https://example.com/model"}, "nor a hub id like 'org/name'"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "group_size": 7, "group_fallback": False}},
+     "group size must divide in_features 256 .*: try 128"),
+    ({**GOOD_PAYLOAD, "recipe": {"method": "gptq", "targets": "nomatch"}}, "matches no linear layer .*names look like"),
+    ({**GOOD_PAYLOAD, "eval": {"context": 4096}}, "beyond the model's max_position_embeddings=512: use context <= 511"),
 ]
 
 
-def test_bad_runs_fail_in_the_worker_with_a_message_and_the_next_run_succeeds(tmp_path, monkeypatch, data):
-    with JobManager(tmp_path / "jobs", check_payload=check_payload) as m:
-        assert m.warm_up(timeout=WAIT_S)
-        worker = psutil.Process(m.worker_pids()[0])
-        # what a worker that has run once has imported (the runner, a model's code for the meta device):
-        # growth measured below is then each bad run's own
-        warm = m.wait(m.submit({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "targets": "warm-up"}}, owner="v-a"),
-                      timeout=WAIT_S)
-        assert warm.status == "failed" and "matches no linear layer" in warm.error
-        for payload, needle in WORKER:
-            payload = json.loads(json.dumps(payload).replace("{data}", str(data)))
-            with _peak_rss(worker) as peak:
-                run = m.wait(m.submit(payload, owner="v-a"), timeout=WAIT_S)
-            assert run.status == "failed" and re.search(needle, run.error), run.error
-            assert "Traceback" not in run.error + run.log
-            assert peak["growth"] < MAX_GROWTH_BYTES, f"worker grew {peak['growth'] / 2**20:.0f} MiB"
-        run = m.wait(m.submit(GOOD_PAYLOAD, owner="v-a"), timeout=WAIT_S)
-        assert run.status == "succeeded", run.error
-        assert run.load_report().compressed.kld is not None
+def test_bad_runs_fail_in_the_worker_and_then_the_same_manager_runs_a_normal_request(api, data):
+    """The manager of the whole API battery: after every refusal above and the bad runs here, a normal
+    request runs to the end (a real compressed model, measured)."""
+    assert api.warm_up(timeout=WAIT_S)
+    worker = psutil.Process(api.worker_pids()[0])
+    # what a worker that has run once has imported (the runner, a model's code for the meta device):
+    # growth measured below is then each bad run's own
+    warm = api.wait(api.submit({**GOOD_PAYLOAD, "recipe": {"method": "rtn", "targets": "warm-up"}}, owner="v-a"),
+                    timeout=WAIT_S)
+    assert warm.status == "failed" and "matches no linear layer" in warm.error
+    for payload, needle in WORKER:
+        payload = json.loads(json.dumps(payload).replace("{data}", str(data)))
+        with _peak_rss(worker) as peak:
+            run = api.wait(api.submit(payload, owner="v-a"), timeout=WAIT_S)
+        assert run.status == "failed" and re.search(needle, run.error), run.error
+        assert "Traceback" not in run.error + run.log and str(data) not in run.error  # no server paths either
+        assert peak["growth"] < MAX_GROWTH_BYTES, f"worker grew {peak['growth'] / 2**20:.0f} MiB"
+        assert worker.is_running()  # the same worker takes the next run
+    run = api.wait(api.submit(GOOD_PAYLOAD, owner="v-a"), timeout=WAIT_S)
+    assert run.status == "succeeded", run.error
+    assert run.load_report().compressed.kld is not None
 
 
 class _peak_rss:
@@ -318,7 +383,8 @@ def test_edge_limits_name_the_limit_and_its_number(call, needle):
     assert limits.check_prompt("27+58=") == "27+58="
 
 
-@pytest.mark.parametrize("content", [b"not a database" * 500, b"SQLite format 3\0" + b"\xee" * 4000, b"\0" * 8192])
+@pytest.mark.parametrize("content", [b"not a database" * 500, b"SQLite format 3\0" + b"\xee" * 4000, b"\0" * 8192],
+                         ids=["text", "bad-pages", "zeros"])
 def test_start_up_on_a_damaged_store_says_how_to_recover_and_keeps_the_file(tmp_path, content):
     (tmp_path / "runs.sqlite3").write_bytes(content)
     text = _answered(lambda: _refused(lambda: JobManager(tmp_path, target="tests.jobtargets:echo")),
