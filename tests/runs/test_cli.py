@@ -1,6 +1,7 @@
 """The command line: exit codes, messages, the request its flags make, and real runs on the demo model."""
 
 import json
+import shutil
 import tempfile
 
 import pytest
@@ -44,7 +45,7 @@ def test_usage_error_exits_2(capsys):
     assert e.value.code == 2
 
 
-def test_a_cli_run_is_the_runners_run_and_writes_the_report(demo_run, tmp_path, monkeypatch, capsys):
+def test_a_cli_run_is_the_runners_run_and_the_pages_and_writes_the_report(demo_run, tmp_path, monkeypatch, capsys):
     """The CLI run with the demo run's settings: the same RunRequest, so it finds the demo run's baseline
     in the cache and measures the compressed model to the same figures."""
     r = demo_run.report
@@ -77,6 +78,35 @@ def test_a_cli_run_is_the_runners_run_and_writes_the_report(demo_run, tmp_path, 
     assert r2.timings.baseline_cached and r2.baseline.perplexity == b.perplexity
     assert r2.compressed.kld == pytest.approx(c.kld, rel=1e-3)
     assert r2.compressed.perplexity == pytest.approx(c.perplexity, rel=1e-6)
+    _the_page_gives_the_cli_runs_quality(r2, demo_run.data_dir, tmp_path)
+
+
+QUALITY = ("perplexity", "kld", "top1_agreement", "arithmetic_accuracy")
+
+
+def _the_page_gives_the_cli_runs_quality(via_cli: Report, data_dir, tmp_path) -> None:
+    """Issue 13: the CLI run's settings through the page's path (its request builder, the job payload,
+    the job manager's worker process) give the same quality figures. Both read the demo run's baseline
+    (a copy of its cache here); each compresses and measures the compressed model itself."""
+    from compressor.runs.manager import JobManager
+    from compressor.runs.runner import check_payload
+
+    page_request = pytest.importorskip("ui.request", reason="the page is not installed").build_request
+    e = via_cli.request.eval
+    page = page_request("demo", "w4-g128", "t4", e.ppl_tokens, e.context, e.arithmetic_samples, e.max_new_tokens)
+    shutil.copytree(data_dir, tmp_path / "page-data")
+    with JobManager(tmp_path / "page-data", check_payload=check_payload) as m:  # what the page's Run button does
+        run = m.wait(m.submit(page.to_dict(), owner="v-page"), timeout=300)
+    assert run.status == "succeeded", run.error
+    via_page = run.load_report()
+    assert via_page.request == via_cli.request and via_page.timings.baseline_cached
+    for side in ("baseline", "compressed"):
+        for key in QUALITY:
+            cli, pg = getattr(getattr(via_cli, side), key), getattr(getattr(via_page, side), key)
+            assert (cli is None) == (pg is None) and (cli is None or cli == pytest.approx(pg, rel=1e-4)), (side, key)
+    assert via_page.compressed.kld > 0 and via_page.compressed.weight_bytes == via_cli.compressed.weight_bytes
+
+
 
 
 def test_the_cli_and_a_page_payload_make_the_same_request():
