@@ -1,7 +1,8 @@
 """Fit to hardware on SmolLM2-135M: does the sensitivity map rank real recipes, and does the fitted recipe
 beat uniform RTN and a llama.cpp-style fixed heuristic at the same weight bytes?
 
-Run:  python -m benchmarks.fit_smollm2 [--tokens 2048] [--json out.json] [--resume] [--timing]
+Run:  python -m benchmarks.fit_smollm2 [--tokens 2048] [--json out.json] [--resume] [--timing] [--variants]
+                                      [--embedding] [--only NAME,...]
 
 1. The sensitivity map (compressor.fit, 16 x 256 calibration tokens of the lab's built-in text; read from
    the cache when measured before: its seconds are those of the pass that made it).
@@ -13,6 +14,8 @@ Run:  python -m benchmarks.fit_smollm2 [--tokens 2048] [--json out.json] [--resu
 3. Printed: the rank correlation (Spearman) of each score with the measured KL over all recipes, and the
    must-show table: fitted vs reference at the same bytes, KL ratio, arithmetic exact match with Wilson
    intervals and the paired interval of the difference (Newcombe).
+`--embedding` adds SmolLM2's tied embedding/head alone in w8pc and w4g64, fake-quantized (no stage stores
+it packed yet), against the map's prediction for it.
 `--timing` adds the cost of the statistics pass against layers and sequences, and of scoring against
 the number of formats. Timings move with the machine's load: the load average is printed with each.
 
@@ -212,6 +215,40 @@ def must_show(rows: dict[str, dict], baseline: dict) -> str:
     return "\n".join(lines)
 
 
+def tied_embedding(model, tokenizer, smap, data, settings, reference, baseline: dict) -> list[str]:
+    """The tied embedding/head alone in w8pc and w4g64, *fake-quantized* (RTN, then dequantized back into
+    the float tensor: no stage stores it packed yet, so no bytes are saved), against the map's prediction:
+    what the allocator would trade if it could give the shared tensor a format."""
+    import torch
+
+    from compressor.engine.quant import fake_quant
+    from compressor.engine.text import leading_bos
+    from compressor.fit.formats import Format
+    from compressor.measure.arithmetic import evaluate_arithmetic, paired_diff_ci
+    from compressor.measure.quality import evaluate_quality
+
+    emb = model.get_input_embeddings().weight
+    head = next(m for m in smap.modules if m.role == "lm_head")
+    out = ["| tied embedding/head only | measured KL | predicted KL | top-1 % | perplexity | arithmetic % [95%] | "
+           "vs baseline [paired 95%] | load average |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    original = emb.detach().clone()
+    try:
+        for fmt in ("w8pc", "w4g64"):
+            f = Format.parse(fmt)
+            with torch.no_grad():
+                emb.copy_(fake_quant(original, f.bits, f.group_for(original.shape[1])))
+            q, _ = evaluate_quality(model, data.tokens, settings.context, settings.stride, settings.top_k, reference,
+                                    bos_id=leading_bos(tokenizer))
+            a = evaluate_arithmetic(model, tokenizer, data.problems)
+            out.append(f"| {fmt} (fake-quantized) | {q.kld:.4f} | {head.costs[fmt]:.4f} | {100 * q.top1_agreement:.1f} "
+                       f"| {q.perplexity:.2f} | {100 * a['accuracy']:.1f} {_ci(a['ci95'])} | "
+                       f"{_ci(paired_diff_ci(baseline['correct'], a['correct']))} | {load_average()} |")
+    finally:
+        with torch.no_grad():
+            emb.copy_(original)
+    return out
+
+
 def timing(model, tokenizer, smap) -> list[str]:
     """Seconds of the statistics pass against layers and sequences, and of scoring against formats."""
     import torch
@@ -258,6 +295,8 @@ def main() -> None:
     ap.add_argument("--timing", action="store_true", help="also time the pass against layers and formats")
     ap.add_argument("--variants", action="store_true", help="also the fitted recipe at w4g64's bytes without "
                     "per-channel 4-bit, and from a map with chat arithmetic in its calibration")
+    ap.add_argument("--embedding", action="store_true", help="also the tied embedding alone in w8pc and w4g64, "
+                    "fake-quantized, against its predicted KL")
     ap.add_argument("--only", default="", help="measure only these recipes (comma-separated names)")
     args = ap.parse_args()
     only = {n.strip() for n in args.only.split(",") if n.strip()}
@@ -269,6 +308,7 @@ def main() -> None:
     from compressor.fit.fitting import measure_map
     from compressor.fit.formats import NOT_OFFERED
     from compressor.fit.recipe import recipe_from_formats
+    from compressor.fit.sensitivity import tied_head as head_tied
     from compressor.measure.arithmetic import evaluate_arithmetic
     from compressor.measure.evaldata import load_eval_data
     from compressor.measure.quality import evaluate_quality
@@ -319,6 +359,9 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: r["kld"]):
         print(f"| {r['recipe']} | {r['bytes'] / 2**20:.2f} | {r['kld']:.4f} | {r['predicted_kl']:.4f} |")
     print("\n## Fitted vs fixed recipes at the same bytes\n\n" + must_show(done["rows"], done["baseline"]))
+    if args.embedding and head_tied(model):
+        print("\n## The tied embedding alone\n\n" + "\n".join(
+            tied_embedding(model, tokenizer, smap, data, settings, reference, done["baseline"])))
     if args.timing:
         print("\n## Sensitivity pass cost\n\n" + "\n".join(timing(model, tokenizer, smap)))
     print(f"\nload average at the end: {load_average()}")
