@@ -44,7 +44,8 @@ def click(manager: JobManager, payload: dict) -> dict:
     seen: dict[str, float] = {}
     for event in manager.follow(run_id, poll_s=0.05):
         if event["kind"] == "partial":
-            seen["speed" if event["pending"][:1] == ["samples"] else "first"] = time.perf_counter() - t0
+            # the first partial report carries the quality; the one whose next pending part is the samples, the speed
+            seen.setdefault("speed" if event["pending"][:1] == ["samples"] else "first", time.perf_counter() - t0)
     run = manager.wait(run_id, timeout=WAIT_S)
     seen["full"] = time.perf_counter() - t0
     if run.status != "succeeded":
