@@ -87,6 +87,11 @@ def recipe_from_formats(smap: SensitivityMap, formats: dict[str, str]) -> dict:
     naming them; roles left all float are targeted by none). LabError when no module is quantized
     (nothing to run: the model fits as it is)."""
     formats = {m.name: formats.get(m.name, FP) for m in smap.modules}
+    tied = [m.name for m in smap.modules if m.tied and formats[m.name] != FP]
+    if tied:  # an RTN override on a tied head would untie it: a packed copy beside the float embedding
+        raise LabError(f"{tied[0]} shares its weight with the input embedding: giving it {formats[tied[0]]} needs a "
+                       "stage that quantizes the shared tensor, which this recipe writer does not emit yet; "
+                       "leave it fp")
     every = list(dict.fromkeys(m.role for m in smap.modules))
     quantized = [r for r in every if any(formats[m.name] != FP for m in smap.modules if m.role == r)]
     if not quantized:

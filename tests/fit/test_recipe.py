@@ -60,3 +60,13 @@ def test_an_all_float_allocation_has_no_recipe_and_a_foreign_method_is_refused()
     with pytest.raises(LabError, match="predicts RTN formats only"):
         formats_from_recipe(smap, load_recipe("smoothquant-w8a8"))
     assert predict(smap, {}, 4)[0] == 0.0
+
+
+def test_a_quantized_tied_head_is_refused_not_untied():
+    import dataclasses
+
+    _, smap = tiny_map(tied=True)
+    # as if an embedding method were registered and the allocator had allowed the head a format
+    smap = dataclasses.replace(smap, modules=[dataclasses.replace(m, allowed=list(m.costs)) for m in smap.modules])
+    with pytest.raises(LabError, match="shares its weight with the input embedding"):
+        recipe_from_formats(smap, {m.name: "w8pc" for m in smap.modules})
