@@ -16,6 +16,7 @@ For each preset: compress the demo model, export it to each format, load the exp
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,17 @@ EXTRA = {"w4-g32-sym (RTN, not a preset)": {"stages": [{"method": "rtn", "bits":
                                                         "symmetric": True}]}}
 
 
+def condense(notes: list[str]) -> str:
+    """Model notes in one cell, a remark repeated per layer ("model.layers.3.mlp.up_proj: 50.0% zeros ...") said
+    once with its count: "42 layers: 50.0% zeros ..."."""
+    counts: dict[str, int] = {}
+    for m in notes:
+        head, sep, rest = m.partition(": ")
+        key = rest if sep and re.fullmatch(r"[\w.]*layers\.\d+\.[\w.]+", head) else m
+        counts[key] = counts.get(key, 0) + (1 if key != m else 0)
+    return "; ".join(f"{n} layers: {k}" if n else k for k, n in counts.items())
+
+
 def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -> dict:
     from compressor.export import ExportRefused, export_model
     from compressor.export.verify import load_export
@@ -38,7 +50,7 @@ def _row(name: str, fmt: str, model, tokenizer, ref_logits, ids, folder: Path) -
         return {"recipe": name, "format": fmt, "written": f"refused: {e.what}", "lossless": "-"}
     row = {"recipe": name, "format": fmt, "written": result.written(), "lossless": "yes" if result.lossless else "no",
            "max_dw": f"{result.max_abs_err:.2g}", "bytes": result.bytes_written,
-           "note": "; ".join(m for m in result.model_notes if not m.startswith("tokenizer"))}
+           "note": condense([m for m in result.model_notes if not m.startswith("tokenizer")])}
     if not result.transformers_loads:
         return row  # llama.cpp only: transformers cannot load it to measure logits
     with torch.no_grad():

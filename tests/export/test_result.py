@@ -48,3 +48,10 @@ def test_the_recipe_travels_with_the_export(fmt, demo_tokenizer, tmp_path):
     else:
         recipe = json.loads((tmp_path / "config.json").read_text())["compression_lab_export"]["recipe"]
     assert recipe == report.recipe and recipe["stages"][0]["bits"] == 8
+
+
+def test_table_says_a_per_layer_remark_once_with_its_count():
+    from compressor.export.table import condense
+
+    notes = [f"model.layers.{i}.mlp.up_proj: 50.0% zeros stored densely" for i in range(3)] + ["tied head not written"]
+    assert condense(notes) == "3 layers: 50.0% zeros stored densely; tied head not written"
