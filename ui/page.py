@@ -122,14 +122,15 @@ def build_app(manager: JobManager, ask_manager: JobManager | None = None,
             event.then(results.share_state, [run_id, visitor], results.share, api_visibility="private")
             event.then(history.refresh, history.inputs, history.outputs, api_visibility="private")
             event.then(compare_choices(manager), [visitor, compare_pick], compare_pick, api_visibility="private")
-        _wire_downloads(tabs, link, export)
+        _wire_downloads(tabs, link, run_event, export)
     demo.lab_owned = (sweeps, files, export)  # what stop() closes besides the managers
     return demo
 
 
-def _wire_downloads(tabs: gr.Tabs, link: gr.Textbox, export: ExportPanel) -> None:
-    """The Download tab builds the run on show's files (ui.export) when it is opened, and again when another
-    run comes on show while it is open: not after every run, since each export loads the model here."""
+def _wire_downloads(tabs: gr.Tabs, link: gr.Textbox, run_event, export: ExportPanel) -> None:
+    """The Download tab builds the run on show's files (ui.export) when it is opened, and again, while it is
+    open, when another run comes on show or a run ends: not after every run, since each export loads the
+    model in the app's process."""
     open_ = gr.State(False)
 
     def on_tab(evt: gr.SelectData):
@@ -140,7 +141,8 @@ def _wire_downloads(tabs: gr.Tabs, link: gr.Textbox, export: ExportPanel) -> Non
 
     tabs.select(on_tab, None, open_, api_visibility="private", show_progress="hidden").then(
         on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
-    link.change(on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
+    for event in (link.change, run_event.then):
+        event(on_show, [open_, *export.inputs], export.outputs, api_visibility="private")
 
 
 def _fit_builder(fit_manager: JobManager | None, visitor: gr.State):

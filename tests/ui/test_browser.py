@@ -136,7 +136,12 @@ def test_a_run_its_reprojection_and_a_comparison_in_the_browser(browser, served,
     _shoot(phone, "plots-phone", tmp_path)
 
     # a second run (two stages: the cards attribute the change to each), then both side by side
+    open_tab(page, "Download")  # left open: the run's files are built when it ends
     second = _run(page, recipe=TWO_STAGES)
+    # the tab followed the new run when it ended: compressed-tensors cannot hold its KV-cache stage, and says so
+    expect(page.locator("#lab-export-compressed-tensors-note")).to_contain_text("kivi", timeout=120_000)
+    expect(ct).to_be_disabled()
+    open_tab(page, "Result")
     expect(page.locator("#lab-attribution")).to_contain_text("1: kivi")
     page.goto(f"{served.url}?run={second}&compare={first},{second}")  # a link to the comparison
     open_tab(page, "Compare")
