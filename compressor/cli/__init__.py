@@ -1,8 +1,9 @@
-"""Command line: `python -m compressor run|sweep|fit|presets|hardware`, one module per command group.
+"""Command line: `python -m compressor run|sweep|fit|export|presets|hardware`, one module per command group.
 
     python -m compressor run --model demo --recipe gptq-w4-g128 [--hardware t4] [--json out.json]
     python -m compressor sweep --model demo --recipes int8,w4-g128 [--ray ADDRESS] [--json out.json]
     python -m compressor fit --model smollm2-135m --budget 3.5bits|1.2GiB|hardware:t4 --out recipe.yaml
+    python -m compressor export --run RUN_ID --format gguf|compressed-tensors|transformers --out DIR
     python -m compressor presets
     python -m compressor hardware
 

@@ -49,8 +49,10 @@ def add_parser(sub) -> None:
 
 def spec_from_args(args):
     """The SweepSpec of the flags (bad recipes or settings fail here, before anything runs)."""
+    from compressor.fit.sweeps import register
     from compressor.runs.sweep import SweepSpec
 
+    register()  # `budget:` entries become the allocator's recipe per model (compressor/fit/sweeps.py)
     models = ",".join(args.model or ["demo"])
     return SweepSpec.build(models, recipe_arg(args.recipes), args.eval, hardware=args.hardware, device=args.device)
 

@@ -66,8 +66,8 @@ class RecipeEntry:
             return self.recipe
         if _budget_resolver is None:
             raise LabError(f"recipe entry {self.label!r} is a budget, and budgets need the fit-to-hardware "
-                           "allocator (python -m compressor fit), which this version of the lab does not have "
-                           "wired to sweeps: list presets or recipes instead")
+                           "allocator, which runs here only in the command line's sweep (python -m compressor sweep) "
+                           "or the page's Fit to hardware panel: fit there and list the recipe it gives")
         return _budget_resolver(model, self.budget, hardware)
 
 

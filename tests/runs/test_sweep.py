@@ -81,7 +81,7 @@ def test_a_bad_setting_names_its_cell_and_a_grid_too_large_is_refused():
 
 def test_budgets_need_the_allocator_and_use_it_when_registered():
     spec = SweepSpec.build("demo", "- {budget: 12MiB}")
-    with pytest.raises(LabError, match="python -m compressor fit"):
+    with pytest.raises(LabError, match="python -m compressor sweep"):
         spec.cells()
     asked = []
     sw.register_budget_resolver(lambda model, budget, hardware: asked.append((model, budget, hardware)) or "int8")
