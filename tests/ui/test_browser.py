@@ -134,6 +134,10 @@ def test_a_run_its_reprojection_and_a_comparison_in_the_browser(browser, served,
     expect(phone.locator("#lab-plot-layers .js-plotly-plot")).to_be_visible(timeout=60_000)
     _no_overflow(phone)
     _shoot(phone, "plots-phone", tmp_path)
+    for tab in ("Sweep", "Download"):  # the tabs mounted from other helpers' panels fit a phone too
+        open_tab(phone, tab)
+        phone.wait_for_timeout(500)
+        _no_overflow(phone)
 
     # a second run (two stages: the cards attribute the change to each), then both side by side
     open_tab(page, "Download")  # left open: the run's files are built when it ends
