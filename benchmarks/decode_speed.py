@@ -253,7 +253,10 @@ def main(argv=None) -> None:
     ap.add_argument("--new", type=int, default=32, help="decode steps timed per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--with-lm-head", action="store_true", help="also int8 / w4 with lm_head quantized")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    # Threads: at M = 1 every parallel region waits for both threads, so on a shared machine one descheduled
+    # thread stalls each op (SDPA at decode: 30 us on 1 thread, p90 2-4 ms on 2 at load 13). Measured on
+    # SmolLM2 at load ~3: 2 threads 0.88-0.95x of 1 thread for fp32, int8, w4 and fp8 alike.
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 on a shared machine)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
