@@ -33,6 +33,8 @@ PATH_WHY = {
     "cpu-int-mm": "int8 activations quantized per token on every call before the int8 matmul",
     "dense-decompress": "2:4 weights decompressed to dense on every call: no sparse kernel on this device",
     "bitsandbytes": "bitsandbytes' CPU kernels, which unpack the weights on every call",
+    "cpu-fp8": "FP8 weights held as an exact fp16 copy (2 bytes a weight beside the stored 1) for PyTorch's fp16 "
+               "matmul; activations cast to fp16 and back on every call",
 }
 # What a recipe's stored format costs per call whatever the kernel (compressor.engine stage traits/kinds).
 TRAIT_WHY = {
