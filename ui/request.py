@@ -11,11 +11,8 @@ from compressor.measure.hardware import get_profile
 from compressor.measure.settings import DEFAULT_PRESET, PRESETS
 from compressor.models.preflight import preflight
 from compressor.runs.contract import PROJECTION_CONTEXT, THIS_MACHINE, EvalSettings, RunRequest
+from compressor.runs.limits import PROJECTION_BATCHES, PROJECTION_CONTEXTS, check_model_spec
 from ui.recipes import recipe_from_text
-
-MAX_MODEL_CHARS = 200  # hub ids are at most 96 characters; a folder path a little more
-PROJECTION_CONTEXTS = (16, 1_048_576)  # tokens; the projection clamps to the model's own positions
-PROJECTION_BATCHES = (1, 4096)
 
 # Evaluation settings shown on the page: name -> (label, UI min, UI max). Defaults come from
 # EvalSettings; the UI maxima are tighter than the engine's, for a shared machine.
@@ -57,9 +54,7 @@ def build_request(model: str | None, recipe_text: str, hardware: str | None, *ev
     spec = model.strip() if isinstance(model, str) else ""
     if not spec:
         raise LabError("no model given: pick 'demo' or type a hub id or a local folder")
-    if len(spec) > MAX_MODEL_CHARS:
-        raise LabError(f"the model name has {len(spec):,} characters; the limit is {MAX_MODEL_CHARS}: give a hub id "
-                       "(org/name), a catalog name or a local folder")
+    check_model_spec(spec)
     hardware = hardware.strip() if isinstance(hardware, str) and hardware.strip() else THIS_MACHINE
     if hardware != THIS_MACHINE:
         get_profile(hardware)  # an unknown id: LabError listing the known ones

@@ -26,7 +26,7 @@ from compressor.models import catalog
 from compressor.models.loading import HUB_ID, hub_reachable
 from compressor.models.preflight import preflight
 from compressor.runs.contract import PROJECTION_CONTEXT
-from compressor.runs.limits import UploadQuota, check_upload
+from compressor.runs.limits import PROJECTION_BATCHES, PROJECTION_CONTEXTS, UploadQuota, check_upload
 from ui.files import AppFiles
 from ui.forms import stage_form
 from ui.inputs import checked
@@ -41,7 +41,7 @@ from ui.recipes import (
     stages_of,
     with_stage,
 )
-from ui.request import EVAL_FIELDS, EVAL_PRESETS, PROJECTION_BATCHES, PROJECTION_CONTEXTS, eval_default
+from ui.request import EVAL_FIELDS, EVAL_PRESETS, eval_default
 from ui.visitors import owner_of
 
 # Small hub models for people online; the page says they need internet. Any other hub id or local
