@@ -1,7 +1,7 @@
 """A sweep: models x recipes x evaluation settings, every cell an ordinary run with its own report.
 
     spec = SweepSpec.build(models="demo", recipes="w4-g128,int8,hqq-w4-g64", hardware="t4")
-    cells = spec.cells()          # every cell's payload checked as a RunRequest, before anything runs
+    cells = spec.cells()          # every cell's payload checked as a submission is, before anything runs
     progress = sweep_progress(views, slots=2)   # done / running / queued / failed, ETA
 
 Recipes come as preset names ("w4-g128,int8"), as a YAML list, or as budgets for the fit-to-hardware
@@ -130,9 +130,9 @@ class SweepSpec:
         return cls(models=list(models), recipes=parse_recipes(recipes), evals=parse_evals(evals), **kw)
 
     def cells(self) -> list[Cell]:
-        """The grid, model-major, each payload checked as a RunRequest (a bad recipe or setting is a
+        """The grid, model-major, each payload checked as a submission is (a bad recipe or setting is a
         LabError naming the cell, before any cell runs)."""
-        from compressor.runs.contract import RunRequest
+        from compressor.runs.runner import check_payload
 
         out = []
         for model in self.models:
@@ -145,7 +145,7 @@ class SweepSpec:
                         if getattr(self, name) is not None:
                             payload[name] = getattr(self, name)
                     try:
-                        RunRequest.from_dict(payload)
+                        check_payload(payload)  # what JobManager.submit checks, before the sweep starts
                     except LabError as e:
                         raise LabError(f"sweep cell {model} x {entry.label} x {eval_label}: {e}") from None
                     out.append(Cell(len(out), model, entry.label, eval_label, payload))

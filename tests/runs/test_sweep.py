@@ -225,3 +225,11 @@ def test_asking_for_ray_without_ray_installed_says_how_to_install_it(pool, monke
         make_executor(pool("phased"))
     monkeypatch.setenv("LAB_RAY_ADDRESS", " ")
     assert make_executor(pool("phased")).name.startswith("local")
+
+
+def test_cells_are_checked_as_a_submission_is_before_the_sweep_starts():
+    """A projection batch the job manager would refuse at submit fails the whole sweep up front, naming the
+    cell (RunRequest.from_dict alone let it through to the middle of the sweep)."""
+    spec = SweepSpec.build("demo", "w4-g128", projection_batch=10**6)
+    with pytest.raises(LabError, match=r"sweep cell demo x w4-g128 x quick: .*projection_batch"):
+        spec.cells()
