@@ -103,6 +103,13 @@ def load_prompts(path: Path | None = None) -> list[str]:
     return json.loads(path.read_text())["prompts"]
 
 
+def prompt_answers(prompts: list[str], path: Path | None = None) -> list[str | None]:
+    """The known answer of each prompt (the file's optional `answers`: prompt -> answer, for arithmetic
+    prompts), None where there is none; the samples show a right/wrong mark where there is one."""
+    answers = json.loads((path or EVAL_DIR / "prompts.json").read_text()).get("answers", {})
+    return [answers.get(p) for p in prompts]
+
+
 def news_text() -> str:
     """The held-out text for pretrained models: tz NEWS, releases 2025a to 2026f (public domain)."""
     return NEWS_FILE.read_text()
@@ -210,6 +217,7 @@ class EvalData:
     prompts: list[str]
     prompt_labels: list[str] = field(default_factory=list)
     profile: EvalProfile | None = None
+    expected: list[str | None] = field(default_factory=list)  # per prompt: its known answer, or None
 
     @property
     def labels(self) -> list[str]:
@@ -227,10 +235,10 @@ def load_eval_data(tokenizer, settings: EvalSettings) -> EvalData:
     if tokens.numel() <= settings.ppl_tokens:  # text denser than expected: use all of it
         tokens = eval_tokens(tokenizer, text, settings.ppl_tokens)
     n = settings.arithmetic_samples
-    if profile.name == "lab":
-        return EvalData(tokens, load_arithmetic()[:n], load_prompts(), profile=profile)
-    if profile.name == "base":
-        return EvalData(tokens, few_shot_arithmetic()[:n], load_prompts(), profile=profile)
+    if profile.name in ("lab", "base"):
+        prompts = load_prompts()
+        problems = load_arithmetic()[:n] if profile.name == "lab" else few_shot_arithmetic()[:n]
+        return EvalData(tokens, problems, prompts, profile=profile, expected=prompt_answers(prompts))
     labels = load_prompts(EVAL_DIR / "prompts_chat.json")
     return EvalData(tokens, chat_arithmetic(tokenizer)[:n], [chat_prompt(tokenizer, u) for u in labels], labels,
                     profile)

@@ -191,8 +191,9 @@ def run(request: RunRequest, *, cache=None, progress: Callable[[Progress], None]
     comp_part.samples, comp_part.online = measure_samples(
         net, tokenizer, data, settings, phases.within("evaluate-compressed", *STREAM["samples"]))
     report.compressed.online = comp_part.online
-    report.samples = [Sample(p, b, c) for p, b, c in zip(data.prompts, base_part.samples, comp_part.samples,
-                                                         strict=True)]
+    expected = data.expected or [None] * len(data.prompts)
+    report.samples = [Sample(p, b, c, e) for p, b, c, e in zip(data.prompts, base_part.samples, comp_part.samples,
+                                                               expected, strict=True)]
     if after_stage is not None:
         creport.stages[-1].quality = quality_summary(report.compressed)
     compressed_s = time.perf_counter() - t0
