@@ -95,6 +95,10 @@ def _speed_card(label: str, attr: str, report: Report) -> str:
                         (("compressed:", _spread(sc)), ("baseline:", _spread(sb))) if text)
     if attr == "decode_tokens_per_s" and comp.kernel_paths:
         extra += f'<div class="lab-card-ci lab-kernel">kernel: {kernel_path_text(comp)}</div>'
+    threads = comp.speed.decode_threads if comp.speed is not None else None
+    if attr == "decode_tokens_per_s" and threads:
+        extra += (f'<div class="lab-card-ci">decode timed on {threads} thread{"s" * (threads != 1)}, '
+                  "both models</div>")
     return _card(label, f.fmt_rate(c), f"baseline {f.fmt_rate(b)}", delta, tone, extra, tag="this machine")
 
 
@@ -120,8 +124,19 @@ def _accuracy_card(base: Measurement, comp: Measurement) -> str:
 
 def _plain_card(label: str, attr: str, kind: str, higher: bool, base: Measurement, comp: Measurement) -> str:
     b, c = getattr(base, attr), getattr(comp, attr)
+    extra = _stored_note(comp) if attr == "weight_bytes" else ""
     return _card(label, f.fmt(c, kind), f"baseline {f.fmt(b, kind)}", f.fmt_delta(b, c, kind),
-                 f.delta_tone(b, c, higher))
+                 f.delta_tone(b, c, higher), extra)
+
+
+def _stored_note(m: Measurement) -> str:
+    """What the format stores (a saved model's bytes) when the kernels hold more while running (a 2/3-bit
+    weight unpacked into the int4 layout, FP8's fp16 copy): both figures, so neither is mistaken for the other."""
+    held, stored = m.weight_bytes, m.stored_bytes
+    if not (f.is_number(held) and f.is_number(stored)) or abs(held - stored) <= 0.01 * max(stored, 1):
+        return ""
+    return (f'<div class="lab-card-ci">held while running here; the format stores {f.fmt_bytes(stored)} '
+            "(a saved model's size)</div>")
 
 
 def _projected_card(report: Report) -> str:

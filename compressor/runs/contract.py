@@ -152,6 +152,7 @@ class Speed(Record):
     kernel_paths: dict[str, int] = field(default_factory=dict)
     memory_method: str | None = None  # how peak memory was read (CUDA allocator, process RSS peak)
     seconds: float | None = None
+    decode_threads: int | None = None  # threads batch-1 decode ran on (CPU: 1); None in older reports
 
     @property
     def batch1(self) -> BatchSpeed | None:
@@ -212,7 +213,7 @@ class Measurement(Record):
     """One model (baseline or compressed) measured on this machine. Sections are None until measured
     (a report streamed while its run goes on), or when the settings skip them."""
 
-    weight_bytes: int | None  # None only in older reports that did not keep it
+    weight_bytes: int | None  # held while running here (kernels' runtime layouts included); None in old reports
     quality: Quality | None = None
     arithmetic: Arithmetic | None = None
     speed: Speed | None = None
@@ -222,6 +223,7 @@ class Measurement(Record):
     kv_bytes_context: int | None = None
     arithmetic_diff_ci95: tuple[float, float] | None = None  # compressed - baseline, paired (Newcombe)
     online: dict = field(default_factory=dict)
+    stored_bytes: int | None = None  # state-dict bytes: what a saved model stores; None in older reports
 
     # the headline figures, for the page and the CLI
     @property

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from compressor.engine.kvcache import kv_cache_in_generate, model_kv_bytes_per_token
+from compressor.engine.report import state_dict_bytes
 from compressor.engine.text import leading_bos
 from compressor.measure.arithmetic import evaluate_arithmetic, paired_diff_ci
 from compressor.measure.evaldata import EvalData
@@ -41,6 +42,7 @@ class QualityPart(Record):
     samples: list[str] = field(default_factory=list)  # one greedy answer per EvalData prompt
     online: dict = field(default_factory=dict)
     weight_bytes: int = 0  # measured after the first forwards, when kernels have adopted their layouts
+    stored_bytes: int | None = None  # state-dict bytes: what the format stores (a saved model), runtime copies aside
 
 
 def measure_quality(model, tokenizer, data: EvalData, settings: EvalSettings, reference: Reference | None = None,
@@ -60,7 +62,7 @@ def measure_quality(model, tokenizer, data: EvalData, settings: EvalSettings, re
     w_bytes = weight_bytes(model)
     quality = Quality(**q.to_dict(), reference_top_k=settings.top_k, reference_tail_mass=own.mean_tail_mass,
                       seconds=time.perf_counter() - t0)
-    part = QualityPart(quality, Arithmetic.from_dict(arith), weight_bytes=w_bytes)
+    part = QualityPart(quality, Arithmetic.from_dict(arith), weight_bytes=w_bytes, stored_bytes=state_dict_bytes(model))
     if samples or online:
         part.samples, part.online = measure_samples(model, tokenizer, data, settings, emit, online=online,
                                                     samples=samples)
@@ -108,8 +110,8 @@ def measurement(part: QualityPart, perf: SpeedPart | None, model=None, kv_contex
     """The Measurement of one model (its speed sections None while `perf` is not measured yet). For a
     compressed model (`baseline` given): the paired interval on arithmetic, and, when a KV stage
     compressed its cache, its bytes per token at `kv_context`."""
-    m = Measurement(weight_bytes=part.weight_bytes, quality=part.quality, arithmetic=part.arithmetic,
-                    online=part.online)
+    m = Measurement(weight_bytes=part.weight_bytes, stored_bytes=part.stored_bytes, quality=part.quality,
+                    arithmetic=part.arithmetic, online=part.online)
     if perf is not None:
         m.speed, m.kv_bytes_per_token = perf.speed, perf.kv_bytes_per_token
         m.kv_bytes_per_token_config = perf.kv_bytes_per_token_config

@@ -258,3 +258,15 @@ def test_the_cards_fill_as_the_run_streams_its_figures(demo_run):
     assert cards[0].count("measuring...") == 3  # decode, prefill, projected decode still to come
     assert cards[1].count("measuring...") == 1 and "kernel:" in cards[1]  # speed arrived
     assert "measuring" not in cards[2] and "finished" in outs[-1][2]
+
+
+def test_the_weight_card_says_what_the_format_stores_when_the_kernels_hold_more(demo_run):
+    """A 3-bit model's kernels hold an int4 copy beside the packed bytes: the card shows what is held here
+    and, apart, what a saved model stores (the state dict), so 3-bit never reads as larger than 4-bit."""
+    r = demo_run.report
+    assert 0 < r.compressed.stored_bytes <= r.compressed.weight_bytes and 0 < r.baseline.stored_bytes
+    copy = Report.from_dict(r.to_dict())
+    copy.compressed.stored_bytes = copy.compressed.weight_bytes  # nothing held beyond what is stored
+    assert "the format stores" not in metric_cards_html(copy)
+    copy.compressed.stored_bytes = copy.compressed.weight_bytes // 2
+    assert f"the format stores {f.fmt_bytes(copy.compressed.stored_bytes)}" in metric_cards_html(copy)
