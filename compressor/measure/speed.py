@@ -4,6 +4,11 @@ Prefill: one forward over a [B, P] prompt that fills a KV cache; tokens/s = B * 
 Time to first token: the batch-1 prefill plus picking the first token.
 Decode: `n_new` single-token forwards reusing the cache (the path `generate` takes);
 tokens/s = B * n_new / seconds. Each figure: one warm-up, then `repeats` timed runs; median, min, max.
+On CPU, batch-1 decode runs on one thread (`DECODE_THREADS`), for the baseline and the compressed model
+alike: its matmuls have M = 1, and splitting them over threads costs more in wake-ups than it saves. On
+the 2-core development machine, quiet, one thread decoded faster for every model measured (demo fp32
+170 vs 133 tok/s on two; SmolLM2 fp32 16.8 vs 15.3; its packed int4 34.4 vs 19.6: docs/benchmarks.md).
+Prefill keeps torch's thread count.
 
 Memory: weight bytes are counted exactly (parameters + buffers). KV bytes per token come from the
 cache object a real prefill filled (and from the config formula, for comparison). Peak memory is
@@ -144,9 +149,30 @@ def kernel_paths(model: torch.nn.Module) -> dict[str, int]:
     return counts
 
 
+DECODE_THREADS = 1  # CPU threads for batch-1 decode (see the module docstring)
+
+
+def decode_threads(device: torch.device, batch: int) -> int:
+    """Threads batch-`batch` decode runs on: DECODE_THREADS for batch 1 on CPU, else torch's count."""
+    return DECODE_THREADS if device.type == "cpu" and batch == 1 else torch.get_num_threads()
+
+
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def _prefill_decode(model, ids: torch.Tensor, n_new: int) -> tuple[float, float, float, object]:
-    """One prefill + n_new greedy decode steps. Returns (prefill_s, first_token_s, decode_s, cache)."""
+    """One prefill + n_new greedy decode steps (on `decode_threads`). Returns (prefill_s, first_token_s,
+    decode_s, cache)."""
     device = ids.device
     _sync(device)
     cache = kv_cache_for(model)  # a compressed KV cache when a KV stage configured the model
@@ -158,13 +184,15 @@ def _prefill_decode(model, ids: torch.Tensor, n_new: int) -> tuple[float, float,
     _sync(device)
     t_first = time.perf_counter()
     cache = out.past_key_values
-    for _ in range(n_new):
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        tok = out.logits[:, -1].argmax(-1, keepdim=True)
-    _sync(device)
-    t2 = time.perf_counter()
-    return t1 - t0, t_first - t0, t2 - t_first, cache
+    with _threads(decode_threads(device, ids.shape[0])):
+        t_dec = time.perf_counter()  # after the switch: a thread-count change is not a decode step
+        for _ in range(n_new):
+            out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+        t2 = time.perf_counter()
+    return t1 - t0, t_first - t0, t2 - t_dec, cache
 
 
 @torch.no_grad()
@@ -194,6 +222,7 @@ def measure_speed(model, vocab_size: int, prompt_tokens: int = 128, new_tokens: 
     measured = cache_nbytes(cache)  # holds prompt_tokens + new_tokens positions
     res["kv_bytes_per_token_measured"] = measured / (prompt_tokens + new_tokens) if measured else None
     res["kernel_paths"] = kernel_paths(model)
+    res["decode_threads"] = decode_threads(device, 1)
     b1 = res["by_batch"][str(batches[0])]
     res["prefill_tokens_per_s"] = b1["prefill_tokens_per_s"]["median"]
     res["decode_tokens_per_s"] = b1["decode_tokens_per_s"]["median"]
