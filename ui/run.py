@@ -154,7 +154,13 @@ def wire_run(settings: SettingsPanel, follow: Follow, manager, visitor: gr.State
             ok = manager.cancel(rid, owner=owner_of(vid, request))
         except LabError as e:
             return f"**Cannot cancel:** {html.escape(public(e), quote=False)}"
-        return f"Cancelling run `{rid}`..." if ok else f"Run `{rid}` has already finished."
+        if not ok:
+            return f"Run `{rid}` has already finished."
+        run = manager.get_run(rid)
+        if run is not None and run.status in FINAL_STATUSES:  # a queued run ends at once: say so, as the
+            # follow stream's last line does, so whichever of the two answers lands last the line is right
+            return f"**Run `{rid}` {run.status}:** {html.escape(public(run.error or run.status), quote=False)}"
+        return f"Cancelling run `{rid}`..."
 
     settings.cancel.click(cancel_clicked, [follow.run_id, visitor], settings.status, api_name="cancel",
                           concurrency_limit=None)

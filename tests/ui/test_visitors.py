@@ -95,3 +95,21 @@ def test_a_session_sees_only_its_own_runs_in_its_history(sleepy):
     finally:
         alice.predict(api_name="/cancel")
         job.result(timeout=60)
+
+
+def test_cancelling_a_queued_run_answers_with_its_end_not_cancelling(sleepy):
+    """A queued run ends the moment it is cancelled, and its /run stream may say so before /cancel answers:
+    /cancel then says it ended, so the status line is right whichever answer lands last (it said
+    "Cancelling..." for ever when the stream's last line came first)."""
+    alice, bob = client(sleepy.url), client(sleepy.url)
+    owners = [owner_of_client(alice), owner_of_client(bob)]
+    try:
+        alice.submit(*run_args(), api_name="/run")
+        _wait(sleepy.manager, owners[0], "running")  # the only worker is busy
+        job = bob.submit(*run_args(), api_name="/run")
+        queued = _wait(sleepy.manager, owners[1], "queued")
+        answer = bob.predict(api_name="/cancel")
+        assert f"Run `{queued.id}` cancelled" in answer and "Cancelling" not in answer
+        assert "cancelled" in job.result(timeout=60)[1]
+    finally:
+        _cancel_all(sleepy.manager, owners)
