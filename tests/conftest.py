@@ -58,3 +58,25 @@ def demo_run(tmp_path_factory):
     report = Report.from_dict(run_job(dict(DEMO_RUN_PAYLOAD), ctx))
     return SimpleNamespace(report=report, payload=DEMO_RUN_PAYLOAD, data_dir=root / "data",
                            artifact_dir=root / "artifacts")
+
+
+# --- one Chromium per session, for every browser test (tests/ui, tests/fit) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Playwright; the test is skipped without Debian's chromium."""
+    from pathlib import Path
+
+    from tests.ui.pages import CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+

@@ -12,7 +12,6 @@ from compressor.fit.fitting import FitResult
 from compressor.fit.job import fit_job
 from compressor.fit.sensitivity import SensitivityMap
 
-
 TEXT = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(40))
 
 

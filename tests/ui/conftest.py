@@ -4,7 +4,7 @@
   folder, so runs with the demo run's evaluation settings find its baseline in the cache;
 - `sleepy`: the same page over a job manager whose jobs only sleep (tests.jobtargets), for what is about
   owners, queues and cancelling rather than about compressing: no model is loaded;
-- `browser`: one headless Chromium (Debian's), skipped where it is not installed.
+- `browser` (tests/conftest.py, shared with tests/fit): one headless Chromium (Debian's), skipped where it is not installed.
 
 Each gradio_client.Client is a session of its own, and each browser context a visitor of its own, so tests
 sharing an app see only their own runs.
@@ -12,13 +12,12 @@ sharing an app see only their own runs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests.helpers import free_port
-from tests.ui.pages import CHROMIUM, CHROMIUM_ARGS, GRACE_S, SLEEP_TARGET
+from tests.ui.pages import GRACE_S, SLEEP_TARGET
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +46,3 @@ def sleepy(tmp_path_factory):
         stop(demo, managers)
 
 
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
