@@ -7,7 +7,7 @@ tokens/s = B * n_new / seconds. Each figure: one warm-up, then `repeats` timed r
 On CPU, batch-1 decode runs on one thread (`DECODE_THREADS`), for the baseline and the compressed model
 alike: its matmuls have M = 1, and splitting them over threads costs more in wake-ups than it saves. On
 the 2-core development machine, quiet, one thread decoded faster for every model measured (demo fp32
-170 vs 133 tok/s on two; SmolLM2 fp32 16.8 vs 15.3; its packed int4 34.4 vs 19.6: docs/benchmarks.md).
+212 vs 133 tok/s on two; SmolLM2 fp32 16.0 vs 15.3, its RTN int4 29.8 vs 19.6: docs/benchmarks.md).
 Prefill keeps torch's thread count.
 
 Memory: weight bytes are counted exactly (parameters + buffers). KV bytes per token come from the
